@@ -1,0 +1,355 @@
+"""Shared helpers of the test suite: file snapshots, usage frame builders and reference reports."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from usage_analytics import COLUMNS, Store
+
+NS_PER_DAY: Final = 86_400 * 1_000_000_000
+#: Midnight UTC of 2026-11-01, in nanoseconds since the epoch.
+DAY0: Final = int(pd.Timestamp("2026-11-01", tz="UTC").value)
+
+EXPECTED_COLUMNS: Final = (
+    "id",
+    "created_at",
+    "user_id",
+    "tenant",
+    "organization",
+    "project",
+    "api_key_id",
+    "api_method",
+    "status_code",
+    "timestamp",
+    "latency_ms",
+    "model_id",
+    "time_to_first_token_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "runtime_latency_ms",
+    "runtime_time_to_first_token_ms",
+)
+INPUT_COLUMNS: Final = EXPECTED_COLUMNS[2:]
+STRING_COLUMNS: Final = (
+    "user_id",
+    "tenant",
+    "organization",
+    "project",
+    "api_key_id",
+    "api_method",
+    "model_id",
+)
+INT32_COLUMNS: Final = (
+    "status_code",
+    "latency_ms",
+    "time_to_first_token_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "runtime_latency_ms",
+    "runtime_time_to_first_token_ms",
+)
+STORED_DTYPES: Final[dict[str, str]] = {
+    "id": "int64",
+    "created_at": "datetime64[us, UTC]",
+    **dict.fromkeys(STRING_COLUMNS, "str"),
+    **dict.fromkeys(INT32_COLUMNS, "int32"),
+    "timestamp": "int64",
+}
+
+SUMMARY_COLUMNS: Final = (
+    "api_method",
+    "total_requests",
+    "success_requests",
+    "failure_requests",
+    "average_latency",
+)
+SUMMARY_DTYPES: Final[dict[str, str]] = {
+    "api_method": "str",
+    "total_requests": "int64",
+    "success_requests": "int64",
+    "failure_requests": "int64",
+    "average_latency": "float64",
+}
+GROUP_KEYS: Final = ("api_key_id", "user_id", "model_id")
+GROUP_COLUMNS: Final = (
+    *GROUP_KEYS,
+    "total_requests",
+    "total_prompt_tokens",
+    "total_completion_tokens",
+    "average_latency",
+    "average_time_to_first_token",
+)
+GROUP_DTYPES: Final[dict[str, str]] = {
+    "api_key_id": "str",
+    "user_id": "str",
+    "model_id": "str",
+    "total_requests": "int64",
+    "total_prompt_tokens": "int64",
+    "total_completion_tokens": "int64",
+    "average_latency": "float64",
+    "average_time_to_first_token": "float64",
+}
+
+PARTITION_RE: Final = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+METADATA_FILE: Final = "_usage_analytics.json"
+
+
+# -- files on disk ----------------------------------------------------------------------------
+
+
+def snapshot_files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` as ``{relative posix path: bytes}`` (empty when root is absent)."""
+    if not root.exists():
+        return {}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def list_entries(root: Path) -> list[str]:
+    """Every file and folder under ``root`` as sorted relative posix paths."""
+    if not root.exists():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def partition_dirs(root: Path) -> list[str]:
+    """The names of the partition folders directly under ``root``, sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and PARTITION_RE.match(p.name))
+
+
+def data_files(root: Path) -> dict[str, list[str]]:
+    """``{partition folder: sorted data file names}`` of the visible ``.parquet`` files."""
+    out: dict[str, list[str]] = {}
+    for part in partition_dirs(root):
+        names = sorted(
+            p.name
+            for p in (root / part).iterdir()
+            if p.is_file() and not p.name.startswith((".", "_"))
+        )
+        out[part] = names
+    return out
+
+
+def day_of(timestamp: int) -> str:
+    """The UTC day of a nanosecond timestamp as ``YYYY-MM-DD``."""
+    return pd.Timestamp(int(timestamp), unit="ns", tz="UTC").strftime("%Y-%m-%d")
+
+
+# -- stores and frames -----------------------------------------------------------------------
+
+
+def new_store(root: Path) -> Store:
+    """A migrated store at ``root``."""
+    store = Store(root)
+    store.auto_migrate()
+    return store
+
+
+def usage_row(**values: Any) -> dict[str, Any]:
+    """A complete input row: zero values for every column, overridden by ``values``."""
+    row: dict[str, Any] = dict.fromkeys(STRING_COLUMNS, "") | dict.fromkeys(INT32_COLUMNS, 0)
+    row["timestamp"] = 0
+    row.update(values)
+    return {name: row[name] for name in INPUT_COLUMNS} | {
+        k: v for k, v in values.items() if k not in INPUT_COLUMNS
+    }
+
+
+def usage_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """A frame of complete input rows with the stored dtypes (missing values are zeros)."""
+    full = [usage_row(**row) for row in rows]
+    data: dict[str, Any] = {}
+    for name in INPUT_COLUMNS:
+        values = [row[name] for row in full]
+        if name in STRING_COLUMNS:
+            data[name] = pd.Series(values, dtype="str")
+        elif name == "timestamp":
+            data[name] = pd.Series(values, dtype=np.int64)
+        else:
+            data[name] = pd.Series(values, dtype=np.int32)
+    return pd.DataFrame(data, index=pd.RangeIndex(len(full)))
+
+
+def random_usage_frame(
+    n: int,
+    seed: int,
+    *,
+    start: int = DAY0,
+    days: int = 5,
+    tenants: Sequence[str] = ("t0", "t1", "t2"),
+    methods: Sequence[str] = ("GetFoo", "ListBar", "UpdateFoo", "Ping"),
+    users: int = 8,
+    keys: int = 3,
+    models: int = 3,
+) -> pd.DataFrame:
+    """``n`` random rows with unique ``(user_id, timestamp)`` keys spread over ``days`` days.
+
+    Some timestamps fall exactly on midnight UTC so that day boundaries are exercised.
+    """
+    rng = np.random.default_rng(seed)
+    span = days * NS_PER_DAY
+    timestamps = rng.choice(span, size=n, replace=False).astype(np.int64) + start
+    midnights = start + NS_PER_DAY * rng.integers(0, days, size=max(1, n // 20))
+    timestamps[: len(midnights)] = midnights
+    user_ids = np.array([f"u{i}" for i in rng.integers(0, users, size=n)], dtype=object)
+    frame = pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "tenant": rng.choice(np.array(tenants, dtype=object), size=n),
+            "organization": rng.choice(np.array(["org-a", "org-b", ""], dtype=object), size=n),
+            "project": rng.choice(np.array(["p1", "p2"], dtype=object), size=n),
+            "api_key_id": [f"key{i}" for i in rng.integers(0, keys, size=n)],
+            "api_method": rng.choice(np.array(methods, dtype=object), size=n),
+            "status_code": rng.choice(np.array([200, 200, 200, 201, 404, 500, 0]), size=n),
+            "timestamp": timestamps,
+            "latency_ms": rng.integers(0, 5_000, size=n),
+            "model_id": [f"model{i}" for i in rng.integers(0, models, size=n)],
+            "time_to_first_token_ms": rng.integers(0, 800, size=n),
+            "prompt_tokens": rng.integers(0, 4_000, size=n),
+            "completion_tokens": rng.integers(0, 2_000, size=n),
+            "runtime_latency_ms": rng.integers(0, 5_000, size=n),
+            "runtime_time_to_first_token_ms": rng.integers(0, 800, size=n),
+        }
+    )
+    frame = frame.drop_duplicates(["user_id", "timestamp"]).reset_index(drop=True)
+    return usage_frame(frame.to_dict("records"))
+
+
+# -- reference reports -----------------------------------------------------------------------
+
+
+def empty_summary() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=SUMMARY_DTYPES[c]) for c in SUMMARY_COLUMNS})
+
+
+def empty_groups() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=GROUP_DTYPES[c]) for c in GROUP_COLUMNS})
+
+
+def _window(rows: pd.DataFrame, tenant: str, start: int, end: int) -> pd.DataFrame:
+    keep = (rows["tenant"] == tenant) & (rows["timestamp"] >= start) & (rows["timestamp"] < end)
+    return rows.loc[keep]
+
+
+def reference_summary(rows: pd.DataFrame, tenant: str, start: int, end: int) -> pd.DataFrame:
+    """``aggregated_usage`` computed with plain pandas over stored rows."""
+    sel = _window(rows, tenant, start, end)
+    if sel.empty:
+        return empty_summary()
+    work = pd.DataFrame(
+        {
+            "api_method": sel["api_method"].astype(object),
+            "ok": (sel["status_code"] == 200).astype(np.int64),
+            "latency": sel["latency_ms"].astype(np.float64),
+        }
+    )
+    grouped = work.groupby("api_method", sort=True)
+    total = grouped.size()
+    ok = grouped["ok"].sum()
+    out = pd.DataFrame(
+        {
+            "api_method": pd.Series(list(total.index), dtype="str"),
+            "total_requests": total.to_numpy(dtype=np.int64),
+            "success_requests": ok.to_numpy(dtype=np.int64),
+            "failure_requests": (total - ok).to_numpy(dtype=np.int64),
+            "average_latency": grouped["latency"].mean().to_numpy(dtype=np.float64),
+        }
+    )
+    return out.sort_values("api_method", kind="stable").reset_index(drop=True)
+
+
+def reference_groups(rows: pd.DataFrame, tenant: str, start: int, end: int) -> pd.DataFrame:
+    """``get_usages_by_groups`` computed with plain pandas over stored rows."""
+    sel = _window(rows, tenant, start, end)
+    if sel.empty:
+        return empty_groups()
+    work = sel[list(GROUP_KEYS)].astype(object)
+    work = work.assign(
+        prompt=sel["prompt_tokens"].astype(np.int64),
+        completion=sel["completion_tokens"].astype(np.int64),
+        latency=sel["latency_ms"].astype(np.float64),
+        ttft=sel["time_to_first_token_ms"].astype(np.float64),
+    )
+    agg = (
+        work.groupby(list(GROUP_KEYS), sort=True)
+        .agg(
+            total_requests=("prompt", "size"),
+            total_prompt_tokens=("prompt", "sum"),
+            total_completion_tokens=("completion", "sum"),
+            average_latency=("latency", "mean"),
+            average_time_to_first_token=("ttft", "mean"),
+        )
+        .reset_index()
+    )
+    out = pd.DataFrame({c: agg[c] for c in GROUP_COLUMNS}).astype(GROUP_DTYPES)
+    return out.sort_values(list(GROUP_KEYS), kind="stable").reset_index(drop=True)
+
+
+def assert_report_equal(actual: pd.DataFrame, expected: pd.DataFrame, rtol: float = 1e-12) -> None:
+    """Same columns, dtypes and index; non-float columns exactly equal, floats within ``rtol``."""
+    assert list(actual.columns) == list(expected.columns)
+    assert actual.dtypes.to_dict() == expected.dtypes.to_dict()
+    pd.testing.assert_index_equal(actual.index, pd.RangeIndex(len(expected)))
+    for name in expected.columns:
+        if expected[name].dtype == np.float64:
+            np.testing.assert_allclose(
+                actual[name].to_numpy(), expected[name].to_numpy(), rtol=rtol, atol=0
+            )
+        else:
+            assert actual[name].tolist() == expected[name].tolist(), name
+
+
+def assert_stored_dtypes(frame: pd.DataFrame) -> None:
+    """``frame`` has exactly the stored columns, in order, with the stored dtypes."""
+    assert tuple(frame.columns) == EXPECTED_COLUMNS
+    for name in EXPECTED_COLUMNS:
+        assert frame[name].dtype == STORED_DTYPES[name], (name, frame[name].dtype)
+
+
+def stored_input_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The caller-provided columns of stored rows, with a fresh index."""
+    return frame[list(INPUT_COLUMNS)].reset_index(drop=True)
+
+
+__all__ = [
+    "COLUMNS",
+    "DAY0",
+    "EXPECTED_COLUMNS",
+    "GROUP_COLUMNS",
+    "GROUP_DTYPES",
+    "GROUP_KEYS",
+    "INPUT_COLUMNS",
+    "INT32_COLUMNS",
+    "METADATA_FILE",
+    "NS_PER_DAY",
+    "PARTITION_RE",
+    "STORED_DTYPES",
+    "STRING_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "SUMMARY_DTYPES",
+    "assert_report_equal",
+    "assert_stored_dtypes",
+    "data_files",
+    "day_of",
+    "empty_groups",
+    "empty_summary",
+    "list_entries",
+    "new_store",
+    "partition_dirs",
+    "random_usage_frame",
+    "reference_groups",
+    "reference_summary",
+    "snapshot_files",
+    "stored_input_columns",
+    "usage_frame",
+    "usage_row",
+]

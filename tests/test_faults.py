@@ -1,0 +1,118 @@
+"""Disk failures (ENOSPC, EIO) injected at each step of every write.
+
+Before the commit point the write raises StorageError, leaves every file byte-identical and
+releases the lock; after it, the write has happened and the next operation finishes its clean-up.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _crash_worker import DAY, T0, batch, run
+from helpers import snapshot_files
+
+from usage_analytics import LockTimeoutError, StorageError, Store, UsageAnalyticsError, _dataset
+
+BEFORE_COMMIT = (
+    "journal_tmp_written",
+    "journal_written",
+    "data_tmp_written",
+    "data_renamed",
+    "manifest_tmp_written",
+)
+AFTER_COMMIT = ("committed", "file_removed", "cleanup_done")
+OPS = ("append", "delete", "delete_limit", "compact")
+
+
+@pytest.fixture
+def inject() -> Iterator[Callable[[str, int], None]]:
+    def arm(point: str, code: int) -> None:
+        def hook(name: str) -> None:
+            if name == point:
+                raise OSError(code, f"injected {errno.errorcode[code]}")
+
+        _dataset.FAULT_HOOK = hook
+
+    yield arm
+    _dataset.FAULT_HOOK = None
+
+
+def make_base(root: Path) -> Store:
+    store = Store(root, lock_timeout=0)
+    store.auto_migrate()
+    store.create_usage(batch(1))
+    store.create_usage(batch(2))
+    return store
+
+
+def rows(root: Path) -> pd.DataFrame:
+    return Store(root).find_usages().drop(columns=["created_at"])
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize("point", BEFORE_COMMIT)
+@pytest.mark.parametrize("op", OPS)
+def test_disk_error_before_commit_changes_nothing(
+    tmp_path: Path, inject: Callable[[str, int], None], op: str, point: str, code: int
+) -> None:
+    store = make_base(tmp_path / "root")
+    before = snapshot_files(store.root)
+    inject(point, code)
+    with pytest.raises(StorageError) as info:
+        run(store, op)
+    _dataset.FAULT_HOOK = None
+    assert isinstance(info.value, UsageAnalyticsError)
+    assert info.value.errno == code
+    assert "nothing was changed" in str(info.value)
+    assert snapshot_files(store.root) == before
+    # The lock was released (lock_timeout=0 would raise otherwise) and the next write works.
+    assert store.create_usage(batch(60, days=(4,))) == 10
+    assert len(store.find_usages()) == 70
+
+
+@pytest.mark.parametrize("point", AFTER_COMMIT)
+@pytest.mark.parametrize("op", OPS)
+def test_disk_error_after_commit_keeps_the_write(
+    tmp_path: Path, inject: Callable[[str, int], None], op: str, point: str
+) -> None:
+    expected_root = tmp_path / "expected"
+    run(make_base(expected_root), op)
+    store = make_base(tmp_path / "root")
+    inject(point, errno.EIO)
+    run(store, op)  # committed: the error only hit the clean-up, which the next write finishes
+    _dataset.FAULT_HOOK = None
+    pd.testing.assert_frame_equal(rows(store.root), rows(expected_root))
+    assert store.create_usage(batch(60, days=(4,))) == 10
+    assert not (store.root / "_usage_analytics.journal").exists()
+    on_disk = sorted(p.relative_to(store.root).as_posix() for p in store.root.rglob("*.parquet"))
+    assert on_disk == sorted(p.relative_to(store.root).as_posix() for p in store.files())
+
+
+def test_interrupt_before_commit_rolls_back_and_reraises(
+    tmp_path: Path, inject: Callable[[str, int], None]
+) -> None:
+    store = make_base(tmp_path / "root")
+    before = snapshot_files(store.root)
+
+    def hook(name: str) -> None:
+        if name == "data_renamed":
+            raise KeyboardInterrupt
+
+    _dataset.FAULT_HOOK = hook
+    with pytest.raises(KeyboardInterrupt):
+        store.create_usage(batch(9, days=(1, 2)))
+    _dataset.FAULT_HOOK = None
+    assert snapshot_files(store.root) == before
+
+
+def test_lock_timeout_is_typed_and_leaves_files(tmp_path: Path) -> None:
+    store = make_base(tmp_path / "root")
+    before = snapshot_files(store.root)
+    with store._ds._locked(), pytest.raises(LockTimeoutError, match="lock_timeout"):
+        Store(store.root, lock_timeout=0.05).create_usage(batch(9))
+    assert snapshot_files(store.root) == before
+    assert store.delete_usage(T0 + DAY) == 20

@@ -1,0 +1,671 @@
+"""The storage layer: partition paths, the manifest, atomic commits, the writer lock, recovery.
+
+Nothing else in the package touches the disk. This module knows files, dates and row statistics;
+it knows nothing of tenants, methods or what a usage row means.
+
+Layout of a dataset root::
+
+    _usage_analytics.json          the manifest: format, schema version, live files (commit point)
+    _usage_analytics.lock          the writers' advisory lock
+    _usage_analytics.journal       present only while a write is in flight (or was interrupted)
+    date=YYYY-MM-DD/<hex>.parquet  immutable data files, never modified after they are renamed in
+    date=YYYY-MM-DD/.<hex>.parquet.tmp  a data file being written (readers skip dot files)
+
+A write (a *transaction*) goes through these steps, all under the lock:
+
+1. the journal, naming every file the write adds and removes, is written and fsynced;
+2. each new data file is written under a temporary name, fsynced, and renamed to its final name;
+3. the manifest is replaced by a new one that lists the new set of files: **the commit point**;
+4. the files the write removes are unlinked and emptied partition folders removed;
+5. the journal is removed.
+
+Recovery, run at the start of the next write (and opportunistically by readers when no writer
+holds the lock), reads the journal: when the manifest carries the journal's transaction id the
+write committed and steps 4-5 are finished (roll forward); otherwise the files of step 2 are
+removed (roll back). Both are idempotent, so an interrupted recovery is simply run again.
+
+Readers load the manifest (always whole: it is replaced atomically) and read exactly the files it
+lists. Files are immutable, so a file that opens has the contents the manifest promised; a file
+removed by a later commit while a reader was on its way to it raises ``FileNotFoundError``, and
+:meth:`Dataset.read` starts the read again on the newer manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import os
+import re
+import signal
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import filelock
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import (
+    CorruptDatasetError,
+    DatasetNotInitializedError,
+    IncompatibleDatasetError,
+    LockTimeoutError,
+    StorageError,
+)
+
+__all__ = ["Dataset", "FileEntry", "Snapshot", "Transaction"]
+
+FORMAT_NAME: Final = "usage_analytics"
+FORMAT_VERSION: Final = 1
+MANIFEST_NAME: Final = "_usage_analytics.json"
+LOCK_NAME: Final = "_usage_analytics.lock"
+JOURNAL_NAME: Final = "_usage_analytics.journal"
+PARTITION_PREFIX: Final = "date="
+
+_PARTITION_RE: Final = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_DATA_FILE_RE: Final = re.compile(r"^[0-9a-f]{32}\.parquet$")
+_TEMP_FILE_RE: Final = re.compile(r"^\.[0-9a-f]{32}\.parquet\.tmp$")
+_READ_ATTEMPTS: Final = 20
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------
+# Fault points. Tests arm them to prove that an interruption at any step of a write is recovered:
+# the environment variable kills the process (SIGKILL) at the named point, and ``FAULT_HOOK`` lets
+# an in-process test raise an I/O error there.
+
+FAULT_ENV: Final = "USAGE_ANALYTICS_KILL_AT"
+FAULT_HOOK: Callable[[str], None] | None = None
+_fault_counts: dict[str, int] = {}
+
+
+def _fault(point: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if spec:
+        name, _, nth = spec.partition(":")
+        if name == point:
+            _fault_counts[point] = _fault_counts.get(point, 0) + 1
+            if _fault_counts[point] >= int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(point)
+
+
+#: Every fault point, in the order a write or a recovery reaches them.
+FAULT_POINTS: Final = (
+    "journal_tmp_written",
+    "journal_written",
+    "data_tmp_written",
+    "data_renamed",
+    "manifest_tmp_written",
+    "committed",
+    "file_removed",
+    "cleanup_done",
+    "recovery_file_removed",
+    "recovery_done",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Small durable-file helpers.
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _replace_json(path: Path, payload: Mapping[str, Any], tmp_point: str) -> None:
+    """Write ``payload`` to ``path`` atomically: a temporary file, fsync, rename, fsync dir."""
+    tmp = path.with_name("." + path.name + ".tmp")
+    _write_bytes_durably(tmp, json.dumps(payload, separators=(",", ":")).encode())
+    _fault(tmp_point)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _unlink_missing_ok(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError, OSError):
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest.
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One live data file: where it is and what its rows span."""
+
+    path: str  # relative to the root: "date=YYYY-MM-DD/<hex>.parquet"
+    rows: int
+    schema_version: int
+    stats: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def date(self) -> str:
+        return self.path[len(PARTITION_PREFIX) : len(PARTITION_PREFIX) + 10]
+
+    def min(self, column: str) -> int:
+        return self.stats[column][0]
+
+    def max(self, column: str) -> int:
+        return self.stats[column][1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "schema_version": self.schema_version,
+            "stats": {k: list(v) for k, v in self.stats.items()},
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> FileEntry:
+        path = str(raw["path"])
+        _check_relative_path(path)
+        stats = {str(k): (int(v[0]), int(v[1])) for k, v in dict(raw.get("stats", {})).items()}
+        return cls(path, int(raw["rows"]), int(raw["schema_version"]), stats)
+
+
+def _check_relative_path(path: str) -> None:
+    parts = path.split("/")
+    if (
+        len(parts) != 2
+        or not _PARTITION_RE.match(parts[0])
+        or not _DATA_FILE_RE.match(parts[1])
+        or not _valid_date(parts[0][len(PARTITION_PREFIX) :])
+    ):
+        raise CorruptDatasetError(
+            f"the manifest lists {path!r}, which is not a data file path of this format "
+            "(date=YYYY-MM-DD/<hex>.parquet); the manifest was edited or damaged"
+        )
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One committed state of the dataset."""
+
+    version: int
+    txid: str
+    schema_version: int
+    next_id: int
+    files: tuple[FileEntry, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def dates(self) -> list[str]:
+        return sorted({f.date for f in self.files})
+
+    def by_date(self) -> dict[str, list[FileEntry]]:
+        out: dict[str, list[FileEntry]] = {}
+        for f in self.files:
+            out.setdefault(f.date, []).append(f)
+        return dict(sorted(out.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "schema_version": self.schema_version,
+            "version": self.version,
+            "txid": self.txid,
+            "next_id": self.next_id,
+            "files": [f.to_json() for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], max_schema_version: int) -> Snapshot:
+        if raw.get("format") != FORMAT_NAME:
+            raise IncompatibleDatasetError(
+                f"the manifest names format {raw.get('format')!r}, not {FORMAT_NAME!r}"
+            )
+        fmt = raw.get("format_version")
+        if not isinstance(fmt, int) or fmt > FORMAT_VERSION or fmt < 1:
+            raise IncompatibleDatasetError(
+                f"the dataset has format version {fmt!r}; this usage_analytics reads format "
+                f"version {FORMAT_VERSION}: upgrade usage_analytics"
+            )
+        schema_version = raw.get("schema_version")
+        if not isinstance(schema_version, int) or not 1 <= schema_version <= max_schema_version:
+            raise IncompatibleDatasetError(
+                f"the dataset has schema version {schema_version!r}; this usage_analytics knows "
+                f"versions 1 to {max_schema_version}: upgrade usage_analytics"
+            )
+        try:
+            files = tuple(FileEntry.from_json(f) for f in raw["files"])
+            return cls(
+                version=int(raw["version"]),
+                txid=str(raw["txid"]),
+                schema_version=schema_version,
+                next_id=int(raw["next_id"]),
+                files=files,
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CorruptDatasetError(f"the manifest is damaged: {exc!r}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset.
+
+
+class Dataset:
+    """A date-partitioned Parquet dataset under ``root`` with atomic, serialized writes."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        schema_version: int,
+        columns_for_version: Callable[[int], Sequence[str]],
+        fill_values: Mapping[str, pa.Scalar],
+        stats_columns: Sequence[str],
+        lock_timeout: float,
+    ) -> None:
+        self.root = root
+        self.schema_version = schema_version
+        self._columns_for_version = columns_for_version
+        self._fill_values = dict(fill_values)
+        self._stats_columns = tuple(stats_columns)
+        self.lock_timeout = lock_timeout
+
+    # -- paths -------------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / JOURNAL_NAME
+
+    def partition_dir(self, date: str) -> Path:
+        if not _valid_date(date) or len(date) != 10:
+            raise ValueError(f"not a partition date: {date!r}")
+        return self.root / f"{PARTITION_PREFIX}{date}"
+
+    def path_of(self, entry: FileEntry) -> Path:
+        return self.root / entry.path
+
+    # -- locking -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float | None = None) -> Iterator[None]:
+        lock = filelock.FileLock(self.root / LOCK_NAME, thread_local=False)
+        wait = self.lock_timeout if timeout is None else timeout
+        try:
+            lock.acquire(timeout=wait)
+        except filelock.Timeout as exc:
+            raise LockTimeoutError(
+                f"another writer held the lock on {self.root} for more than {wait:g} s; "
+                "retry later or pass a larger lock_timeout"
+            ) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- reading the manifest ----------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def _load_manifest(self) -> Snapshot:
+        try:
+            raw = json.loads(self.manifest_path.read_bytes())
+        except FileNotFoundError:
+            raise DatasetNotInitializedError(
+                f"no usage dataset at {self.root}: call Store({str(self.root)!r}).auto_migrate() "
+                "to create it"
+            ) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptDatasetError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise CorruptDatasetError(f"{self.manifest_path} does not hold a JSON object")
+        return Snapshot.from_json(raw, self.schema_version)
+
+    def snapshot(self) -> Snapshot:
+        """The latest committed state (finishing an interrupted write first, when possible)."""
+        snap = self._load_manifest()
+        if self.journal_path.exists() or self._journal_tmp.exists():
+            with contextlib.suppress(LockTimeoutError, PermissionError, OSError):
+                with self._locked(timeout=0):
+                    self._recover()
+                snap = self._load_manifest()
+        return snap
+
+    def read(self, fn: Callable[[Snapshot], T]) -> T:
+        """Run ``fn`` on a snapshot, again on a newer one if a file vanished under it."""
+        for _ in range(_READ_ATTEMPTS):
+            snap = self.snapshot()
+            try:
+                return fn(snap)
+            except FileNotFoundError as exc:
+                if self._load_manifest().version == snap.version:
+                    raise CorruptDatasetError(
+                        f"a file listed by the manifest is missing: {exc.filename}"
+                    ) from exc
+        raise CorruptDatasetError("the dataset kept changing under the reader; try again")
+
+    def read_file(
+        self,
+        entry: FileEntry,
+        columns: Sequence[str],
+        filter: pc.Expression | None = None,
+        *,
+        dictionary: Sequence[str] = (),
+    ) -> pa.Table:
+        """Read ``columns`` of one data file, filling columns it predates with their defaults."""
+        path = self.path_of(entry)
+        if path.is_symlink() or path.parent.is_symlink():
+            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
+        present = set(self._columns_for_version(entry.schema_version))
+        wanted = [c for c in columns if c in present]
+        missing = [c for c in columns if c not in present]
+        if filter is not None and missing:
+            # A filter on a column the file predates would fail; such filters are evaluated
+            # after filling in the defaults.
+            table = pq.read_table(path, columns=wanted, read_dictionary=dictionary or None)
+        else:
+            table = pq.read_table(
+                path, columns=wanted, filters=filter, read_dictionary=dictionary or None
+            )
+            filter = None
+        for name in missing:
+            table = table.append_column(name, pa.repeat(self._fill_values[name], table.num_rows))
+        table = table.select(list(columns))
+        if filter is not None:
+            table = table.filter(filter)
+        return table
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def create(self) -> bool:
+        """Create the dataset, or check the one there; True when something was created or
+        upgraded."""
+        if self.exists() and self.snapshot().schema_version == self.schema_version:
+            return False  # also refuses unknown versions before anything is written
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._recover()
+            if not self.exists():
+                snap = Snapshot(
+                    version=0,
+                    txid=uuid.uuid4().hex,
+                    schema_version=self.schema_version,
+                    next_id=1,
+                    files=(),
+                )
+                self._write_manifest(snap)
+                return True
+            snap = self._load_manifest()
+            if snap.schema_version == self.schema_version:
+                return False
+        with self.transaction(upgrade=True) as tx:
+            tx.schema_version = self.schema_version
+            tx.commit()
+        return True
+
+    def _write_manifest(self, snap: Snapshot) -> None:
+        _replace_json(self.manifest_path, snap.to_json(), "manifest_tmp_written")
+
+    @property
+    def _journal_tmp(self) -> Path:
+        return self.root / ("." + JOURNAL_NAME + ".tmp")
+
+    @contextlib.contextmanager
+    def transaction(self, *, upgrade: bool = False) -> Iterator[Transaction]:
+        """Hold the writer lock, recover any interrupted write, and yield a transaction.
+
+        Writes need the dataset at the current schema version; reads do not.
+        """
+        self._check_writable(self._load_manifest(), upgrade)  # fail early, before the lock
+        with self._locked():
+            self._recover()
+            base = self._load_manifest()
+            self._check_writable(base, upgrade)
+            yield Transaction(self, base)
+
+    def _check_writable(self, snap: Snapshot, upgrade: bool) -> None:
+        if snap.schema_version != self.schema_version and not upgrade:
+            raise IncompatibleDatasetError(
+                f"the dataset at {self.root} has schema version {snap.schema_version}; "
+                f"call auto_migrate() to upgrade it to version {self.schema_version} "
+                "before writing (reads work as it is)"
+            )
+
+    def _recover(self) -> None:
+        """Finish or undo an interrupted write. Call with the lock held. Idempotent."""
+        _unlink_missing_ok(self._journal_tmp)
+        _unlink_missing_ok(self.root / ("." + MANIFEST_NAME + ".tmp"))
+        try:
+            journal = json.loads(self.journal_path.read_bytes())
+        except FileNotFoundError:
+            return
+        except ValueError:
+            # A journal is only ever renamed in whole; an unreadable one is damage.
+            raise CorruptDatasetError(f"{self.journal_path} is damaged") from None
+        committed = self._load_manifest().txid == journal["txid"]
+        adds = [str(p) for p in journal["adds"]]
+        removes = [str(p) for p in journal["removes"]]
+        for rel in adds + removes:
+            _check_relative_path(rel)
+        touched = {rel.split("/")[0] for rel in adds + removes}
+        for rel in removes if committed else adds:
+            path = self.root / rel
+            removed = _unlink_missing_ok(path)
+            removed = _unlink_missing_ok(path.with_name("." + path.name + ".tmp")) or removed
+            if removed:
+                _fault("recovery_file_removed")
+        for part in sorted(touched):
+            _rmdir_if_empty(self.root / part)
+        _fsync_dir(self.root)
+        self.journal_path.unlink()
+        _fsync_dir(self.root)
+        _fault("recovery_done")
+
+    # -- reading for stray entries -------------------------------------------------------------
+
+    def stray_entries(self) -> list[Path]:
+        """Entries under the root that are not part of the dataset (for diagnostics)."""
+        live = {self.root / f.path for f in self._load_manifest().files}
+        known = {MANIFEST_NAME, LOCK_NAME}
+        out: list[Path] = []
+        for child in sorted(self.root.iterdir()):
+            if child.name in known:
+                continue
+            if child.is_symlink() or not child.is_dir() or not _PARTITION_RE.match(child.name):
+                out.append(child)
+                continue
+            out.extend(sorted(p for p in child.iterdir() if p not in live))
+        return out
+
+
+@dataclass
+class _Staged:
+    entry: FileEntry
+    table: pa.Table
+
+
+class Transaction:
+    """A set of file additions and removals committed at once. Use via Dataset.transaction()."""
+
+    def __init__(self, dataset: Dataset, base: Snapshot) -> None:
+        self._ds = dataset
+        self.base = base
+        self.schema_version = base.schema_version
+        self.next_id = base.next_id
+        self._staged: list[_Staged] = []
+        self._removed: dict[str, FileEntry] = {}
+        self._done = False
+
+    def reserve_ids(self, n: int) -> int:
+        """Reserve ``n`` consecutive row ids; returns the first."""
+        first = self.next_id
+        self.next_id += n
+        return first
+
+    def add(self, date: str, table: pa.Table) -> FileEntry:
+        """Stage ``table`` as a new data file in partition ``date``."""
+        self._ds.partition_dir(date)  # validates the date
+        stats: dict[str, tuple[int, int]] = {}
+        for name in self._ds._stats_columns:
+            mm = pc.min_max(table.column(name))
+            stats[name] = (int(mm["min"].as_py()), int(mm["max"].as_py()))
+        entry = FileEntry(
+            path=f"{PARTITION_PREFIX}{date}/{uuid.uuid4().hex}.parquet",
+            rows=table.num_rows,
+            schema_version=self.schema_version,
+            stats=stats,
+        )
+        self._staged.append(_Staged(entry, table))
+        return entry
+
+    def remove(self, entry: FileEntry) -> None:
+        """Stage the removal of a live data file."""
+        self._removed[entry.path] = entry
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self._staged or self._removed or self.schema_version != self.base.schema_version
+        )
+
+    def commit(self) -> None:
+        """Apply every staged change at once, durably; on failure leave the dataset as it was."""
+        if self._done:
+            raise RuntimeError("this transaction was already committed")
+        self._done = True
+        if not self.changed:
+            return
+        ds = self._ds
+        txid = uuid.uuid4().hex
+        adds = [s.entry.path for s in self._staged]
+        removes = list(self._removed)
+        files = [f for f in self.base.files if f.path not in self._removed]
+        files.extend(s.entry for s in self._staged)
+        new = Snapshot(
+            version=self.base.version + 1,
+            txid=txid,
+            schema_version=self.schema_version,
+            next_id=self.next_id,
+            files=tuple(files),
+        )
+        committed = False
+        try:
+            _replace_json(
+                ds.journal_path,
+                {"txid": txid, "adds": adds, "removes": removes},
+                "journal_tmp_written",
+            )
+            _fault("journal_written")
+            self._write_files()
+            ds._write_manifest(new)
+            committed = True
+        except BaseException as exc:
+            if not committed:
+                with contextlib.suppress(BaseException):
+                    ds._recover()
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | StorageError):
+                raise StorageError(
+                    exc.errno or errno.EIO,
+                    f"writing to {ds.root} failed ({exc.strerror or exc}); "
+                    + (
+                        "the write was committed, but may not be durable"
+                        if committed
+                        else "nothing was changed"
+                    ),
+                ) from exc
+            raise
+        # Past the commit point: failures only leave garbage that the next recovery removes.
+        with contextlib.suppress(OSError):
+            self._cleanup(removes)
+
+    def _write_files(self) -> None:
+        ds = self._ds
+        dirs: set[Path] = set()
+        created_dirs = False
+        for staged in self._staged:
+            final = ds.path_of(staged.entry)
+            part = final.parent
+            if part.is_symlink() or (part.exists() and not part.is_dir()):
+                raise CorruptDatasetError(
+                    f"{part} is not a folder of this dataset (a link or a file); move it away"
+                )
+            if not part.exists():
+                part.mkdir()
+                created_dirs = True
+            dirs.add(part)
+            tmp = final.with_name("." + final.name + ".tmp")
+            _write_parquet(staged.table, tmp)
+            _fault("data_tmp_written")
+            os.replace(tmp, final)
+            _fault("data_renamed")
+        for part in dirs:
+            _fsync_dir(part)
+        if created_dirs:
+            _fsync_dir(ds.root)
+
+    def _cleanup(self, removes: Iterable[str]) -> None:
+        ds = self._ds
+        _fault("committed")
+        parts: set[str] = set()
+        for rel in removes:
+            _unlink_missing_ok(ds.root / rel)
+            parts.add(rel.split("/")[0])
+            _fault("file_removed")
+        for part in sorted(parts):
+            _rmdir_if_empty(ds.root / part)
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_dir(ds.root / part)
+        _fsync_dir(ds.root)
+        _fault("cleanup_done")
+        ds.journal_path.unlink()
+        _fsync_dir(ds.root)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    with open(path, "wb") as fh:
+        pq.write_table(
+            table,
+            fh,
+            compression="zstd",
+            row_group_size=128 * 1024,
+            use_dictionary=True,
+            write_statistics=True,
+        )
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,241 @@
+"""Turning what callers pass to ``create_usage`` into a validated frame of stored dtypes."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.errors
+
+from .errors import InvalidArgumentError, ValidationError
+from .records import Usage
+from .schema import INPUT_COLUMNS, INPUT_SCHEMA, INT32_COLUMNS, STRING_COLUMNS, ZERO_VALUES
+
+__all__ = ["prepare_batch", "to_ns"]
+
+_STORE_SET = ("id", "created_at")
+_USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
+_INT64_MAX = np.iinfo(np.int64).max
+_EXAMPLES = 5
+
+
+def to_ns(value: object, what: str) -> int:
+    """A time bound as int nanoseconds since the Unix epoch, UTC (naive values are UTC).
+
+    Example:
+        >>> to_ns("2021-01-07", "start")
+        1609977600000000000
+    """
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be a time, not a bool ({value!r})")
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, str | dt.date | np.datetime64 | pd.Timestamp):
+        try:
+            ts = pd.Timestamp(value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidArgumentError(f"{what}: cannot read {value!r} as a time ({exc})") from exc
+        if ts is pd.NaT:
+            raise InvalidArgumentError(f"{what} is NaT; give a time")
+        if ts.tzinfo is None:
+            ts = ts.tz_localize("UTC")
+        return int(ts.value)
+    raise InvalidArgumentError(
+        f"{what} must be int nanoseconds since the epoch, a datetime, a pd.Timestamp or an ISO "
+        f"string such as '2026-11-01', not {type(value).__name__} ({value!r})"
+    )
+
+
+def _rows_to_frame(items: Iterable[Any]) -> pd.DataFrame:
+    rows: list[Mapping[str, Any]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, Usage):
+            rows.append({name: getattr(item, name) for name in _USAGE_FIELDS})
+        elif isinstance(item, Mapping):
+            rows.append(item)
+        else:
+            raise InvalidArgumentError(
+                "create_usage takes Usage objects, mappings with the same keys, or one "
+                f"DataFrame; item {i} is a {type(item).__name__}"
+            )
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    columns = {}
+    for name in names:
+        values = np.empty(len(rows), dtype=object)
+        zero = ZERO_VALUES.get(name)
+        values[:] = [row.get(name, zero) for row in rows]
+        columns[name] = pd.Series(values, dtype=object)
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
+
+
+def _to_frame(usages: tuple[Any, ...]) -> pd.DataFrame:
+    if len(usages) == 1 and isinstance(usages[0], pd.DataFrame):
+        df = usages[0]
+        if df.columns.has_duplicates:
+            dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+            raise InvalidArgumentError(f"the frame has duplicate columns: {dupes}")
+        return df.reset_index(drop=True)
+    if any(isinstance(u, pd.DataFrame) for u in usages):
+        raise InvalidArgumentError("pass one DataFrame on its own, not mixed with other items")
+    if len(usages) == 1 and isinstance(usages[0], list | tuple):
+        usages = tuple(usages[0])
+    if not usages:
+        return pd.DataFrame({name: pd.Series([], dtype=object) for name in INPUT_COLUMNS})
+    return _rows_to_frame(usages)
+
+
+def _coerce_string(s: pd.Series) -> pd.Series:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype(object)
+    if isinstance(s.dtype, pd.StringDtype):
+        return s if s.dtype == "str" else s.astype("str")
+    if _inferred(s) in ("string", "empty"):
+        try:
+            return s.astype("str")
+        except UnicodeEncodeError:
+            return s  # the utf8_string check names the values
+    return s
+
+
+def _datetimes_to_ns(s: pd.Series) -> pd.Series:
+    if s.isna().any():
+        return s
+    try:
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            s = s.dt.tz_convert("UTC")
+        elif s.dtype == object:
+            s = pd.to_datetime(s, utc=True)
+        else:
+            s = s.dt.tz_localize("UTC")
+        return s.dt.as_unit("ns").astype(np.int64)
+    except (ValueError, TypeError, OverflowError):
+        return s
+
+
+def _mixed_to_ns(s: pd.Series) -> pd.Series:
+    """Int nanoseconds and datetimes mixed in one object column, each converted on its own."""
+    out = np.empty(len(s), dtype=np.int64)
+    for i, value in enumerate(s.tolist()):
+        if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+            if not -(2**63) <= int(value) < 2**63:
+                return s
+            out[i] = int(value)
+        elif isinstance(value, dt.date | np.datetime64) and not pd.isna(value):
+            try:
+                out[i] = to_ns(value, "timestamp")
+            except InvalidArgumentError:
+                return s
+        else:
+            return s
+    return pd.Series(out, index=s.index, name=s.name)
+
+
+def _inferred(s: pd.Series) -> str:
+    """pandas' guess of what an object column holds ("" for other dtypes)."""
+    if not pd.api.types.is_object_dtype(s.dtype):
+        return ""
+    return str(pd.api.types.infer_dtype(s, skipna=False))
+
+
+def _coerce_int(s: pd.Series, name: str) -> pd.Series:
+    dtype = s.dtype
+    if name == "timestamp":
+        if pd.api.types.is_datetime64_any_dtype(dtype):
+            return _datetimes_to_ns(s)
+        inferred = _inferred(s)
+        if inferred in ("datetime", "datetime64", "date"):
+            return _datetimes_to_ns(s)
+        if inferred.startswith("mixed"):
+            return _mixed_to_ns(s)
+    if pd.api.types.is_bool_dtype(dtype):
+        return s
+    if isinstance(dtype, pd.CategoricalDtype):
+        s = s.astype(object)
+        dtype = s.dtype
+    if pd.api.types.is_integer_dtype(dtype):
+        if s.isna().any():
+            return s
+        if pd.api.types.is_unsigned_integer_dtype(dtype) and len(s) and s.max() > _INT64_MAX:
+            return s
+        return s.astype(np.int64)
+    if pd.api.types.is_float_dtype(dtype):
+        values = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        ok = np.isfinite(values).all() and (values == np.trunc(values)).all()
+        if ok and (len(values) == 0 or np.abs(values).max() < 2.0**63):
+            return pd.Series(values.astype(np.int64), index=s.index, name=s.name)
+        return s
+    if _inferred(s) in ("integer", "empty"):
+        try:
+            return s.astype(np.int64)
+        except (OverflowError, ValueError, TypeError):
+            return s
+    return s
+
+
+def _describe(failure_cases: pd.DataFrame) -> str:
+    lines = []
+    grouped = failure_cases.groupby(["column", "check"], sort=False, dropna=False)
+    for (column, check), cases in grouped:
+        values = [repr(v) for v in cases["failure_case"].tolist()[:_EXAMPLES]]
+        rows = [int(i) for i in cases["index"].tolist() if pd.notna(i)][:_EXAMPLES]
+        if check == "column_in_schema":
+            names = ", ".join(repr(c) for c in cases["failure_case"])
+            lines.append(f"unknown column(s) {names}: not in UsageSchema; drop or rename them")
+            continue
+        if check == "column_in_dataframe":
+            names = ", ".join(repr(c) for c in cases["failure_case"])
+            lines.append(f"missing required column(s) {names}")
+            continue
+        more = f" and {len(cases) - _EXAMPLES} more" if len(cases) > _EXAMPLES else ""
+        where = f" at rows {rows}" if rows else ""
+        shown = f"; values {', '.join(values)}{more}" if values else ""
+        lines.append(f"column {column!r}: check {check!r} failed{where}{shown}")
+    return "\n".join(f"  - {line}" for line in lines)
+
+
+def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
+    """Validate a batch as a whole and return it with the stored dtypes and a RangeIndex.
+
+    Raises:
+        ValidationError: anything in the batch breaks the schema; every problem is listed.
+        InvalidArgumentError: the arguments are not Usage objects, mappings or one DataFrame.
+    """
+    df = _to_frame(usages)
+    df = df.drop(columns=[c for c in _STORE_SET if c in df.columns])
+    columns: dict[str, pd.Series] = {}
+    for name in df.columns:
+        s = df[name]
+        if name in STRING_COLUMNS:
+            s = _coerce_string(s)
+        elif name in INT32_COLUMNS or name == "timestamp":
+            s = _coerce_int(s, name)
+        columns[str(name)] = s
+    for name in INPUT_COLUMNS:
+        if name not in columns and name != "timestamp":
+            zero = ZERO_VALUES[name]
+            dtype: Any = "str" if isinstance(zero, str) else np.int64
+            columns[name] = pd.Series(np.full(len(df), zero, dtype=object), dtype=dtype)
+    order = [c for c in INPUT_COLUMNS if c in columns] + [
+        c for c in columns if c not in INPUT_COLUMNS
+    ]
+    frame = pd.DataFrame({c: columns[c] for c in order}, index=pd.RangeIndex(len(df)))
+    try:
+        INPUT_SCHEMA.validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        raise ValidationError(
+            f"{len(cases)} problem(s) in the batch of {len(frame)} rows; nothing was written:\n"
+            + _describe(cases),
+            cases,
+        ) from None
+    except pandera.errors.SchemaError as exc:  # pragma: no cover - lazy mode collects all
+        raise ValidationError(str(exc), pd.DataFrame()) from None
+    for name in INT32_COLUMNS:
+        frame[name] = frame[name].astype(np.int32)
+    return frame

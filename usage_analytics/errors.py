@@ -1,0 +1,78 @@
+"""Errors raised by usage_analytics.
+
+Every error derives from :class:`UsageAnalyticsError`, so a batch job can catch one class. Errors
+about bad input also derive from :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "CorruptDatasetError",
+    "DatasetNotInitializedError",
+    "DuplicateUsageError",
+    "IncompatibleDatasetError",
+    "InvalidArgumentError",
+    "LockTimeoutError",
+    "StorageError",
+    "UsageAnalyticsError",
+    "ValidationError",
+]
+
+
+class UsageAnalyticsError(Exception):
+    """Base class of every error raised by usage_analytics."""
+
+
+class InvalidArgumentError(UsageAnalyticsError, ValueError):
+    """An argument has a wrong type or value (a bad time bound, a negative limit, ...)."""
+
+
+class ValidationError(UsageAnalyticsError, ValueError):
+    """A batch of usage rows broke the schema; nothing was written.
+
+    Attributes:
+        failure_cases: pandera's failure-case frame, one row per failing value or column
+            (columns ``schema_context``, ``column``, ``check``, ``check_number``,
+            ``failure_case``, ``index``).
+    """
+
+    def __init__(self, message: str, failure_cases: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.failure_cases = failure_cases
+
+
+class DuplicateUsageError(UsageAnalyticsError, ValueError):
+    """A batch repeats a ``(user_id, timestamp)`` key; nothing was written.
+
+    Attributes:
+        keys: a frame with columns ``user_id`` and ``timestamp`` listing the repeated keys.
+    """
+
+    def __init__(self, message: str, keys: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class DatasetNotInitializedError(UsageAnalyticsError):
+    """The root holds no dataset yet: call ``Store.auto_migrate()`` first."""
+
+
+class IncompatibleDatasetError(UsageAnalyticsError):
+    """The dataset was written by a newer or unknown version of the format or schema."""
+
+
+class CorruptDatasetError(UsageAnalyticsError):
+    """A file the dataset relies on is missing, unreadable, or points outside the root."""
+
+
+class LockTimeoutError(UsageAnalyticsError, TimeoutError):
+    """Another writer held the dataset's lock for longer than the timeout."""
+
+
+class StorageError(UsageAnalyticsError, OSError):
+    """The disk failed during a write (no space, I/O error, ...); the write was rolled back."""

@@ -1,0 +1,499 @@
+"""``Store``: the usage store on a date-partitioned Parquet dataset.
+
+The store validates input, asks the dataset layer (``_dataset``) to commit files, and asks
+``queries`` to aggregate what it reads. It never touches the disk itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import queries
+from ._dataset import Dataset, FileEntry, Snapshot, Transaction
+from ._validation import prepare_batch, to_ns
+from .errors import DuplicateUsageError, InvalidArgumentError
+from .schema import (
+    ADDED_IN_V2,
+    COLUMNS,
+    CREATED_AT_DTYPE,
+    INT32_COLUMNS,
+    KEY_COLUMNS,
+    SCHEMA_VERSION,
+    STRING_COLUMNS,
+    arrow_schema,
+    columns_for_version,
+)
+
+__all__ = ["DatasetInfo", "Store"]
+
+NS_PER_DAY: Final = 86_400 * 1_000_000_000
+_DUPLICATES_SHOWN: Final = 10
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset holds (:meth:`Store.info`)."""
+
+    root: Path
+    schema_version: int
+    rows: int
+    files: int
+    partitions: int
+    first_timestamp: int | None
+    last_timestamp: int | None
+
+
+def _date_name(day: int) -> str:
+    """The partition date of a day number (days since the epoch)."""
+    return str(np.datetime64(day, "D"))
+
+
+def _day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
+    """Row positions per day, days ascending; ``order`` (sorted by day first) is kept within."""
+    if order is None:
+        order = np.argsort(days, kind="stable")
+    sorted_days = days[order]
+    bounds = np.flatnonzero(sorted_days[1:] != sorted_days[:-1]) + 1
+    return [(int(days[chunk[0]]), chunk) for chunk in np.split(order, bounds) if len(chunk)]
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    df = table.to_pandas()
+    for name in df.columns:
+        if name in STRING_COLUMNS:
+            df[name] = df[name].astype("str")
+        elif name in INT32_COLUMNS:
+            df[name] = df[name].astype(np.int32)
+        elif name == "created_at":
+            df[name] = df[name].astype(CREATED_AT_DTYPE)
+    return df
+
+
+class Store:
+    """API and LLM usage records in a date-partitioned Parquet dataset.
+
+    Args:
+        root: the dataset's folder; ``auto_migrate()`` creates it.
+        lock_timeout: seconds a write waits for another writer before raising
+            :class:`~usage_analytics.LockTimeoutError`.
+
+    Example:
+        >>> from usage_analytics import Usage
+        >>> store = Store(tmp / "usage")
+        >>> store.auto_migrate()
+        >>> store.create_usage(Usage(user_id="u0", tenant="t0", api_method="GetFoo",
+        ...                          status_code=200, timestamp=1_610_000_000, latency_ms=100))
+        1
+        >>> store.aggregated_usage("t0", 0, 2_000_000_000)
+          api_method  total_requests  success_requests  failure_requests  average_latency
+        0     GetFoo               1                 1                 0            100.0
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
+            raise InvalidArgumentError(f"lock_timeout must be seconds, not {lock_timeout!r}")
+        if lock_timeout < 0:
+            raise InvalidArgumentError(f"lock_timeout must be >= 0, not {lock_timeout!r}")
+        self._root = Path(os.fspath(root))
+        self._ds = Dataset(
+            self._root,
+            schema_version=SCHEMA_VERSION,
+            columns_for_version=columns_for_version,
+            fill_values={name: pa.scalar(0, pa.int32()) for name in ADDED_IN_V2},
+            stats_columns=("timestamp", "id"),
+            lock_timeout=float(lock_timeout),
+        )
+
+    @property
+    def root(self) -> Path:
+        """The dataset root."""
+        return self._root
+
+    def __repr__(self) -> str:
+        return f"Store({str(self._root)!r})"
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def auto_migrate(self) -> None:
+        """Create the dataset, or check (and upgrade) the one at ``root``. Idempotent.
+
+        A dataset of an older schema version is upgraded in place without rewriting its data
+        files: rows written before read back with zeros in the columns added since.
+
+        Raises:
+            IncompatibleDatasetError: the dataset was written by a newer usage_analytics.
+
+        Example:
+            >>> Store(tmp / "fresh").auto_migrate()
+        """
+        self._ds.create()
+
+    def info(self) -> DatasetInfo:
+        """Rows, files, partitions and the time span of the dataset, from its manifest alone.
+
+        Example:
+            >>> Store("data/sample").info().partitions
+            14
+        """
+        snap = self._ds.snapshot()
+        return DatasetInfo(
+            root=self._root,
+            schema_version=snap.schema_version,
+            rows=snap.rows,
+            files=len(snap.files),
+            partitions=len(snap.dates()),
+            first_timestamp=min((f.min("timestamp") for f in snap.files), default=None),
+            last_timestamp=max((f.max("timestamp") for f in snap.files), default=None),
+        )
+
+    def files(self) -> list[Path]:
+        """The data files of the latest committed state, for reading with another engine.
+
+        Reading exactly these files (rather than globbing the folder) never sees a write in
+        progress. A later delete or compaction may remove some of them.
+
+        Example:
+            >>> import duckdb
+            >>> files = [str(p) for p in Store("data/sample").files()]
+            >>> duckdb.sql(f"select count(*) from read_parquet({files})").fetchall()[0][0]
+            40000
+        """
+        return [self._ds.path_of(f) for f in self._ds.snapshot().files]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def create_usage(self, *usages: Any, on_conflict: Literal["error", "ignore"] = "error") -> int:
+        """Validate and append usage rows, all or nothing.
+
+        Args:
+            *usages: ``Usage`` objects, mappings with the same keys, a list of either, or one
+                DataFrame. Missing optional columns get their zero values; ``timestamp`` may be
+                int nanoseconds, datetime64 values or datetime objects (naive ones are UTC).
+                ``id`` and ``created_at`` are set by the store.
+            on_conflict: ``"error"`` raises when a ``(user_id, timestamp)`` key repeats, inside
+                the batch or against stored rows; ``"ignore"`` skips such rows (the first of
+                in-batch repeats is kept), which makes re-running a load idempotent.
+
+        Returns:
+            The number of rows written.
+
+        Raises:
+            ValidationError: the batch breaks the schema (every problem is listed).
+            DuplicateUsageError: a key repeats and ``on_conflict="error"``.
+
+        Example:
+            >>> store = Store(tmp / "append"); store.auto_migrate()
+            >>> row = {"user_id": "u1", "timestamp": pd.Timestamp("2026-11-01 12:00")}
+            >>> store.create_usage(row)
+            1
+            >>> store.create_usage(row, on_conflict="ignore")
+            0
+        """
+        if on_conflict not in ("error", "ignore"):
+            raise InvalidArgumentError(
+                f"on_conflict must be 'error' or 'ignore', not {on_conflict!r}"
+            )
+        batch = prepare_batch(usages)
+        repeated = batch.duplicated(list(KEY_COLUMNS), keep="first").to_numpy()
+        if repeated.any():
+            if on_conflict == "error":
+                raise _duplicate_error(batch.loc[repeated], "inside the batch")
+            batch = batch.loc[~repeated]
+        with self._ds.transaction() as tx:
+            if batch.empty:
+                return 0
+            batch = batch.reset_index(drop=True)
+            days = batch["timestamp"].to_numpy() // NS_PER_DAY
+            stored = self._stored_keys(tx.base, batch, days)
+            if stored.any():
+                if on_conflict == "error":
+                    raise _duplicate_error(batch.loc[stored], "already stored")
+                batch = batch.loc[~stored].reset_index(drop=True)
+                days = days[~stored]
+                if batch.empty:
+                    return 0
+            first = tx.reserve_ids(len(batch))
+            batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
+            batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
+            table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
+            _stage_by_date(tx, table, days, batch["tenant"])
+            tx.commit()
+            return len(batch)
+
+    def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
+        """A mask of the batch rows whose key is already stored.
+
+        Only files whose timestamp range overlaps the batch's in the same partition are read,
+        and only their key columns within that range.
+        """
+        found = np.zeros(len(batch), dtype=bool)
+        by_date = snap.by_date()
+        timestamps = batch["timestamp"].to_numpy()
+        for day, idx in _day_groups(days):
+            lo, hi = int(timestamps[idx].min()), int(timestamps[idx].max())
+            tables = [
+                self._ds.read_file(
+                    entry,
+                    KEY_COLUMNS,
+                    (pc.field("timestamp") >= lo) & (pc.field("timestamp") <= hi),
+                )
+                for entry in by_date.get(_date_name(day), [])
+                if entry.max("timestamp") >= lo and entry.min("timestamp") <= hi
+            ]
+            tables = [t for t in tables if t.num_rows]
+            if not tables:
+                continue
+            existing = pa.concat_tables(tables).to_pandas()
+            candidates = idx[np.isin(timestamps[idx], existing["timestamp"].to_numpy())]
+            if not len(candidates):
+                continue
+            stored_index = pd.MultiIndex.from_frame(existing[list(KEY_COLUMNS)].astype(object))
+            keys = pd.MultiIndex.from_frame(batch.loc[candidates, list(KEY_COLUMNS)].astype(object))
+            found[candidates[keys.isin(stored_index)]] = True
+        return found
+
+    def delete_usage(self, timestamp: Any, limit: int | None = None) -> int:
+        """Delete rows with ``timestamp`` before the cutoff, oldest first; all or nothing.
+
+        Partitions whose rows all go are removed whole without being read; a partition that
+        keeps some rows is rewritten without the deleted ones.
+
+        Args:
+            timestamp: the cutoff (exclusive): int ns, datetime, pd.Timestamp or ISO string.
+            limit: delete at most this many rows (``None``: no limit).
+
+        Returns:
+            The number of rows deleted.
+
+        Example:
+            >>> store = Store(tmp / "retention"); store.auto_migrate()
+            >>> store.create_usage([{"user_id": "u", "timestamp": t} for t in (1, 2, 3)])
+            3
+            >>> store.delete_usage(3, limit=1), store.delete_usage(3)
+            (1, 1)
+        """
+        cutoff = to_ns(timestamp, "timestamp")
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int | np.integer):
+                raise InvalidArgumentError(f"limit must be an int or None, not {limit!r}")
+            if limit < 0:
+                raise InvalidArgumentError(f"limit must be >= 0, not {limit}")
+        remaining = None if limit is None else int(limit)
+        deleted = 0
+        with self._ds.transaction() as tx:
+            for entries in tx.base.by_date().values():
+                if remaining == 0:
+                    break
+                candidates = [e for e in entries if e.min("timestamp") < cutoff]
+                if not candidates:
+                    break  # later partitions hold only later rows
+                n = self._delete_in_partition(tx, candidates, cutoff, remaining)
+                deleted += n
+                if remaining is not None:
+                    remaining -= n
+            tx.commit()
+        return deleted
+
+    def _delete_in_partition(
+        self, tx: Transaction, candidates: list[FileEntry], cutoff: int, limit: int | None
+    ) -> int:
+        whole = [e for e in candidates if e.max("timestamp") < cutoff]
+        partial = [e for e in candidates if e.max("timestamp") >= cutoff]
+        whole_rows = sum(e.rows for e in whole)
+        if limit is None or (not partial and whole_rows <= limit):
+            for entry in whole:
+                tx.remove(entry)
+            return whole_rows + sum(self._rewrite_without(tx, e, cutoff, None) for e in partial)
+        # A limit falls inside this partition: pick the oldest rows by (timestamp, id).
+        keys = pa.concat_tables(
+            [
+                self._ds.read_file(e, ("timestamp", "id"), pc.field("timestamp") < cutoff)
+                for e in candidates
+            ]
+        ).to_pandas()
+        keys = keys.sort_values(["timestamp", "id"], kind="stable").iloc[:limit]
+        doomed = pa.array(keys["id"].to_numpy())
+        total = 0
+        for entry in candidates:
+            total += self._rewrite_without(tx, entry, cutoff, doomed)
+        return total
+
+    def _rewrite_without(
+        self, tx: Transaction, entry: FileEntry, cutoff: int, ids: pa.Array | None
+    ) -> int:
+        """Stage ``entry`` rewritten without its rows before ``cutoff`` (and, when ``ids`` is
+        given, only those among them); returns how many rows go."""
+        table = self._read_rows(entry)
+        gone = pc.less(table.column("timestamp"), cutoff)
+        if ids is not None:
+            gone = pc.and_(gone, pc.is_in(table.column("id"), value_set=ids))
+        n = int(pc.sum(gone).as_py() or 0)
+        if n == 0:
+            return 0
+        tx.remove(entry)
+        if n < table.num_rows:
+            tx.add(entry.date, table.filter(pc.invert(gone)))
+        return n
+
+    def compact(self) -> int:
+        """Merge the files of each partition that has several into one; returns how many
+        partitions were rewritten. Each partition is committed on its own, all or nothing,
+        and keeps every row exactly.
+
+        Example:
+            >>> store = Store(tmp / "small"); store.auto_migrate()
+            >>> for t in (1, 2, 3): _ = store.create_usage({"user_id": "u", "timestamp": t})
+            >>> store.compact(), len(store.files())
+            (1, 1)
+        """
+        done = 0
+        for date in self._ds.snapshot().dates():
+            with self._ds.transaction() as tx:
+                entries = tx.base.by_date().get(date, [])
+                if len(entries) < 2:
+                    continue
+                merged = pa.concat_tables([self._read_rows(e) for e in entries])
+                merged = merged.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
+                for entry in entries:
+                    tx.remove(entry)
+                tx.add(date, merged)
+                tx.commit()
+                done += 1
+        return done
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _read_rows(self, entry: FileEntry) -> pa.Table:
+        """Every column of one file, in the current schema (columns it predates are zeros)."""
+        return self._ds.read_file(entry, COLUMNS).cast(arrow_schema())
+
+    def find_usages(self) -> pd.DataFrame:
+        """Every stored row, columns as in :class:`UsageSchema`, sorted by ``id``.
+
+        Example:
+            >>> Store("data/sample").find_usages().columns[:4].tolist()
+            ['id', 'created_at', 'user_id', 'tenant']
+        """
+
+        def read(snap: Snapshot) -> pd.DataFrame:
+            tables = [self._read_rows(e) for e in snap.files]
+            if not tables:
+                return _to_frame(arrow_schema().empty_table())
+            return _to_frame(pa.concat_tables(tables).sort_by("id"))
+
+        return self._ds.read(read).reset_index(drop=True)
+
+    def aggregated_usage(self, tenant_id: str, start: Any, end: Any) -> pd.DataFrame:
+        """Requests per API method for ``tenant_id`` with ``start <= timestamp < end``.
+
+        Returns:
+            Columns ``api_method, total_requests, success_requests, failure_requests,
+            average_latency`` (success: ``status_code == 200``), sorted by ``api_method``.
+
+        Example:
+            >>> Store("data/sample").aggregated_usage("tenant-000", "2026-11-01",
+            ...                                       "2026-11-02").columns.tolist()[:2]
+            ['api_method', 'total_requests']
+        """
+        return self._report(
+            tenant_id,
+            start,
+            end,
+            queries.SUMMARY_INPUT_COLUMNS,
+            queries.summary_partial,
+            queries.finish_summary,
+        )
+
+    def get_usages_by_groups(self, tenant_id: str, start: Any, end: Any) -> pd.DataFrame:
+        """Usage per (API key, user, model) for ``tenant_id`` with ``start <= timestamp < end``.
+
+        Returns:
+            Columns ``api_key_id, user_id, model_id, total_requests, total_prompt_tokens,
+            total_completion_tokens, average_latency, average_time_to_first_token``, sorted by
+            the three keys.
+
+        Example:
+            >>> Store("data/sample").get_usages_by_groups("tenant-000", "2026-11-01",
+            ...                                           "2026-11-02").columns.tolist()[:3]
+            ['api_key_id', 'user_id', 'model_id']
+        """
+        return self._report(
+            tenant_id,
+            start,
+            end,
+            queries.GROUP_INPUT_COLUMNS,
+            queries.groups_partial,
+            queries.finish_groups,
+        )
+
+    def _report(
+        self,
+        tenant_id: str,
+        start: Any,
+        end: Any,
+        columns: tuple[str, ...],
+        partial: Any,
+        finish: Any,
+    ) -> pd.DataFrame:
+        if not isinstance(tenant_id, str):
+            raise InvalidArgumentError(f"tenant_id must be a str, not {tenant_id!r}")
+        lo, hi = to_ns(start, "start"), to_ns(end, "end")
+        if hi < lo:
+            raise InvalidArgumentError(f"end ({end!r}) is before start ({start!r})")
+
+        def read(snap: Snapshot) -> pd.DataFrame:
+            frames = self._scan(snap, tenant_id, lo, hi, columns)
+            result: pd.DataFrame = finish(partial(df) for df in frames)
+            return result
+
+        return self._ds.read(read)
+
+    def _scan(
+        self, snap: Snapshot, tenant_id: str, lo: int, hi: int, columns: tuple[str, ...]
+    ) -> Iterator[pd.DataFrame]:
+        """The rows of one tenant in [lo, hi), one frame per overlapping file."""
+        keys = [c for c in columns if c in STRING_COLUMNS]
+        for entry in snap.files:
+            if entry.max("timestamp") < lo or entry.min("timestamp") >= hi:
+                continue
+            expr = pc.field("tenant") == tenant_id
+            if entry.min("timestamp") < lo:
+                expr = expr & (pc.field("timestamp") >= lo)
+            if entry.max("timestamp") >= hi:
+                expr = expr & (pc.field("timestamp") < hi)
+            table = self._ds.read_file(entry, columns, expr, dictionary=keys)
+            if table.num_rows:
+                yield table.to_pandas()
+
+
+def _stage_by_date(tx: Transaction, table: pa.Table, days: np.ndarray, tenant: pd.Series) -> None:
+    """Stage one file per day, rows sorted by (tenant, timestamp) so that statistics prune."""
+    tenant_codes = pd.factorize(tenant, sort=True)[0]
+    order = np.lexsort((table.column("timestamp").to_numpy(), tenant_codes, days))
+    ordered = table.take(pa.array(order))
+    start = 0
+    for day, chunk in _day_groups(days, order):
+        tx.add(_date_name(day), ordered.slice(start, len(chunk)))
+        start += len(chunk)
+
+
+def _duplicate_error(rows: pd.DataFrame, where: str) -> DuplicateUsageError:
+    keys = rows[list(KEY_COLUMNS)].drop_duplicates().reset_index(drop=True)
+    shown = ", ".join(
+        f"({u!r}, {t})" for u, t in keys.head(_DUPLICATES_SHOWN).itertuples(index=False)
+    )
+    more = f" and {len(keys) - _DUPLICATES_SHOWN} more" if len(keys) > _DUPLICATES_SHOWN else ""
+    return DuplicateUsageError(
+        f"{len(keys)} (user_id, timestamp) key(s) {where}: {shown}{more}; nothing was written. "
+        "Pass on_conflict='ignore' to skip rows whose key is already there.",
+        keys,
+    )
