@@ -34,46 +34,16 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from .schema import INPUT_COLUMNS, INT32_COLUMNS, STRING_COLUMNS
+
 __all__ = ["COLUMNS", "Profile", "StartLike", "generate", "iter_batches"]
 
 StartLike: TypeAlias = str | date | datetime | pd.Timestamp
 
-COLUMNS: Final[list[str]] = [
-    "user_id",
-    "tenant",
-    "organization",
-    "project",
-    "api_key_id",
-    "api_method",
-    "status_code",
-    "timestamp",
-    "latency_ms",
-    "model_id",
-    "time_to_first_token_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "runtime_latency_ms",
-    "runtime_time_to_first_token_ms",
-]
-
-_STR_COLUMNS: Final[tuple[str, ...]] = (
-    "user_id",
-    "tenant",
-    "organization",
-    "project",
-    "api_key_id",
-    "api_method",
-    "model_id",
-)
-_INT32_COLUMNS: Final[tuple[str, ...]] = (
-    "status_code",
-    "latency_ms",
-    "time_to_first_token_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "runtime_latency_ms",
-    "runtime_time_to_first_token_ms",
-)
+#: The generated columns: every input column of the schema, in its order.
+COLUMNS: Final[list[str]] = list(INPUT_COLUMNS)
+_STR_COLUMNS: Final = STRING_COLUMNS
+_INT32_COLUMNS: Final = INT32_COLUMNS
 
 _NS_PER_DAY: Final[int] = 86_400 * 10**9
 _SLICES_PER_DAY: Final[int] = 144
