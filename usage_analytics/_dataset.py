@@ -67,9 +67,8 @@ LOCK_NAME: Final = "_usage_analytics.lock"
 JOURNAL_NAME: Final = "_usage_analytics.journal"
 PARTITION_PREFIX: Final = "date="
 
-_PARTITION_RE: Final = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-_DATA_FILE_RE: Final = re.compile(r"^[0-9a-f]{32}\.parquet$")
-_TEMP_FILE_RE: Final = re.compile(r"^\.[0-9a-f]{32}\.parquet\.tmp$")
+_PARTITION_RE: Final = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+_DATA_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.parquet")
 _READ_ATTEMPTS: Final = 20
 
 T = TypeVar("T")
@@ -141,9 +140,18 @@ def _replace_json(path: Path, payload: Mapping[str, Any], tmp_point: str) -> Non
 def _unlink_missing_ok(path: Path) -> bool:
     try:
         path.unlink()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+def _check_partition_folder(part: Path) -> None:
+    """Refuse to write into, or remove from, a partition that is a link or not a folder."""
+    if part.is_symlink() or (part.exists() and not part.is_dir()):
+        raise CorruptDatasetError(
+            f"{part} is not a folder of this dataset (a symbolic link or a file); the store does "
+            "not write or delete through it: move it out of the dataset root"
+        )
 
 
 def _rmdir_if_empty(path: Path) -> None:
@@ -195,8 +203,8 @@ def _check_relative_path(path: str) -> None:
     parts = path.split("/")
     if (
         len(parts) != 2
-        or not _PARTITION_RE.match(parts[0])
-        or not _DATA_FILE_RE.match(parts[1])
+        or not _PARTITION_RE.fullmatch(parts[0])
+        or not _DATA_FILE_RE.fullmatch(parts[1])
         or not _valid_date(parts[0][len(PARTITION_PREFIX) :])
     ):
         raise CorruptDatasetError(
@@ -332,6 +340,11 @@ class Dataset:
             raise LockTimeoutError(
                 f"another writer held the lock on {self.root} for more than {wait:g} s; "
                 "retry later or pass a larger lock_timeout"
+            ) from exc
+        except OSError as exc:
+            raise CorruptDatasetError(
+                f"cannot open the lock file {self.root / LOCK_NAME} ({exc.strerror or exc}); "
+                "it must be a regular file inside the dataset root"
             ) from exc
         try:
             yield
@@ -484,6 +497,8 @@ class Dataset:
         for rel in adds + removes:
             _check_relative_path(rel)
         touched = {rel.split("/")[0] for rel in adds + removes}
+        for part in touched:
+            _check_partition_folder(self.root / part)
         for rel in removes if committed else adds:
             path = self.root / rel
             removed = _unlink_missing_ok(path)
@@ -507,7 +522,7 @@ class Dataset:
         for child in sorted(self.root.iterdir()):
             if child.name in known:
                 continue
-            if child.is_symlink() or not child.is_dir() or not _PARTITION_RE.match(child.name):
+            if child.is_symlink() or not child.is_dir() or not _PARTITION_RE.fullmatch(child.name):
                 out.append(child)
                 continue
             out.extend(sorted(p for p in child.iterdir() if p not in live))
@@ -584,6 +599,8 @@ class Transaction:
             next_id=self.next_id,
             files=tuple(files),
         )
+        for rel in {*adds, *removes}:
+            _check_partition_folder(ds.root / rel.split("/")[0])
         committed = False
         try:
             _replace_json(
@@ -621,10 +638,7 @@ class Transaction:
         for staged in self._staged:
             final = ds.path_of(staged.entry)
             part = final.parent
-            if part.is_symlink() or (part.exists() and not part.is_dir()):
-                raise CorruptDatasetError(
-                    f"{part} is not a folder of this dataset (a link or a file); move it away"
-                )
+            _check_partition_folder(part)
             if not part.exists():
                 part.mkdir()
                 created_dirs = True
