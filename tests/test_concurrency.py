@@ -92,8 +92,11 @@ def _assert_clean(store: Store) -> None:
     on_disk = {
         p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if not p.is_dir()
     }
-    live = {p.relative_to(store.root).as_posix() for p in store.files()}
+    live = set(store._ds.live_paths())  # the data files and their rollups
     assert on_disk - BOOKKEEPING == live
+    assert {p for p in live if p.endswith(".parquet")} == {
+        p.relative_to(store.root).as_posix() for p in store.files()
+    }
     for part in store.root.iterdir():
         if part.is_dir():
             assert any(part.iterdir()), f"empty partition folder {part.name} left"

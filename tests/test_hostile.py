@@ -464,7 +464,8 @@ def _strays(root: Path, live: set[str]) -> dict[str, bytes]:
 
 
 def _live(store: Store) -> set[str]:
-    return {p.relative_to(store.root).as_posix() for p in store.files()}
+    """The data files of the latest commit and their rollups."""
+    return set(store._ds.live_paths())
 
 
 def _reports(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -48,6 +48,7 @@ from typing import Any, Final, TypeVar
 import filelock
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .errors import (
@@ -69,6 +70,11 @@ PARTITION_PREFIX: Final = "date="
 
 _PARTITION_RE: Final = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 _DATA_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.parquet")
+_SIDECAR_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.[a-z]+\.rollup")
+_SIDECAR_KIND_RE: Final = re.compile(r"[a-z]+")
+#: Summary files kept beside the data files; hidden from engines that read the folder (the
+#: underscore makes hive-partitioned readers skip it, and nothing in it ends in .parquet).
+SIDECAR_DIR: Final = "_rollups"
 _READ_ATTEMPTS: Final = 20
 
 T = TypeVar("T")
@@ -172,10 +178,21 @@ class FileEntry:
     rows: int
     schema_version: int
     stats: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    sidecars: tuple[str, ...] = ()  # kinds of summary file written with it
 
     @property
     def date(self) -> str:
         return self.path[len(PARTITION_PREFIX) : len(PARTITION_PREFIX) + 10]
+
+    def sidecar_path(self, kind: str) -> str:
+        """Where the ``kind`` summary of this file lives, relative to the root."""
+        part, name = self.path.split("/")
+        return f"{SIDECAR_DIR}/{part}/{name[: -len('.parquet')]}.{kind}.rollup"
+
+    @property
+    def all_paths(self) -> list[str]:
+        """The data file and its summary files."""
+        return [self.path, *(self.sidecar_path(k) for k in self.sidecars)]
 
     def min(self, column: str) -> int:
         return self.stats[column][0]
@@ -184,33 +201,50 @@ class FileEntry:
         return self.stats[column][1]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": self.path,
             "rows": self.rows,
             "schema_version": self.schema_version,
             "stats": {k: list(v) for k, v in self.stats.items()},
         }
+        if self.sidecars:
+            out["sidecars"] = list(self.sidecars)
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> FileEntry:
         path = str(raw["path"])
         _check_relative_path(path)
         stats = {str(k): (int(v[0]), int(v[1])) for k, v in dict(raw.get("stats", {})).items()}
-        return cls(path, int(raw["rows"]), int(raw["schema_version"]), stats)
+        sidecars = tuple(str(k) for k in raw.get("sidecars", ()))
+        if not all(_SIDECAR_KIND_RE.fullmatch(k) for k in sidecars):
+            raise CorruptDatasetError(f"the manifest lists odd summary kinds {sidecars!r}")
+        return cls(path, int(raw["rows"]), int(raw["schema_version"]), stats, sidecars)
 
 
-def _check_relative_path(path: str) -> None:
+def _check_relative_path(path: str, *, sidecar_ok: bool = False) -> list[str]:
+    """Check a path the manifest or journal names; returns its folders, outermost first."""
     parts = path.split("/")
+    is_sidecar = sidecar_ok and len(parts) == 3 and parts[0] == SIDECAR_DIR
+    if is_sidecar:
+        folders = [SIDECAR_DIR, f"{SIDECAR_DIR}/{parts[1]}"]
+    elif len(parts) == 2:
+        folders = [parts[0]]
+    else:
+        folders = []
+    part, name = (parts[-2], parts[-1]) if folders else ("", "")
+    name_re = _SIDECAR_FILE_RE if is_sidecar else _DATA_FILE_RE
     if (
-        len(parts) != 2
-        or not _PARTITION_RE.fullmatch(parts[0])
-        or not _DATA_FILE_RE.fullmatch(parts[1])
-        or not _valid_date(parts[0][len(PARTITION_PREFIX) :])
+        not folders
+        or not _PARTITION_RE.fullmatch(part)
+        or not name_re.fullmatch(name)
+        or not _valid_date(part[len(PARTITION_PREFIX) :])
     ):
         raise CorruptDatasetError(
-            f"the manifest lists {path!r}, which is not a data file path of this format "
-            "(date=YYYY-MM-DD/<hex>.parquet); the manifest was edited or damaged"
+            f"the dataset lists {path!r}, which is not a file path of this format "
+            "(date=YYYY-MM-DD/<hex>.parquet); the manifest or journal was edited or damaged"
         )
+    return folders
 
 
 def _valid_date(text: str) -> bool:
@@ -424,6 +458,29 @@ class Dataset:
             table = table.filter(filter)
         return table
 
+    def live_paths(self) -> list[str]:
+        """Every file of the latest commit (data and summary files), relative to the root."""
+        return sorted(p for f in self.snapshot().files for p in f.all_paths)
+
+    def read_sidecars(
+        self,
+        entries: Sequence[FileEntry],
+        kind: str,
+        filter: pc.Expression | None = None,
+    ) -> pa.Table:
+        """The ``kind`` summary files of ``entries``, concatenated and filtered."""
+        paths = []
+        for entry in entries:
+            rel = entry.sidecar_path(kind)
+            for folder in [*_check_relative_path(rel, sidecar_ok=True), entry.path.split("/")[0]]:
+                if (self.root / folder).is_symlink():
+                    raise CorruptDatasetError(
+                        f"{self.root / folder} is a symbolic link; the store does not follow links"
+                    )
+            paths.append(str(self.root / rel))
+        found = pads.dataset(paths, format="parquet")
+        return found.to_table(filter=filter)
+
     # -- writing -----------------------------------------------------------------------------
 
     def create(self) -> bool:
@@ -494,19 +551,20 @@ class Dataset:
         committed = self._load_manifest().txid == journal["txid"]
         adds = [str(p) for p in journal["adds"]]
         removes = [str(p) for p in journal["removes"]]
+        touched: set[str] = set()
         for rel in adds + removes:
-            _check_relative_path(rel)
-        touched = {rel.split("/")[0] for rel in adds + removes}
-        for part in touched:
-            _check_partition_folder(self.root / part)
+            touched.update(_check_relative_path(rel, sidecar_ok=True))
+        for folder in sorted(touched):
+            _check_partition_folder(self.root / folder)
         for rel in removes if committed else adds:
             path = self.root / rel
             removed = _unlink_missing_ok(path)
             removed = _unlink_missing_ok(path.with_name("." + path.name + ".tmp")) or removed
             if removed:
                 _fault("recovery_file_removed")
-        for part in sorted(touched):
-            _rmdir_if_empty(self.root / part)
+        for folder in sorted(touched, reverse=True):
+            if folder != SIDECAR_DIR:
+                _rmdir_if_empty(self.root / folder)
         _fsync_dir(self.root)
         self.journal_path.unlink()
         _fsync_dir(self.root)
@@ -533,6 +591,7 @@ class Dataset:
 class _Staged:
     entry: FileEntry
     table: pa.Table
+    sidecars: dict[str, pa.Table]
 
 
 class Transaction:
@@ -553,20 +612,27 @@ class Transaction:
         self.next_id += n
         return first
 
-    def add(self, date: str, table: pa.Table) -> FileEntry:
-        """Stage ``table`` as a new data file in partition ``date``."""
+    def add(
+        self, date: str, table: pa.Table, sidecars: Mapping[str, pa.Table] | None = None
+    ) -> FileEntry:
+        """Stage ``table`` as a new data file in partition ``date``, with its summary files."""
         self._ds.partition_dir(date)  # validates the date
         stats: dict[str, tuple[int, int]] = {}
         for name in self._ds._stats_columns:
             mm = pc.min_max(table.column(name))
             stats[name] = (int(mm["min"].as_py()), int(mm["max"].as_py()))
+        sidecars = dict(sidecars or {})
+        for kind in sidecars:
+            if not _SIDECAR_KIND_RE.fullmatch(kind):
+                raise ValueError(f"not a summary kind: {kind!r}")
         entry = FileEntry(
             path=f"{PARTITION_PREFIX}{date}/{uuid.uuid4().hex}.parquet",
             rows=table.num_rows,
             schema_version=self.schema_version,
             stats=stats,
+            sidecars=tuple(sidecars),
         )
-        self._staged.append(_Staged(entry, table))
+        self._staged.append(_Staged(entry, table, sidecars))
         return entry
 
     def remove(self, entry: FileEntry) -> None:
@@ -588,8 +654,8 @@ class Transaction:
             return
         ds = self._ds
         txid = uuid.uuid4().hex
-        adds = [s.entry.path for s in self._staged]
-        removes = list(self._removed)
+        adds = [p for s in self._staged for p in s.entry.all_paths]
+        removes = [p for e in self._removed.values() for p in e.all_paths]
         files = [f for f in self.base.files if f.path not in self._removed]
         files.extend(s.entry for s in self._staged)
         new = Snapshot(
@@ -600,7 +666,8 @@ class Transaction:
             files=tuple(files),
         )
         for rel in {*adds, *removes}:
-            _check_partition_folder(ds.root / rel.split("/")[0])
+            for folder in _check_relative_path(rel, sidecar_ok=True):
+                _check_partition_folder(ds.root / folder)
         committed = False
         try:
             _replace_json(
@@ -634,38 +701,42 @@ class Transaction:
     def _write_files(self) -> None:
         ds = self._ds
         dirs: set[Path] = set()
-        created_dirs = False
+        new_dirs: set[Path] = set()
         for staged in self._staged:
-            final = ds.path_of(staged.entry)
-            part = final.parent
-            _check_partition_folder(part)
-            if not part.exists():
-                part.mkdir()
-                created_dirs = True
-            dirs.add(part)
-            tmp = final.with_name("." + final.name + ".tmp")
-            _write_parquet(staged.table, tmp)
-            _fault("data_tmp_written")
-            os.replace(tmp, final)
-            _fault("data_renamed")
-        for part in dirs:
-            _fsync_dir(part)
-        if created_dirs:
-            _fsync_dir(ds.root)
+            files = [(staged.entry.path, staged.table)]
+            files += [(staged.entry.sidecar_path(k), t) for k, t in staged.sidecars.items()]
+            for rel, table in files:
+                final = ds.root / rel
+                for folder in _check_relative_path(rel, sidecar_ok=True):
+                    path = ds.root / folder
+                    _check_partition_folder(path)
+                    if not path.exists():
+                        path.mkdir()
+                        new_dirs.add(path)
+                dirs.add(final.parent)
+                tmp = final.with_name("." + final.name + ".tmp")
+                _write_parquet(table, tmp)
+                _fault("data_tmp_written")
+                os.replace(tmp, final)
+                _fault("data_renamed")
+        for written in dirs | {d.parent for d in new_dirs}:
+            _fsync_dir(written)
 
     def _cleanup(self, removes: Iterable[str]) -> None:
         ds = self._ds
         _fault("committed")
-        parts: set[str] = set()
+        folders: set[str] = set()
         for rel in removes:
             _unlink_missing_ok(ds.root / rel)
-            parts.add(rel.split("/")[0])
+            folders.add(rel.rsplit("/", 1)[0])
             _fault("file_removed")
-        for part in sorted(parts):
-            _rmdir_if_empty(ds.root / part)
+        for folder in sorted(folders):
+            _rmdir_if_empty(ds.root / folder)
             with contextlib.suppress(FileNotFoundError):
-                _fsync_dir(ds.root / part)
+                _fsync_dir(ds.root / folder)
         _fsync_dir(ds.root)
+        if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
+            _fsync_dir(ds.root / SIDECAR_DIR)
         _fault("cleanup_done")
         ds.journal_path.unlink()
         _fsync_dir(ds.root)

@@ -18,12 +18,15 @@ __all__ = [
     "GROUP_COLUMNS",
     "GROUP_INPUT_COLUMNS",
     "GROUP_KEYS",
+    "ROLLUP_INPUT_COLUMNS",
+    "ROLLUP_KEYS",
     "SUMMARY_COLUMNS",
     "SUMMARY_INPUT_COLUMNS",
     "SUMMARY_KEYS",
     "finish_groups",
     "finish_summary",
     "groups_partial",
+    "rollups",
     "summary_partial",
 ]
 
@@ -167,3 +170,34 @@ def finish_groups(partials: Iterable[pd.DataFrame]) -> pd.DataFrame:
             "average_time_to_first_token": _mean(t["ttft_sum"], t["total_requests"]),
         }
     ).reset_index(drop=True)
+
+
+#: Rollups: the partials of each report per tenant, kept beside each data file so that a
+#: window covering the whole file reads them instead of its rows.
+ROLLUP_KEYS: Final = {"summary": ("tenant", *SUMMARY_KEYS), "groups": ("tenant", *GROUP_KEYS)}
+ROLLUP_INPUT_COLUMNS: Final = tuple(
+    dict.fromkeys(("tenant", *SUMMARY_INPUT_COLUMNS, *GROUP_INPUT_COLUMNS))
+)
+
+
+def rollups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Both reports' partials per tenant, sorted by tenant.
+
+    Example:
+        >>> df = pd.DataFrame({"tenant": ["t1", "t0"], "api_method": ["a", "a"],
+        ...     "status_code": [200, 404], "latency_ms": [10, 20], "api_key_id": ["k", "k"],
+        ...     "user_id": ["u", "u"], "model_id": ["m", "m"], "prompt_tokens": [1, 2],
+        ...     "completion_tokens": [3, 4], "time_to_first_token_ms": [5, 6]})
+        >>> rollups(df)["summary"]
+          tenant api_method  total_requests  success_requests  latency_sum
+        0     t0          a               1                 0           20
+        1     t1          a               1                 1           10
+    """
+    out = {
+        "summary": summary_partial(df, ROLLUP_KEYS["summary"]),
+        "groups": groups_partial(df, ROLLUP_KEYS["groups"]),
+    }
+    return {
+        kind: frame.sort_values(list(ROLLUP_KEYS[kind]), kind="stable").reset_index(drop=True)
+        for kind, frame in out.items()
+    }

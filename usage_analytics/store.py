@@ -7,7 +7,7 @@ The store validates input, asks the dataset layer (``_dataset``) to commit files
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -104,6 +104,9 @@ class Store:
         if lock_timeout < 0:
             raise InvalidArgumentError(f"lock_timeout must be >= 0, not {lock_timeout!r}")
         self._root = Path(os.fspath(root))
+        # Reports read the per-file rollups where a window covers a whole file; switched off
+        # only by tests that compare them with plain row scans.
+        self._use_rollups = True
         self._ds = Dataset(
             self._root,
             schema_version=SCHEMA_VERSION,
@@ -225,9 +228,21 @@ class Store:
             batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
             batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
             table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
-            _stage_by_date(tx, table, days, batch["tenant"])
+            self._stage_by_date(tx, table, days, batch["tenant"])
             tx.commit()
             return len(batch)
+
+    def _stage_by_date(
+        self, tx: Transaction, table: pa.Table, days: np.ndarray, tenant: pd.Series
+    ) -> None:
+        """Stage one file per day, rows sorted by (tenant, timestamp) so that statistics prune."""
+        tenant_codes = pd.factorize(tenant, sort=True)[0]
+        order = np.lexsort((table.column("timestamp").to_numpy(), tenant_codes, days))
+        ordered = table.take(pa.array(order))
+        start = 0
+        for day, chunk in _day_groups(days, order):
+            self._add(tx, _date_name(day), ordered.slice(start, len(chunk)))
+            start += len(chunk)
 
     def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
         """A mask of the batch rows whose key is already stored.
@@ -341,7 +356,7 @@ class Store:
             return 0
         tx.remove(entry)
         if n < table.num_rows:
-            tx.add(entry.date, table.filter(pc.invert(gone)))
+            self._add(tx, entry.date, table.filter(pc.invert(gone)))
         return n
 
     def compact(self) -> int:
@@ -365,10 +380,19 @@ class Store:
                 merged = merged.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
                 for entry in entries:
                     tx.remove(entry)
-                tx.add(date, merged)
+                self._add(tx, date, merged)
                 tx.commit()
                 done += 1
         return done
+
+    def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
+        """Stage a data file with its rollups, computed from the same rows."""
+        frame = table.select(list(queries.ROLLUP_INPUT_COLUMNS)).to_pandas()
+        sidecars = {
+            kind: pa.Table.from_pandas(partial, preserve_index=False)
+            for kind, partial in queries.rollups(frame).items()
+        }
+        tx.add(date, table, sidecars)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -408,6 +432,7 @@ class Store:
             tenant_id,
             start,
             end,
+            "summary",
             queries.SUMMARY_INPUT_COLUMNS,
             queries.summary_partial,
             queries.finish_summary,
@@ -430,6 +455,7 @@ class Store:
             tenant_id,
             start,
             end,
+            "groups",
             queries.GROUP_INPUT_COLUMNS,
             queries.groups_partial,
             queries.finish_groups,
@@ -440,10 +466,12 @@ class Store:
         tenant_id: str,
         start: Any,
         end: Any,
+        kind: Literal["summary", "groups"],
         columns: tuple[str, ...],
-        partial: Any,
-        finish: Any,
+        partial: Callable[[pd.DataFrame], pd.DataFrame],
+        finish: Callable[[Iterable[pd.DataFrame]], pd.DataFrame],
     ) -> pd.DataFrame:
+        """One report: rollups for files inside the window, row scans for the others."""
         if not isinstance(tenant_id, str):
             raise InvalidArgumentError(f"tenant_id must be a str, not {tenant_id!r}")
         lo, hi = to_ns(start, "start"), to_ns(end, "end")
@@ -451,20 +479,35 @@ class Store:
             raise InvalidArgumentError(f"end ({end!r}) is before start ({start!r})")
 
         def read(snap: Snapshot) -> pd.DataFrame:
-            frames = self._scan(snap, tenant_id, lo, hi, columns)
-            result: pd.DataFrame = finish(partial(df) for df in frames)
-            return result
+            covered, scanned = [], []
+            for entry in snap.files:
+                first, last = entry.min("timestamp"), entry.max("timestamp")
+                if last < lo or first >= hi:
+                    continue
+                inside = lo <= first and last < hi
+                if inside and self._use_rollups and kind in entry.sidecars:
+                    covered.append(entry)
+                else:
+                    scanned.append(entry)
+            parts = [partial(df) for df in self._scan(scanned, tenant_id, lo, hi, columns)]
+            if covered:
+                table = self._ds.read_sidecars(covered, kind, pc.field("tenant") == tenant_id)
+                parts.append(table.drop_columns(["tenant"]).to_pandas())
+            return finish(parts)
 
         return self._ds.read(read)
 
     def _scan(
-        self, snap: Snapshot, tenant_id: str, lo: int, hi: int, columns: tuple[str, ...]
+        self,
+        entries: Iterable[FileEntry],
+        tenant_id: str,
+        lo: int,
+        hi: int,
+        columns: tuple[str, ...],
     ) -> Iterator[pd.DataFrame]:
-        """The rows of one tenant in [lo, hi), one frame per overlapping file."""
+        """The rows of one tenant in [lo, hi), one frame per file."""
         keys = [c for c in columns if c in STRING_COLUMNS]
-        for entry in snap.files:
-            if entry.max("timestamp") < lo or entry.min("timestamp") >= hi:
-                continue
+        for entry in entries:
             expr = pc.field("tenant") == tenant_id
             if entry.min("timestamp") < lo:
                 expr = expr & (pc.field("timestamp") >= lo)
@@ -473,17 +516,6 @@ class Store:
             table = self._ds.read_file(entry, columns, expr, dictionary=keys)
             if table.num_rows:
                 yield table.to_pandas()
-
-
-def _stage_by_date(tx: Transaction, table: pa.Table, days: np.ndarray, tenant: pd.Series) -> None:
-    """Stage one file per day, rows sorted by (tenant, timestamp) so that statistics prune."""
-    tenant_codes = pd.factorize(tenant, sort=True)[0]
-    order = np.lexsort((table.column("timestamp").to_numpy(), tenant_codes, days))
-    ordered = table.take(pa.array(order))
-    start = 0
-    for day, chunk in _day_groups(days, order):
-        tx.add(_date_name(day), ordered.slice(start, len(chunk)))
-        start += len(chunk)
 
 
 def _duplicate_error(rows: pd.DataFrame, where: str) -> DuplicateUsageError:

@@ -1,0 +1,130 @@
+"""The rollup fast path gives exactly the results of a plain row scan.
+
+Each data file carries per-tenant partial aggregates of both reports (``_rollups/``); a window
+that covers a whole file reads those instead of its rows. These tests compare the two paths,
+bit for bit, on random data, after deletes, compaction and a schema upgrade, and check that the
+rollups stay invisible to engines that read the folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+from _crash_worker import T0, make_v1
+from helpers import DAY0, NS_PER_DAY, random_usage_frame, reference_groups, reference_summary
+
+from usage_analytics import Store
+from usage_analytics import _dataset as dataset_layer
+
+TENANTS = ("t0", "t1", "t2")
+
+
+def both_ways(store: Store, tenant: str, start: int, end: int) -> tuple[pd.DataFrame, ...]:
+    """Both reports with rollups and with plain scans."""
+    out = []
+    for use in (True, False):
+        store._use_rollups = use
+        out.append(store.aggregated_usage(tenant, start, end))
+        out.append(store.get_usages_by_groups(tenant, start, end))
+    store._use_rollups = True
+    return tuple(out)
+
+
+def assert_paths_agree(
+    store: Store, rng: np.random.Generator, windows: int = 5, day0: int = DAY0
+) -> None:
+    rows = store.find_usages()
+    cases = [(day0, day0 + 6 * NS_PER_DAY), (day0 + NS_PER_DAY, day0 + 3 * NS_PER_DAY)]
+    for _ in range(windows):
+        a, b = sorted(int(x) for x in rng.integers(day0 - NS_PER_DAY, day0 + 7 * NS_PER_DAY, 2))
+        cases.append((a, b))
+    for start, end in cases:
+        for tenant in TENANTS:
+            fast_summary, fast_groups, slow_summary, slow_groups = both_ways(
+                store, tenant, start, end
+            )
+            pd.testing.assert_frame_equal(fast_summary, slow_summary, check_exact=True)
+            pd.testing.assert_frame_equal(fast_groups, slow_groups, check_exact=True)
+            expected = reference_summary(rows, tenant, start, end)
+            assert fast_summary["total_requests"].tolist() == expected["total_requests"].tolist()
+            expected_groups = reference_groups(rows, tenant, start, end)
+            assert fast_groups["total_prompt_tokens"].tolist() == (
+                expected_groups["total_prompt_tokens"].tolist()
+            )
+
+
+def load(root: Path, seed: int, batches: int = 4) -> Store:
+    store = Store(root)
+    store.auto_migrate()
+    for i in range(batches):
+        frame = random_usage_frame(300, seed * 10 + i, days=5, tenants=TENANTS)
+        store.create_usage(frame, on_conflict="ignore")
+    return store
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rollups_match_scans_on_random_data(tmp_path: Path, seed: int) -> None:
+    store = load(tmp_path / "usage", seed)
+    assert_paths_agree(store, np.random.default_rng(seed))
+
+
+def test_rollups_match_scans_after_deletes_and_compaction(tmp_path: Path) -> None:
+    store = load(tmp_path / "usage", 7)
+    rng = np.random.default_rng(7)
+    store.delete_usage(DAY0 + NS_PER_DAY + NS_PER_DAY // 3)  # a whole day and part of the next
+    assert_paths_agree(store, rng)
+    store.delete_usage(DAY0 + 3 * NS_PER_DAY, limit=50)
+    assert_paths_agree(store, rng)
+    assert store.compact() > 0
+    assert_paths_agree(store, rng)
+
+
+def test_upgraded_files_without_rollups_are_scanned(tmp_path: Path) -> None:
+    root = tmp_path / "v1"
+    make_v1(root)
+    store = Store(root)
+    store.auto_migrate()
+    old = store.info()
+    added = store.create_usage(random_usage_frame(200, 5, start=T0, days=5, tenants=("t0", "t1")))
+    entries = store._ds.snapshot().files
+    assert {e.sidecars for e in entries} == {(), ("summary", "groups")}
+    assert len(store.find_usages()) == old.rows + added
+    assert_paths_agree(store, np.random.default_rng(5), day0=T0)
+
+
+def test_whole_file_windows_read_no_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = load(tmp_path / "usage", 4)
+    expected = both_ways(store, "t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
+    calls: list[str] = []
+    real = dataset_layer.Dataset.read_file
+
+    def counting(self: dataset_layer.Dataset, entry: dataset_layer.FileEntry, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(entry.path)
+        return real(self, entry, *a, **k)
+
+    monkeypatch.setattr(dataset_layer.Dataset, "read_file", counting)
+    summary = store.aggregated_usage("t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
+    groups = store.get_usages_by_groups("t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
+    assert calls == []
+    pd.testing.assert_frame_equal(summary, expected[0], check_exact=True)
+    pd.testing.assert_frame_equal(groups, expected[1], check_exact=True)
+    # A window ending inside day 2 scans only the files of that day.
+    store.aggregated_usage("t1", DAY0, DAY0 + 2 * NS_PER_DAY + NS_PER_DAY // 2)
+    assert calls and {p.split("/")[0] for p in calls} == {"date=2026-11-03"}
+
+
+def test_rollups_are_invisible_to_other_engines(tmp_path: Path) -> None:
+    store = load(tmp_path / "usage", 9)
+    n = len(store.find_usages())
+    rollups = list((store.root / "_rollups").rglob("*"))
+    assert any(p.is_file() for p in rollups)
+    assert not [p for p in rollups if p.name.endswith(".parquet")]
+    assert ds.dataset(store.root, format="parquet", partitioning="hive").count_rows() == n
+    pattern = f"{store.root}/**/*.parquet"
+    count = duckdb.sql(f"select count(*) from read_parquet('{pattern}', hive_partitioning=true)")
+    assert count.fetchall()[0][0] == n
