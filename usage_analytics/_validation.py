@@ -199,13 +199,72 @@ def _describe(failure_cases: pd.DataFrame) -> str:
     return "\n".join(f"  - {line}" for line in lines)
 
 
-def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
-    """Validate a batch as a whole and return it with the stored dtypes and a RangeIndex.
+_INT64 = np.dtype(np.int64)
+_STR = pd.StringDtype(storage="pyarrow", na_value=np.nan)
 
-    Raises:
-        ValidationError: anything in the batch breaks the schema; every problem is listed.
-        InvalidArgumentError: the arguments are not Usage objects, mappings or one DataFrame.
+
+def _bounds(column: Any) -> tuple[int, int] | None:
+    """The value bounds of an integer column's checks; None when a check is not a bound."""
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    for check in column.checks:
+        stats = check.statistics
+        if check.name == "greater_than_or_equal_to":
+            lo = max(lo, int(stats["min_value"]))
+        elif check.name == "less_than_or_equal_to":
+            hi = min(hi, int(stats["max_value"]))
+        else:
+            return None
+    return lo, hi
+
+
+def _fast_plan() -> dict[str, tuple[int, int] | None]:
+    """What the fast path checks per column, read off the Pandera input schema itself.
+
+    String columns need the text dtype and no nulls (their UTF-8 check always holds for that
+    dtype); integer columns need int64 and the bounds of their checks. A column with any other
+    kind of check is left to Pandera.
     """
+    plan: dict[str, tuple[int, int] | None] = {}
+    for name, column in INPUT_SCHEMA.columns.items():
+        if name in STRING_COLUMNS:
+            known = all(c.name == "utf8_string" for c in column.checks)
+            plan[name] = (0, 0) if known else None
+        else:
+            plan[name] = _bounds(column)
+    return plan
+
+
+_FAST_PLAN = _fast_plan()
+
+
+def passes_fast_checks(frame: pd.DataFrame) -> bool:
+    """True when ``frame`` certainly passes the input schema, decided with plain vector ops.
+
+    A False answer decides nothing: Pandera then validates the batch and reports every
+    problem. The fast path only spares Pandera's per-column overhead for clean batches.
+    """
+    if list(frame.columns) != list(INPUT_COLUMNS):
+        return False
+    for name, bounds in _FAST_PLAN.items():
+        if bounds is None:
+            return False
+        values = frame[name]
+        if name in STRING_COLUMNS:
+            if values.dtype != _STR or values.isna().any():
+                return False
+            continue
+        if values.dtype != _INT64:
+            return False
+        if len(values):
+            array = values.to_numpy()
+            if array.min() < bounds[0] or array.max() > bounds[1]:
+                return False
+    return True
+
+
+def normalize_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
+    """The batch as one frame, each column converted to its checked dtype where that is exact
+    (values that cannot be converted are left as they are, for validation to name)."""
     df = _to_frame(usages)
     df = df.drop(columns=[c for c in _STORE_SET if c in df.columns])
     columns: dict[str, pd.Series] = {}
@@ -224,9 +283,20 @@ def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
     order = [c for c in INPUT_COLUMNS if c in columns] + [
         c for c in columns if c not in INPUT_COLUMNS
     ]
-    frame = pd.DataFrame({c: columns[c] for c in order}, index=pd.RangeIndex(len(df)))
+    return pd.DataFrame({c: columns[c] for c in order}, index=pd.RangeIndex(len(df)))
+
+
+def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
+    """Validate a batch as a whole and return it with the stored dtypes and a RangeIndex.
+
+    Raises:
+        ValidationError: anything in the batch breaks the schema; every problem is listed.
+        InvalidArgumentError: the arguments are not Usage objects, mappings or one DataFrame.
+    """
+    frame = normalize_batch(usages)
     try:
-        INPUT_SCHEMA.validate(frame, lazy=True)
+        if not passes_fast_checks(frame):
+            INPUT_SCHEMA.validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as exc:
         cases = exc.failure_cases
         raise ValidationError(
