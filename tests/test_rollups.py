@@ -20,8 +20,18 @@ from helpers import DAY0, NS_PER_DAY, random_usage_frame, reference_groups, refe
 
 from usage_analytics import Store
 from usage_analytics import _dataset as dataset_layer
+from usage_analytics import store as store_module
 
 TENANTS = ("t0", "t1", "t2")
+
+
+@pytest.fixture(autouse=True)
+def rollups_for_small_files(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """These tests use small files; give them rollups as large files get them."""
+    if "default" not in request.node.name:
+        monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
 
 
 def both_ways(store: Store, tenant: str, start: int, end: int) -> tuple[pd.DataFrame, ...]:
@@ -100,22 +110,34 @@ def test_upgraded_files_without_rollups_are_scanned(tmp_path: Path) -> None:
 def test_whole_file_windows_read_no_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = load(tmp_path / "usage", 4)
     expected = both_ways(store, "t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
-    calls: list[str] = []
-    real = dataset_layer.Dataset.read_file
+    scanned: list[str] = []
+    real = dataset_layer.Dataset.scan
 
-    def counting(self: dataset_layer.Dataset, entry: dataset_layer.FileEntry, *a, **k):  # type: ignore[no-untyped-def]
-        calls.append(entry.path)
-        return real(self, entry, *a, **k)
+    def counting(self: dataset_layer.Dataset, entries, *a, **k):  # type: ignore[no-untyped-def]
+        scanned.extend(e.path for e in entries)
+        return real(self, entries, *a, **k)
 
-    monkeypatch.setattr(dataset_layer.Dataset, "read_file", counting)
+    monkeypatch.setattr(dataset_layer.Dataset, "scan", counting)
     summary = store.aggregated_usage("t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
     groups = store.get_usages_by_groups("t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
-    assert calls == []
+    assert scanned == []
     pd.testing.assert_frame_equal(summary, expected[0], check_exact=True)
     pd.testing.assert_frame_equal(groups, expected[1], check_exact=True)
     # A window ending inside day 2 scans only the files of that day.
     store.aggregated_usage("t1", DAY0, DAY0 + 2 * NS_PER_DAY + NS_PER_DAY // 2)
-    assert calls and {p.split("/")[0] for p in calls} == {"date=2026-11-03"}
+    assert scanned and {p.split("/")[0] for p in scanned} == {"date=2026-11-03"}
+
+
+def test_small_files_get_no_rollups_by_default(tmp_path: Path) -> None:
+    assert store_module.ROLLUP_MIN_ROWS == 1024
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    store.create_usage(random_usage_frame(50, 3, days=1))
+    big = random_usage_frame(3000, 4, start=DAY0 + 2 * NS_PER_DAY, days=1, users=400)
+    store.create_usage(big)
+    sidecars = sorted(len(e.sidecars) for e in store._ds.snapshot().files)
+    assert sidecars == [0, 2]
+    assert_paths_agree(store, np.random.default_rng(3))
 
 
 def test_rollups_are_invisible_to_other_engines(tmp_path: Path) -> None:

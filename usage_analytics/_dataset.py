@@ -138,13 +138,16 @@ def _write_bytes_durably(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _replace_json(path: Path, payload: Mapping[str, Any], tmp_point: str) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file, fsync, rename, fsync dir."""
+def _replace_json(path: Path, payload: Mapping[str, Any], tmp_point: str) -> bytes:
+    """Write ``payload`` to ``path`` atomically (a temporary file, fsync, rename, fsync of the
+    folder); returns the bytes written."""
     tmp = path.with_name("." + path.name + ".tmp")
-    _write_bytes_durably(tmp, json.dumps(payload, separators=(",", ":")).encode())
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    _write_bytes_durably(tmp, data)
     _fault(tmp_point)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    return data
 
 
 def _unlink_missing_ok(path: Path) -> bool:
@@ -347,6 +350,7 @@ class Dataset:
         self._fill_values = dict(fill_values)
         self._stats_columns = tuple(stats_columns)
         self.lock_timeout = lock_timeout
+        self._cached: tuple[bytes | None, Snapshot | None] = (None, None)
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -396,7 +400,11 @@ class Dataset:
 
     def _load_manifest(self) -> Snapshot:
         try:
-            raw = json.loads(self.manifest_path.read_bytes())
+            data = self.manifest_path.read_bytes()
+            if data == self._cached[0]:
+                # The same bytes as last time: the same committed state, already parsed.
+                return self._cached[1]  # type: ignore[return-value]
+            raw = json.loads(data)
         except FileNotFoundError:
             raise DatasetNotInitializedError(
                 f"no usage dataset at {self.root}: call Store({str(self.root)!r}).auto_migrate() "
@@ -406,7 +414,9 @@ class Dataset:
             raise CorruptDatasetError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise CorruptDatasetError(f"{self.manifest_path} does not hold a JSON object")
-        return Snapshot.from_json(raw, self.schema_version)
+        snap = Snapshot.from_json(raw, self.schema_version)
+        self._cached = (data, snap)
+        return snap
 
     def snapshot(self) -> Snapshot:
         """The latest committed state (finishing an interrupted write first, when possible)."""
@@ -440,9 +450,7 @@ class Dataset:
         dictionary: Sequence[str] = (),
     ) -> pa.Table:
         """Read ``columns`` of one data file, filling columns it predates with their defaults."""
-        path = self.path_of(entry)
-        if path.is_symlink() or path.parent.is_symlink():
-            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
+        path = self._checked_path(entry)
         present = set(self._columns_for_version(entry.schema_version))
         wanted = [c for c in columns if c in present]
         missing = [c for c in columns if c not in present]
@@ -450,17 +458,64 @@ class Dataset:
             # A filter on a column the file predates would fail; such filters are evaluated
             # after filling in the defaults.
             table = pq.read_table(path, columns=wanted, read_dictionary=dictionary or None)
-        else:
-            table = pq.read_table(
-                path, columns=wanted, filters=filter, read_dictionary=dictionary or None
+            return self._fill(table, columns).filter(filter)
+        table = pq.read_table(
+            path, columns=wanted, filters=filter, read_dictionary=dictionary or None
+        )
+        return self._fill(table, columns)
+
+    def scan(
+        self,
+        entries: Sequence[FileEntry],
+        columns: Sequence[str],
+        filter: pc.Expression,
+        *,
+        dictionary: Sequence[str] = (),
+        chunk_rows: int = 1 << 20,
+    ) -> Iterator[pa.Table]:
+        """Stream the filtered ``columns`` of many data files, in tables of about
+        ``chunk_rows`` rows, so that memory stays bounded whatever the number of files.
+
+        The filter may only name columns every schema version has.
+        """
+        by_version: dict[int, list[FileEntry]] = {}
+        for entry in entries:
+            by_version.setdefault(entry.schema_version, []).append(entry)
+        for version, group in sorted(by_version.items()):
+            present = set(self._columns_for_version(version))
+            wanted = [c for c in columns if c in present]
+            paths = [str(self._checked_path(e)) for e in group]
+            fmt = pads.ParquetFileFormat(
+                read_options=pads.ParquetReadOptions(
+                    dictionary_columns=[c for c in dictionary if c in present]
+                )
             )
-            filter = None
-        for name in missing:
-            table = table.append_column(name, pa.repeat(self._fill_values[name], table.num_rows))
-        table = table.select(list(columns))
-        if filter is not None:
-            table = table.filter(filter)
-        return table
+            batches: list[pa.RecordBatch] = []
+            rows = 0
+            for batch in pads.dataset(paths, format=fmt).to_batches(columns=wanted, filter=filter):
+                if batch.num_rows:
+                    batches.append(batch)
+                    rows += batch.num_rows
+                if rows >= chunk_rows:
+                    yield self._fill(pa.Table.from_batches(batches), columns)
+                    batches, rows = [], 0
+            if batches:
+                yield self._fill(pa.Table.from_batches(batches), columns)
+
+    def _fill(self, table: pa.Table, columns: Sequence[str]) -> pa.Table:
+        """``table`` with the columns it predates added as their defaults, in order."""
+        for name in columns:
+            if name not in table.column_names:
+                table = table.append_column(
+                    name, pa.repeat(self._fill_values[name], table.num_rows)
+                )
+        return table.select(list(columns))
+
+    def _checked_path(self, entry: FileEntry) -> Path:
+        path = self.path_of(entry)
+        if path.is_symlink() or path.parent.is_symlink():
+            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
+        return path
 
     def live_paths(self) -> list[str]:
         """Every file of the latest commit (data and summary files), relative to the root."""
@@ -514,7 +569,8 @@ class Dataset:
         return True
 
     def _write_manifest(self, snap: Snapshot) -> None:
-        _replace_json(self.manifest_path, snap.to_json(), "manifest_tmp_written")
+        data = _replace_json(self.manifest_path, snap.to_json(), "manifest_tmp_written")
+        self._cached = (data, snap)
 
     @property
     def _journal_tmp(self) -> Path:

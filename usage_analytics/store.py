@@ -7,7 +7,7 @@ The store validates input, asks the dataset layer (``_dataset``) to commit files
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -37,6 +37,7 @@ __all__ = ["DatasetInfo", "Store"]
 
 NS_PER_DAY: Final = 86_400 * 1_000_000_000
 _DUPLICATES_SHOWN: Final = 10
+ROLLUP_MIN_ROWS: Final = 1024
 
 
 @dataclass(frozen=True)
@@ -386,7 +387,15 @@ class Store:
         return done
 
     def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
-        """Stage a data file with its rollups, computed from the same rows."""
+        """Stage a data file with its rollups, computed from the same rows.
+
+        Files smaller than ``ROLLUP_MIN_ROWS`` get none: their rollups would be about as large
+        as their rows, so reports scan them, and ``compact()`` later merges them into a file
+        that has rollups.
+        """
+        if table.num_rows < ROLLUP_MIN_ROWS:
+            tx.add(date, table)
+            return
         frame = table.select(list(queries.ROLLUP_INPUT_COLUMNS)).to_pandas()
         sidecars = {
             kind: pa.Table.from_pandas(partial, preserve_index=False)
@@ -499,23 +508,23 @@ class Store:
 
     def _scan(
         self,
-        entries: Iterable[FileEntry],
+        entries: Sequence[FileEntry],
         tenant_id: str,
         lo: int,
         hi: int,
         columns: tuple[str, ...],
     ) -> Iterator[pd.DataFrame]:
-        """The rows of one tenant in [lo, hi), one frame per file."""
+        """The rows of one tenant in [lo, hi) from ``entries``, streamed in bounded chunks."""
+        if not entries:
+            return
+        expr = (
+            (pc.field("tenant") == tenant_id)
+            & (pc.field("timestamp") >= lo)
+            & (pc.field("timestamp") < hi)
+        )
         keys = [c for c in columns if c in STRING_COLUMNS]
-        for entry in entries:
-            expr = pc.field("tenant") == tenant_id
-            if entry.min("timestamp") < lo:
-                expr = expr & (pc.field("timestamp") >= lo)
-            if entry.max("timestamp") >= hi:
-                expr = expr & (pc.field("timestamp") < hi)
-            table = self._ds.read_file(entry, columns, expr, dictionary=keys)
-            if table.num_rows:
-                yield table.to_pandas()
+        for table in self._ds.scan(entries, columns, expr, dictionary=keys):
+            yield table.to_pandas()
 
 
 def _duplicate_error(rows: pd.DataFrame, where: str) -> DuplicateUsageError:
