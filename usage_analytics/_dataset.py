@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import functools
 import json
 import os
 import re
@@ -138,16 +139,19 @@ def _write_bytes_durably(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _replace_json(path: Path, payload: Mapping[str, Any], tmp_point: str) -> bytes:
-    """Write ``payload`` to ``path`` atomically (a temporary file, fsync, rename, fsync of the
-    folder); returns the bytes written."""
+def _replace_bytes(path: Path, data: bytes, tmp_point: str) -> bytes:
+    """Write ``data`` to ``path`` atomically (a temporary file, fsync, rename, fsync of the
+    folder); returns ``data``."""
     tmp = path.with_name("." + path.name + ".tmp")
-    data = json.dumps(payload, separators=(",", ":")).encode()
     _write_bytes_durably(tmp, data)
     _fault(tmp_point)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return data
+
+
+def _json_bytes(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _unlink_missing_ok(path: Path) -> bool:
@@ -218,6 +222,11 @@ class FileEntry:
             out["sidecars"] = list(self.sidecars)
         return out
 
+    @functools.cached_property
+    def json_bytes(self) -> bytes:
+        """The entry as it appears in the manifest (kept: a manifest is mostly old entries)."""
+        return _json_bytes(self.to_json())
+
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> FileEntry:
         path = str(raw["path"])
@@ -280,21 +289,29 @@ class Snapshot:
         return sorted({f.date for f in self.files})
 
     def by_date(self) -> dict[str, list[FileEntry]]:
+        """The files per partition date, dates ascending (do not modify the lists)."""
+        return self._by_date
+
+    @functools.cached_property
+    def _by_date(self) -> dict[str, list[FileEntry]]:
         out: dict[str, list[FileEntry]] = {}
         for f in self.files:
             out.setdefault(f.date, []).append(f)
         return dict(sorted(out.items()))
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "schema_version": self.schema_version,
-            "version": self.version,
-            "txid": self.txid,
-            "next_id": self.next_id,
-            "files": [f.to_json() for f in self.files],
-        }
+    def to_bytes(self) -> bytes:
+        """The manifest's JSON text."""
+        header = _json_bytes(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "schema_version": self.schema_version,
+                "version": self.version,
+                "txid": self.txid,
+                "next_id": self.next_id,
+            }
+        )
+        return header[:-1] + b',"files":[' + b",".join(f.json_bytes for f in self.files) + b"]}"
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], max_schema_version: int) -> Snapshot:
@@ -569,7 +586,7 @@ class Dataset:
         return True
 
     def _write_manifest(self, snap: Snapshot) -> None:
-        data = _replace_json(self.manifest_path, snap.to_json(), "manifest_tmp_written")
+        data = _replace_bytes(self.manifest_path, snap.to_bytes(), "manifest_tmp_written")
         self._cached = (data, snap)
 
     @property
@@ -730,11 +747,8 @@ class Transaction:
                 _check_partition_folder(ds.root / folder)
         committed = False
         try:
-            _replace_json(
-                ds.journal_path,
-                {"txid": txid, "adds": adds, "removes": removes},
-                "journal_tmp_written",
-            )
+            journal = {"txid": txid, "adds": adds, "removes": removes}
+            _replace_bytes(ds.journal_path, _json_bytes(journal), "journal_tmp_written")
             _fault("journal_written")
             self._write_files()
             ds._write_manifest(new)
