@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ import pytest
 from _crash_worker import batch, loop_op, make_v1, run
 
 from usage_analytics import Store
+from usage_analytics import store as store_module
 from usage_analytics._dataset import FAULT_ENV, FAULT_POINTS
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
@@ -61,6 +63,17 @@ def leftovers(root: Path) -> list[str]:
     )
 
 
+def orphans(root: Path) -> set[str]:
+    """Files on disk that the latest commit does not list (nor the manifest and the lock)."""
+    bookkeeping = {"_usage_analytics.json", "_usage_analytics.lock"}
+    on_disk = {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in bookkeeping
+    }
+    return on_disk - set(Store(root)._ds.live_paths())
+
+
 def make_base(root: Path) -> None:
     store = Store(root)
     store.auto_migrate()
@@ -83,6 +96,14 @@ def run_child(root: Path, op: str, kill_at: str | None) -> int:
     )
     assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
     return proc.returncode
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rollups_for_small_files() -> Iterator[None]:
+    """As in the worker: small batches get rollups and spans, so kills land in their writes."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +147,7 @@ def test_kill_at_each_point(
     expected = before if (code != 0 and point in BEFORE_COMMIT) else after
     pd.testing.assert_frame_equal(rows(root), expected)
     assert leftovers(root) == []
+    assert orphans(root) == set()
     # The next write works and lands on top of the recovered state.
     if op == "upgrade":
         Store(root).auto_migrate()  # a rolled-back upgrade is simply run again

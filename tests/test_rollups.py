@@ -150,3 +150,48 @@ def test_rollups_are_invisible_to_other_engines(tmp_path: Path) -> None:
     pattern = f"{store.root}/**/*.parquet"
     count = duckdb.sql(f"select count(*) from read_parquet('{pattern}', hive_partitioning=true)")
     assert count.fetchall()[0][0] == n
+
+
+def test_spans_cover_whole_days_and_match_scans(tmp_path: Path) -> None:
+    store = load(tmp_path / "usage", 11)
+    assert store.compact() > 0  # compaction also builds the spans
+    spans = store._ds.snapshot().spans
+    assert spans
+    for span in spans:
+        size = span.last_day - span.first_day + 1
+        assert size & (size - 1) == 0 and span.first_day % size == 0
+    assert_paths_agree(store, np.random.default_rng(11))
+
+
+def test_a_write_into_a_spanned_day_drops_exactly_the_spans_over_it(tmp_path: Path) -> None:
+    store = load(tmp_path / "usage", 12)
+    store.compact()
+    before = store._ds.snapshot().spans
+    day = store_module.day_number("2026-11-02")
+    over = {sp.name for sp in before if sp.first_day <= day <= sp.last_day}
+    assert over
+    store.create_usage({"user_id": "late", "tenant": "t1", "timestamp": DAY0 + NS_PER_DAY + 5})
+    after = {sp.name for sp in store._ds.snapshot().spans}
+    assert after == {sp.name for sp in before} - over
+    on_disk = {p.name.split(".")[0] for p in (store.root / "_rollups" / "spans").iterdir()}
+    assert on_disk == after
+    assert_paths_agree(store, np.random.default_rng(12))
+
+
+def test_whole_window_reads_spans_not_file_rollups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = load(tmp_path / "usage", 13)
+    store.compact()
+    expected = both_ways(store, "t0", DAY0, DAY0 + 4 * NS_PER_DAY)
+    per_file: list[str] = []
+    real = dataset_layer.Dataset.read_sidecars
+
+    def counting(self: dataset_layer.Dataset, entries, *a, **k):  # type: ignore[no-untyped-def]
+        per_file.extend(e.path for e in entries)
+        return real(self, entries, *a, **k)
+
+    monkeypatch.setattr(dataset_layer.Dataset, "read_sidecars", counting)
+    summary = store.aggregated_usage("t0", DAY0, DAY0 + 4 * NS_PER_DAY)
+    assert per_file == []  # days 0-3 are two aligned 2-day spans
+    pd.testing.assert_frame_equal(summary, expected[0], check_exact=True)

@@ -76,6 +76,8 @@ _SIDECAR_KIND_RE: Final = re.compile(r"[a-z]+")
 #: Summary files kept beside the data files; hidden from engines that read the folder (the
 #: underscore makes hive-partitioned readers skip it, and nothing in it ends in .parquet).
 SIDECAR_DIR: Final = "_rollups"
+SPAN_DIR: Final = "_rollups/spans"
+_SPAN_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.[a-z]+\.rollup")
 _READ_ATTEMPTS: Final = 20
 # Rows are written sorted (data files by tenant then time; summary files by tenant), so row
 # groups this small let a tenant filter skip most of a file through its statistics.
@@ -241,6 +243,10 @@ class FileEntry:
 def _check_relative_path(path: str, *, sidecar_ok: bool = False) -> list[str]:
     """Check a path the manifest or journal names; returns its folders, outermost first."""
     parts = path.split("/")
+    if sidecar_ok and path.startswith(SPAN_DIR + "/") and len(parts) == 3:
+        if not _SPAN_FILE_RE.fullmatch(parts[2]):
+            raise CorruptDatasetError(f"the dataset lists {path!r}, which is not a span path")
+        return [SIDECAR_DIR, SPAN_DIR]
     is_sidecar = sidecar_ok and len(parts) == 3 and parts[0] == SIDECAR_DIR
     if is_sidecar:
         folders = [SIDECAR_DIR, f"{SIDECAR_DIR}/{parts[1]}"]
@@ -272,6 +278,49 @@ def _valid_date(text: str) -> bool:
 
 
 @dataclass(frozen=True)
+class SpanEntry:
+    """Summary files covering every data file of the days ``first_day..last_day``.
+
+    Days are numbered from the Unix epoch. A span is dropped by any commit that adds or removes
+    a data file in its days, so while it is listed it summarizes exactly those days' files.
+    """
+
+    name: str  # hex
+    first_day: int
+    last_day: int
+    kinds: tuple[str, ...]
+
+    def path(self, kind: str) -> str:
+        return f"{SPAN_DIR}/{self.name}.{kind}.rollup"
+
+    @property
+    def all_paths(self) -> list[str]:
+        return [self.path(k) for k in self.kinds]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "first_day": self.first_day,
+            "last_day": self.last_day,
+            "kinds": list(self.kinds),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SpanEntry:
+        name, kinds = str(raw["name"]), tuple(str(k) for k in raw["kinds"])
+        if not re.fullmatch(r"[0-9a-f]{32}", name) or not all(
+            _SIDECAR_KIND_RE.fullmatch(k) for k in kinds
+        ):
+            raise CorruptDatasetError(f"the manifest lists an odd span {dict(raw)!r}")
+        return cls(name, int(raw["first_day"]), int(raw["last_day"]), kinds)
+
+
+def day_number(date: str) -> int:
+    """Days since the Unix epoch of a partition date."""
+    return (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One committed state of the dataset."""
 
@@ -280,6 +329,7 @@ class Snapshot:
     schema_version: int
     next_id: int
     files: tuple[FileEntry, ...]
+    spans: tuple[SpanEntry, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -311,7 +361,9 @@ class Snapshot:
                 "next_id": self.next_id,
             }
         )
-        return header[:-1] + b',"files":[' + b",".join(f.json_bytes for f in self.files) + b"]}"
+        spans = b",".join(_json_bytes(sp.to_json()) for sp in self.spans)
+        files = b",".join(f.json_bytes for f in self.files)
+        return header[:-1] + b',"spans":[' + spans + b'],"files":[' + files + b"]}"
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], max_schema_version: int) -> Snapshot:
@@ -333,12 +385,14 @@ class Snapshot:
             )
         try:
             files = tuple(FileEntry.from_json(f) for f in raw["files"])
+            spans = tuple(SpanEntry.from_json(sp) for sp in raw.get("spans", ()))
             return cls(
                 version=int(raw["version"]),
                 txid=str(raw["txid"]),
                 schema_version=schema_version,
                 next_id=int(raw["next_id"]),
                 files=files,
+                spans=spans,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptDatasetError(f"the manifest is damaged: {exc!r}") from exc
@@ -536,7 +590,9 @@ class Dataset:
 
     def live_paths(self) -> list[str]:
         """Every file of the latest commit (data and summary files), relative to the root."""
-        return sorted(p for f in self.snapshot().files for p in f.all_paths)
+        snap = self.snapshot()
+        paths = [p for f in snap.files for p in f.all_paths]
+        return sorted(paths + [p for sp in snap.spans for p in sp.all_paths])
 
     def read_sidecars(
         self,
@@ -545,17 +601,25 @@ class Dataset:
         filter: pc.Expression | None = None,
     ) -> pa.Table:
         """The ``kind`` summary files of ``entries``, concatenated and filtered."""
-        paths = []
         for entry in entries:
-            rel = entry.sidecar_path(kind)
-            for folder in [*_check_relative_path(rel, sidecar_ok=True), entry.path.split("/")[0]]:
+            if (self.root / entry.path.split("/")[0]).is_symlink():
+                raise CorruptDatasetError(
+                    f"{self.root / entry.path} is in a linked folder; the store does not follow "
+                    "links"
+                )
+        return self.read_summaries([e.sidecar_path(kind) for e in entries], filter)
+
+    def read_summaries(self, paths: Sequence[str], filter: pc.Expression | None = None) -> pa.Table:
+        """Summary files (rollups of data files or of spans) by relative path, concatenated."""
+        checked = []
+        for rel in paths:
+            for folder in _check_relative_path(rel, sidecar_ok=True):
                 if (self.root / folder).is_symlink():
                     raise CorruptDatasetError(
                         f"{self.root / folder} is a symbolic link; the store does not follow links"
                     )
-            paths.append(str(self.root / rel))
-        found = pads.dataset(paths, format="parquet")
-        return found.to_table(filter=filter)
+            checked.append(str(self.root / rel))
+        return pads.dataset(checked, format="parquet").to_table(filter=filter)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -681,6 +745,8 @@ class Transaction:
         self.next_id = base.next_id
         self._staged: list[_Staged] = []
         self._removed: dict[str, FileEntry] = {}
+        self._new_spans: list[tuple[SpanEntry, dict[str, pa.Table]]] = []
+        self._dropped_spans: set[str] = set()
         self._done = False
 
     def reserve_ids(self, n: int) -> int:
@@ -716,10 +782,31 @@ class Transaction:
         """Stage the removal of a live data file."""
         self._removed[entry.path] = entry
 
+    def add_span(self, first_day: int, last_day: int, tables: Mapping[str, pa.Table]) -> SpanEntry:
+        """Stage summary files covering every data file of ``first_day..last_day``.
+
+        The caller computes them from the base snapshot's files of those days, and the commit
+        must not add or remove files in those days.
+        """
+        for kind in tables:
+            if not _SIDECAR_KIND_RE.fullmatch(kind):
+                raise ValueError(f"not a summary kind: {kind!r}")
+        span = SpanEntry(uuid.uuid4().hex, first_day, last_day, tuple(tables))
+        self._new_spans.append((span, dict(tables)))
+        return span
+
+    def drop_span(self, span: SpanEntry) -> None:
+        """Stage the removal of a span."""
+        self._dropped_spans.add(span.name)
+
     @property
     def changed(self) -> bool:
         return bool(
-            self._staged or self._removed or self.schema_version != self.base.schema_version
+            self._staged
+            or self._removed
+            or self._new_spans
+            or self._dropped_spans
+            or self.schema_version != self.base.schema_version
         )
 
     def commit(self) -> None:
@@ -731,8 +818,23 @@ class Transaction:
             return
         ds = self._ds
         txid = uuid.uuid4().hex
+        # A span stays only while no data file of its days changes.
+        changed_days = {day_number(s.entry.date) for s in self._staged}
+        changed_days |= {day_number(e.date) for e in self._removed.values()}
+        kept_spans, dropped_spans = [], []
+        for span in self.base.spans:
+            stale = any(span.first_day <= d <= span.last_day for d in changed_days)
+            if stale or span.name in self._dropped_spans:
+                dropped_spans.append(span)
+            else:
+                kept_spans.append(span)
+        for span, _ in self._new_spans:
+            if any(span.first_day <= d <= span.last_day for d in changed_days):
+                raise ValueError("a span cannot be added by a commit that changes its days")
         adds = [p for s in self._staged for p in s.entry.all_paths]
+        adds += [p for span, _ in self._new_spans for p in span.all_paths]
         removes = [p for e in self._removed.values() for p in e.all_paths]
+        removes += [p for span in dropped_spans for p in span.all_paths]
         files = [f for f in self.base.files if f.path not in self._removed]
         files.extend(s.entry for s in self._staged)
         new = Snapshot(
@@ -741,6 +843,7 @@ class Transaction:
             schema_version=self.schema_version,
             next_id=self.next_id,
             files=tuple(files),
+            spans=tuple(kept_spans) + tuple(span for span, _ in self._new_spans),
         )
         for rel in {*adds, *removes}:
             for folder in _check_relative_path(rel, sidecar_ok=True):
@@ -773,7 +876,6 @@ class Transaction:
             self._cleanup(removes)
 
     def _write_files(self) -> None:
-        ds = self._ds
         dirs: set[Path] = set()
         new_dirs: set[Path] = set()
         for staged in self._staged:
@@ -782,22 +884,35 @@ class Transaction:
                 (staged.entry.sidecar_path(k), t, SIDECAR_ROW_GROUP)
                 for k, t in staged.sidecars.items()
             ]
-            for rel, table, row_group in files:
-                final = ds.root / rel
-                for folder in _check_relative_path(rel, sidecar_ok=True):
-                    path = ds.root / folder
-                    _check_partition_folder(path)
-                    if not path.exists():
-                        path.mkdir()
-                        new_dirs.add(path)
-                dirs.add(final.parent)
-                tmp = final.with_name("." + final.name + ".tmp")
-                _write_parquet(table, tmp, row_group)
-                _fault("data_tmp_written")
-                os.replace(tmp, final)
-                _fault("data_renamed")
+            self._write(files, dirs, new_dirs)
+        spans = [
+            (span.path(k), t, SIDECAR_ROW_GROUP)
+            for span, tables in self._new_spans
+            for k, t in tables.items()
+        ]
+        self._write(spans, dirs, new_dirs)
         for written in dirs | {d.parent for d in new_dirs}:
             _fsync_dir(written)
+
+    def _write(
+        self, files: list[tuple[str, pa.Table, int]], dirs: set[Path], new_dirs: set[Path]
+    ) -> None:
+        """Write each (path, table, row group size) under a temporary name, then rename it."""
+        root = self._ds.root
+        for rel, table, row_group in files:
+            final = root / rel
+            for folder in _check_relative_path(rel, sidecar_ok=True):
+                path = root / folder
+                _check_partition_folder(path)
+                if not path.exists():
+                    path.mkdir()
+                    new_dirs.add(path)
+            dirs.add(final.parent)
+            tmp = final.with_name("." + final.name + ".tmp")
+            _write_parquet(table, tmp, row_group)
+            _fault("data_tmp_written")
+            os.replace(tmp, final)
+            _fault("data_renamed")
 
     def _cleanup(self, removes: Iterable[str]) -> None:
         ds = self._ds

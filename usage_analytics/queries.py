@@ -23,6 +23,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "SUMMARY_INPUT_COLUMNS",
     "SUMMARY_KEYS",
+    "combine_rollups",
     "finish_groups",
     "finish_summary",
     "groups_partial",
@@ -201,3 +202,19 @@ def rollups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         kind: frame.sort_values(list(ROLLUP_KEYS[kind]), kind="stable").reset_index(drop=True)
         for kind, frame in out.items()
     }
+
+
+def combine_rollups(kind: str, parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Rollups of disjoint sets of rows combined into one, sorted by its keys.
+
+    Example:
+        >>> part = rollups(pd.DataFrame({"tenant": ["t"], "api_method": ["a"],
+        ...     "status_code": [200], "latency_ms": [10], "api_key_id": ["k"], "user_id": ["u"],
+        ...     "model_id": ["m"], "prompt_tokens": [1], "completion_tokens": [3],
+        ...     "time_to_first_token_ms": [5]}))["summary"]
+        >>> combine_rollups("summary", [part, part])
+          tenant api_method  total_requests  success_requests  latency_sum
+        0      t          a               2                 2           20
+    """
+    sums = SUMMARY_SUMS if kind == "summary" else GROUP_SUMS
+    return _combine(parts, ROLLUP_KEYS[kind], sums)

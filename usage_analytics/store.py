@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import queries
-from ._dataset import Dataset, FileEntry, Snapshot, Transaction
+from ._dataset import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, day_number
 from ._validation import prepare_batch, to_ns
 from .errors import DuplicateUsageError, InvalidArgumentError
 from .schema import (
@@ -38,6 +38,9 @@ __all__ = ["DatasetInfo", "Store"]
 NS_PER_DAY: Final = 86_400 * 1_000_000_000
 _DUPLICATES_SHOWN: Final = 10
 ROLLUP_MIN_ROWS: Final = 1024
+#: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.
+MAX_SPAN_LEVEL: Final = 10
+_KINDS: Final = ("summary", "groups")
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,11 @@ class Store:
             table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
             self._stage_by_date(tx, table, days, batch["tenant"])
             tx.commit()
-            return len(batch)
+        if len(batch) >= ROLLUP_MIN_ROWS:
+            # Loads run forward in time: the days before this batch's last are taken as
+            # loaded and summarized. A later write into one of them drops its spans again.
+            self._build_spans(before_day=int(days.max()))
+        return len(batch)
 
     def _stage_by_date(
         self, tx: Transaction, table: pa.Table, days: np.ndarray, tenant: pd.Series
@@ -317,6 +324,8 @@ class Store:
                 if remaining is not None:
                     remaining -= n
             tx.commit()
+        if deleted:
+            self._build_spans()
         return deleted
 
     def _delete_in_partition(
@@ -384,6 +393,7 @@ class Store:
                 self._add(tx, date, merged)
                 tx.commit()
                 done += 1
+        self._build_spans()
         return done
 
     def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
@@ -402,6 +412,85 @@ class Store:
             for kind, partial in queries.rollups(frame).items()
         }
         tx.add(date, table, sidecars)
+
+    def _build_spans(self, before_day: int | None = None) -> int:
+        """Commit the missing span rollups of aligned blocks of whole days.
+
+        A block of 2**k days starting at a multiple of 2**k gets one summary file per report,
+        combined from its two halves (single days, when they have several files, from their
+        files' rollups), so that a window of whole days reads a few spans instead of every
+        file's rollups. Only blocks that end
+        before ``before_day`` are built (an ETL load passes the first day it is still loading).
+        Returns how many spans were added.
+        """
+        with self._ds.transaction() as tx:
+            snap = tx.base
+            by_day: dict[int, list[FileEntry]] = {}
+            for entry in snap.files:
+                by_day.setdefault(day_number(entry.date), []).append(entry)
+            if not by_day:
+                return 0
+            first, last = min(by_day), max(by_day)
+            if before_day is not None:
+                last = min(last, before_day - 1)
+            have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
+            memo: dict[tuple[int, int], dict[str, list[pd.DataFrame]] | None] = {}
+
+            def parts(lo: int, hi: int) -> dict[str, list[pd.DataFrame]] | None:
+                """The rollup frames of days lo..hi per kind; None when one is missing."""
+                if (lo, hi) not in memo:
+                    memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts)
+                return memo[(lo, hi)]
+
+            added = 0
+            for level in range(MAX_SPAN_LEVEL + 1):
+                size = 1 << level
+                for start in range(first - first % size, last + 1, size):
+                    end = start + size - 1
+                    if end > last or (start, end) in have:
+                        continue
+                    if not any(d in by_day for d in range(start, end + 1)):
+                        continue
+                    if size == 1 and len(by_day[start]) < 2:
+                        continue  # a single file's own rollups already cover its day
+                    found = parts(start, end)
+                    if found is None:
+                        continue
+                    tables = {
+                        kind: pa.Table.from_pandas(
+                            queries.combine_rollups(kind, found[kind]), preserve_index=False
+                        )
+                        for kind in _KINDS
+                    }
+                    tx.add_span(start, end, tables)
+                    memo[(start, end)] = {k: [t.to_pandas()] for k, t in tables.items()}
+                    added += 1
+            tx.commit()
+            return added
+
+    def _block_parts(
+        self,
+        lo: int,
+        hi: int,
+        by_day: dict[int, list[FileEntry]],
+        have: dict[tuple[int, int], SpanEntry],
+        parts: Callable[[int, int], dict[str, list[pd.DataFrame]] | None],
+    ) -> dict[str, list[pd.DataFrame]] | None:
+        if (lo, hi) in have:
+            span = have[(lo, hi)]
+            return {k: [self._ds.read_summaries([span.path(k)]).to_pandas()] for k in _KINDS}
+        if lo == hi:
+            files = by_day.get(lo, [])
+            if any(k not in f.sidecars for f in files for k in _KINDS):
+                return None
+            if not files:
+                return {k: [] for k in _KINDS}
+            return {k: [self._ds.read_sidecars(files, k).to_pandas()] for k in _KINDS}
+        half = (hi - lo + 1) // 2
+        left, right = parts(lo, lo + half - 1), parts(lo + half, hi)
+        if left is None or right is None:
+            return None
+        return {k: left[k] + right[k] for k in _KINDS}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -488,10 +577,12 @@ class Store:
             raise InvalidArgumentError(f"end ({end!r}) is before start ({start!r})")
 
         def read(snap: Snapshot) -> pd.DataFrame:
+            spans = _pick_spans(snap, lo, hi, kind) if self._use_rollups else []
+            span_days = {d for sp in spans for d in range(sp.first_day, sp.last_day + 1)}
             covered, scanned = [], []
             for entry in snap.files:
                 first, last = entry.min("timestamp"), entry.max("timestamp")
-                if last < lo or first >= hi:
+                if last < lo or first >= hi or day_number(entry.date) in span_days:
                     continue
                 inside = lo <= first and last < hi
                 if inside and self._use_rollups and kind in entry.sidecars:
@@ -499,8 +590,12 @@ class Store:
                 else:
                     scanned.append(entry)
             parts = [partial(df) for df in self._scan(scanned, tenant_id, lo, hi, columns)]
+            tenant = pc.field("tenant") == tenant_id
             if covered:
-                table = self._ds.read_sidecars(covered, kind, pc.field("tenant") == tenant_id)
+                table = self._ds.read_sidecars(covered, kind, tenant)
+                parts.append(table.drop_columns(["tenant"]).to_pandas())
+            if spans:
+                table = self._ds.read_summaries([sp.path(kind) for sp in spans], tenant)
                 parts.append(table.drop_columns(["tenant"]).to_pandas())
             return finish(parts)
 
@@ -525,6 +620,30 @@ class Store:
         keys = [c for c in columns if c in STRING_COLUMNS]
         for table in self._ds.scan(entries, columns, expr, dictionary=keys):
             yield table.to_pandas()
+
+
+def _pick_spans(snap: Snapshot, lo: int, hi: int, kind: str) -> list[SpanEntry]:
+    """The fewest spans that tile the whole days inside [lo, hi), largest first, left to right.
+
+    Days no span starts at are left to the per-file rollups and scans.
+    """
+    by_start: dict[int, list[SpanEntry]] = {}
+    for span in snap.spans:
+        if kind in span.kinds:
+            by_start.setdefault(span.first_day, []).append(span)
+    if not by_start:
+        return []
+    day, last = -(-lo // NS_PER_DAY), hi // NS_PER_DAY - 1  # whole days inside the window
+    picked = []
+    while day <= last:
+        fitting = [sp for sp in by_start.get(day, []) if sp.last_day <= last]
+        if fitting:
+            best = max(fitting, key=lambda sp: sp.last_day)
+            picked.append(best)
+            day = best.last_day + 1
+        else:
+            day += 1
+    return picked
 
 
 def _duplicate_error(rows: pd.DataFrame, where: str) -> DuplicateUsageError:
