@@ -41,6 +41,7 @@ ROLLUP_MIN_ROWS: Final = 1024
 #: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.
 MAX_SPAN_LEVEL: Final = 10
 _KINDS: Final = ("summary", "groups")
+_RECENT_SPANS: Final = 16
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Store:
         # Reports read the per-file rollups where a window covers a whole file; switched off
         # only by tests that compare them with plain row scans.
         self._use_rollups = True
+        self._recent_spans: dict[str, dict[str, pd.DataFrame]] = {}
         self._ds = Dataset(
             self._root,
             schema_version=SCHEMA_VERSION,
@@ -443,6 +445,7 @@ class Store:
                 return memo[(lo, hi)]
 
             added = 0
+            built: dict[str, dict[str, pd.DataFrame]] = {}
             for level in range(MAX_SPAN_LEVEL + 1):
                 size = 1 << level
                 for start in range(first - first % size, last + 1, size):
@@ -462,11 +465,17 @@ class Store:
                         )
                         for kind in _KINDS
                     }
-                    tx.add_span(start, end, tables)
-                    memo[(start, end)] = {k: [t.to_pandas()] for k, t in tables.items()}
+                    span = tx.add_span(start, end, tables)
+                    frames = {k: t.to_pandas() for k, t in tables.items()}
+                    memo[(start, end)] = {k: [f] for k, f in frames.items()}
+                    built[span.name] = frames
                     added += 1
             tx.commit()
-            return added
+        # Spans are immutable: keep the latest few to build their parents without reading them.
+        self._recent_spans.update(built)
+        while len(self._recent_spans) > _RECENT_SPANS:
+            del self._recent_spans[next(iter(self._recent_spans))]
+        return added
 
     def _block_parts(
         self,
@@ -478,6 +487,9 @@ class Store:
     ) -> dict[str, list[pd.DataFrame]] | None:
         if (lo, hi) in have:
             span = have[(lo, hi)]
+            cached = self._recent_spans.get(span.name)
+            if cached is not None:
+                return {k: [cached[k]] for k in _KINDS}
             return {k: [self._ds.read_summaries([span.path(k)]).to_pandas()] for k in _KINDS}
         if lo == hi:
             files = by_day.get(lo, [])
