@@ -326,8 +326,6 @@ class Store:
                 if remaining is not None:
                     remaining -= n
             tx.commit()
-        if deleted:
-            self._build_spans()
         return deleted
 
     def _delete_in_partition(
