@@ -1,0 +1,728 @@
+"""The side-by-side benchmark of ``usage_analytics``.
+
+Steps, on synthetic data from :mod:`usage_analytics.synthetic`:
+
+1. ingest every batch through ``Store.create_usage`` and, for the floor, through plain
+   ``pyarrow.parquet.write_table`` (one file per batch), both from the same pandas frames;
+2. the two reports for the busiest tenant over three windows (the whole range, the last days,
+   and an unaligned window), for the store, DuckDB over the same files and (``--sqlite``) SQLite
+   with the source system's indexes and SQL, each result checked against the store's first;
+3. the peak RSS of store queries, each in a fresh process;
+4. ``delete_usage`` of the oldest third of the days, on a copy (and on a half-size dataset);
+5. single-row ``create_usage`` calls into the full dataset;
+6. many single-row appends into a copy, the reports again, ``compact()``, the reports again.
+
+Example:
+    python -m benchmarks.run --rows 1000000 --days 30 --sqlite --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import usage_analytics
+from usage_analytics import Store
+from usage_analytics.synthetic import Profile, generate, iter_batches
+
+from . import _rss, _sqlite
+from ._engines import QUERIES, DuckDBEngine, Engine, ResultMismatchError, StoreEngine, check_same
+from ._report import evaluate_targets, render
+
+__all__ = ["main"]
+
+NS_PER_DAY: Final = 86_400 * 1_000_000_000
+NS_PER_SECOND: Final = 1_000_000_000
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+WORKDIR_MARKER: Final = ".usage_analytics_benchmark"
+REFERENCE_DAYS: Final = 30
+
+
+@dataclass(frozen=True)
+class Window:
+    """A query window ``[start_ns, end_ns)``."""
+
+    name: str
+    label: str
+    start_ns: int
+    end_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The window with readable bounds."""
+        return {
+            "label": self.label,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "start": _iso(self.start_ns),
+            "end": _iso(self.end_ns),
+        }
+
+
+def _iso(ns: int) -> str:
+    return str(pd.Timestamp(ns, unit="ns", tz="UTC").strftime("%Y-%m-%d %H:%M:%S"))
+
+
+class _Clock:
+    """Progress lines on stderr, stamped with the seconds since the start."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def log(self, message: str) -> None:
+        print(f"[{self.elapsed:8.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def make_windows(start_ns: int, days: int) -> dict[str, Window]:
+    """The three query windows, scaled from a 30-day range to ``days``.
+
+    ``a`` is the whole range, ``b`` its last 7/30 (7 whole days of 30), ``c`` runs from
+    13:17:05 on day 3 to 09:43:11 on day 20 (of 30).
+    """
+    end_ns = start_ns + days * NS_PER_DAY
+    last = max(1, round(days * 7 / REFERENCE_DAYS))
+    first_day = days * 2 // REFERENCE_DAYS
+    last_day = max(first_day + 1, days * 19 // REFERENCE_DAYS)
+    c_start = start_ns + first_day * NS_PER_DAY + (13 * 3600 + 17 * 60 + 5) * NS_PER_SECOND
+    c_end = start_ns + last_day * NS_PER_DAY + (9 * 3600 + 43 * 60 + 11) * NS_PER_SECOND
+    return {
+        "a": Window("a", f"{days} whole day{'s' if days > 1 else ''}", start_ns, end_ns),
+        "b": Window(
+            "b",
+            f"last {last} whole day{'s' if last > 1 else ''}",
+            end_ns - last * NS_PER_DAY,
+            end_ns,
+        ),
+        "c": Window(
+            "c", f"day {first_day + 1} 13:17:05 - day {last_day + 1} 09:43:11", c_start, c_end
+        ),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and with what the benchmark ran."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 0
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "python": platform.python_version(),
+        "usage_analytics": usage_analytics.__version__,
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "duckdb": duckdb.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _dir_stats(root: Path) -> tuple[int, int]:
+    """(number of ``*.parquet`` files, their total bytes) under ``root``."""
+    files = [p for p in root.rglob("*.parquet") if not p.name.startswith(".")]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Ingest
+
+
+def ingest(
+    args: argparse.Namespace, store_root: Path, plain_root: Path, clock: _Clock
+) -> tuple[dict[str, Any], Counter[str]]:
+    """Write every batch through the store and through plain pyarrow, alternating who goes
+    first; returns the timings and the rows per tenant."""
+    store = Store(store_root)
+    store.auto_migrate()
+    plain_root.mkdir(parents=True)
+    tenants: Counter[str] = Counter()
+    store_s = plain_s = 0.0
+    written = 0
+    batches = _batches(args, args.rows)
+    n_batches = -(-args.rows // args.batch_size)
+    for i, batch in enumerate(batches):
+        tenants.update(batch["tenant"].value_counts().to_dict())
+
+        steps = ("store", "plain") if i % 2 == 0 else ("plain", "store")
+        for step in steps:
+            gc.collect()
+            started = time.perf_counter()
+            if step == "store":
+                written += store.create_usage(batch)
+                store_s += time.perf_counter() - started
+            else:
+                table = pa.Table.from_pandas(batch, preserve_index=False)
+                pq.write_table(table, plain_root / f"part-{i:05d}.parquet")
+                plain_s += time.perf_counter() - started
+        if (i + 1) % max(1, n_batches // 10) == 0 or i + 1 == n_batches:
+            clock.log(f"ingest: {i + 1}/{n_batches} batches")
+    if written != args.rows:
+        raise RuntimeError(f"create_usage wrote {written} rows, expected {args.rows}")
+    store_files, store_bytes = _dir_stats(store_root)
+    plain_files, plain_bytes = _dir_stats(plain_root)
+    return (
+        {
+            "rows": args.rows,
+            "batches": n_batches,
+            "store": {
+                "seconds": store_s,
+                "rows_per_s": args.rows / store_s,
+                "files": store_files,
+                "bytes": store_bytes,
+            },
+            "pyarrow": {
+                "seconds": plain_s,
+                "rows_per_s": args.rows / plain_s,
+                "files": plain_files,
+                "bytes": plain_bytes,
+                "settings": "pa.Table.from_pandas + pq.write_table defaults, no fsync",
+            },
+            "store_over_pyarrow": (args.rows / store_s) / (args.rows / plain_s),
+        },
+        tenants,
+    )
+
+
+def _batches(args: argparse.Namespace, rows: int) -> Iterator[pd.DataFrame]:
+    return iter_batches(
+        rows,
+        batch_size=args.batch_size,
+        start=args.start,
+        days=args.days,
+        seed=args.seed,
+        profile=Profile(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Queries
+
+
+def measure_queries(
+    timed: Mapping[str, Engine],
+    tenant: str,
+    windows: Mapping[str, Window],
+    repeats: int,
+    clock: _Clock,
+    *,
+    untimed: Mapping[str, Engine] | None = None,
+    expected: Mapping[tuple[str, str], pd.DataFrame] | None = None,
+    what: str = "",
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[tuple[str, str], pd.DataFrame]]:
+    """Time each query and window on the ``timed`` engines (the first is the store).
+
+    A first run of every engine (the warm-up) is checked against the store's first result, as
+    are the ``untimed`` engines' results and ``expected`` ones; any difference raises
+    :class:`ResultMismatchError` before a time is taken. Then ``repeats`` rounds run every
+    timed engine once, the order rotating from round to round; the median of each is kept.
+    """
+    names = list(timed)
+    reference = names[0]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    results: dict[tuple[str, str], pd.DataFrame] = {}
+    for query in QUERIES:
+        out[query] = {}
+        for window in windows.values():
+            lo, hi = window.start_ns, window.end_ns
+            label = f"{what}{query} {window.name}"
+            ref = timed[reference].run(query, tenant, lo, hi)
+            results[(query, window.name)] = ref
+            cells: dict[str, Any] = {reference: {"checked": True, "checked_against": []}}
+            for name, engine in {**{n: timed[n] for n in names[1:]}, **(untimed or {})}.items():
+                check_same(query, ref, engine.run(query, tenant, lo, hi), f"{label}: {name}")
+                cells[reference]["checked_against"].append(name)
+                if name in timed:
+                    cells[name] = {"checked": True}
+            if expected is not None:
+                check_same(query, ref, expected[(query, window.name)], f"{label}: expected")
+                cells[reference]["checked_against"].append("expected")
+            cells[reference]["result_rows"] = len(ref)
+            runs: dict[str, list[float]] = {name: [] for name in names}
+            for r in range(repeats):
+                shift = r % len(names)
+                for name in names[shift:] + names[:shift]:
+                    gc.collect()
+                    started = time.perf_counter()
+                    timed[name].run(query, tenant, lo, hi)
+                    runs[name].append(time.perf_counter() - started)
+            for name in names:
+                cells[name]["runs_s"] = runs[name]
+                cells[name]["median_s"] = _median(runs[name])
+            for name in names[1:]:
+                cells[f"{name}_over_store"] = cells[name]["median_s"] / cells[reference]["median_s"]
+            out[query][window.name] = cells
+            clock.log(
+                f"{label}: " + ", ".join(f"{n} {cells[n]['median_s'] * 1000:.1f} ms" for n in names)
+            )
+    return out, results
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Peak RSS
+
+
+def measure_rss(
+    root: Path, tenant: str, windows: Mapping[str, Window], clock: _Clock
+) -> dict[str, Any]:
+    """Peak RSS of each store query over windows ``a`` and ``b``, each in a fresh process."""
+    out: dict[str, dict[str, Any]] = {}
+    for query in QUERIES:
+        out[query] = {}
+        for name in ("a", "b"):
+            window = windows[name]
+            cell = _rss.measure(root, query, tenant, window.start_ns, window.end_ns)
+            out[query][name] = cell
+            clock.log(
+                f"rss {query} {name}: {cell['after_imports_mib']:.0f} MiB after imports, "
+                f"peak {cell['peak_mib']:.0f} MiB"
+            )
+    return {"unit": "MiB (ru_maxrss of a child started from a small launcher)", "queries": out}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Delete
+
+
+def _timed_delete(source: Path, scratch: Path, cutoff_ns: int) -> tuple[float, dict[str, Any]]:
+    """``delete_usage(cutoff_ns)`` on a fresh copy of ``source`` (copied untimed)."""
+    shutil.copytree(source, scratch)
+    try:
+        store = Store(scratch)
+        info = store.info()
+        gc.collect()
+        started = time.perf_counter()
+        deleted = store.delete_usage(cutoff_ns)
+        seconds = time.perf_counter() - started
+        after = store.info()
+    finally:
+        shutil.rmtree(scratch)
+    if after.rows != info.rows - deleted:
+        raise RuntimeError(
+            f"delete_usage reported {deleted} rows, but {info.rows - after.rows} went"
+        )
+    return seconds, {
+        "rows_before": info.rows,
+        "rows_deleted": deleted,
+        "files_before": info.files,
+        "files_after": after.files,
+        "partitions_before": info.partitions,
+        "partitions_after": after.partitions,
+    }
+
+
+def measure_delete(
+    args: argparse.Namespace, store_root: Path, workdir: Path, start_ns: int, clock: _Clock
+) -> dict[str, Any]:
+    """``delete_usage`` of the oldest ``days // 3`` days, each run on a fresh copy.
+
+    With ``--delete-half`` a dataset of half the rows (same days) is built untimed and the runs
+    alternate between the two sizes, so that both see the same disk conditions.
+    """
+    days = max(1, args.days // 3)
+    cutoff = start_ns + days * NS_PER_DAY
+    sources = {"full": store_root}
+    out: dict[str, Any] = {"days": days, "cutoff": _iso(cutoff), "half": None}
+    if args.delete_half:
+        half_root = workdir / "delete-half"
+        started = time.perf_counter()
+        store = Store(half_root)
+        store.auto_migrate()
+        for batch in _batches(args, args.rows // 2):
+            store.create_usage(batch)
+        out["half_setup_s"] = time.perf_counter() - started
+        sources["half"] = half_root
+    runs: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(args.delete_repeats):
+        for name, source in sources.items():
+            seconds, cell = _timed_delete(source, workdir / "delete-copy", cutoff)
+            runs[name].append(seconds)
+            out[name] = {**cell, "seconds": _median(runs[name]), "runs_s": runs[name]}
+    for name in sources:
+        clock.log(
+            f"delete {days} days ({name}): {out[name]['rows_deleted']:,} rows, median "
+            f"{out[name]['seconds'] * 1000:.1f} ms"
+        )
+    out["full_over_half"] = out["full"]["seconds"] / out["half"]["seconds"] if out["half"] else None
+    if args.delete_half:
+        shutil.rmtree(workdir / "delete-half")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 5-6. Appends
+
+
+def _append_rows(n: int, day_ns: int, seed: int) -> pd.DataFrame:
+    """``n`` fresh rows inside the day starting at ``day_ns`` (a seed the bulk load did not
+    use, so their keys are new)."""
+    day = pd.Timestamp(day_ns, unit="ns", tz="UTC").tz_localize(None)
+    return generate(n, start=day, days=1, seed=seed, profile=Profile())
+
+
+def _single_appends(store: Store, rows: pd.DataFrame) -> list[float]:
+    """Seconds of ``create_usage`` of each row on its own, in order."""
+    times: list[float] = []
+    for i in range(len(rows)):
+        row = rows.iloc[i : i + 1]
+        started = time.perf_counter()
+        store.create_usage(row)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def measure_single_appends(
+    args: argparse.Namespace, store_root: Path, last_day_ns: int, clock: _Clock
+) -> dict[str, Any]:
+    """Single-row ``create_usage`` calls into the full dataset (the rows stay)."""
+    rows = _append_rows(args.single_appends, last_day_ns, args.seed + 1)
+    times_ms = [t * 1000 for t in _single_appends(Store(store_root), rows)]
+    clock.log(f"single appends: median {_median(times_ms):.1f} ms")
+    return {
+        "n": len(times_ms),
+        "median_ms": _median(times_ms),
+        "p90_ms": _percentile(times_ms, 90),
+        "min_ms": min(times_ms),
+        "max_ms": max(times_ms),
+        "mean_ms": statistics.fmean(times_ms),
+        "runs_ms": times_ms,
+    }
+
+
+def measure_small_appends(
+    args: argparse.Namespace,
+    store_root: Path,
+    workdir: Path,
+    tenant: str,
+    windows: Mapping[str, Window],
+    bulk: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    last_day_ns: int,
+    clock: _Clock,
+) -> dict[str, Any]:
+    """Many single-row appends into a copy, the reports, ``compact()``, the reports again."""
+    copy = workdir / "small-appends"
+    shutil.copytree(store_root, copy)
+    store = Store(copy)
+    files_before = store.info().files
+    rows = _append_rows(args.small_appends, last_day_ns, args.seed + 2)
+    times: list[float] = []
+    chunk = max(1, len(rows) // 10)
+    for offset in range(0, len(rows), chunk):
+        times += _single_appends(store, rows.iloc[offset : offset + chunk])
+        clock.log(
+            f"small appends: {len(times):,}/{len(rows):,}, last median "
+            f"{_median(times[-chunk:]) * 1000:.1f} ms"
+        )
+    files_after_appends = store.info().files
+    window_n = max(1, len(times) // 10)
+
+    duck = DuckDBEngine(copy)
+    try:
+        appended, results = measure_queries(
+            {"store": StoreEngine(copy)},
+            tenant,
+            windows,
+            args.repeats,
+            clock,
+            untimed={"duckdb": duck},
+            what="after appends: ",
+        )
+    finally:
+        duck.close()
+    gc.collect()
+    started = time.perf_counter()
+    compacted_partitions = Store(copy).compact()
+    compact_s = time.perf_counter() - started
+    clock.log(f"compact: {compacted_partitions} partitions in {compact_s:.2f} s")
+    files_after_compact = Store(copy).info().files
+    compacted, _ = measure_queries(
+        {"store": StoreEngine(copy)},
+        tenant,
+        windows,
+        args.repeats,
+        clock,
+        expected=results,
+        what="after compact: ",
+    )
+    shutil.rmtree(copy)
+
+    queries: dict[str, dict[str, Any]] = {}
+    for query, by_window in appended.items():
+        queries[query] = {}
+        for window, cell in by_window.items():
+            bulk_s = bulk[query][window]["store"]["median_s"]
+            after = cell["store"]
+            done = compacted[query][window]["store"]
+            queries[query][window] = {
+                "bulk_s": bulk_s,
+                "after_appends": after,
+                "after_compact": done,
+                "after_appends_over_bulk": after["median_s"] / bulk_s,
+                "after_compact_over_bulk": done["median_s"] / bulk_s,
+            }
+    return {
+        "n": len(times),
+        "total_s": sum(times),
+        "median_ms": _median(times) * 1000,
+        "p90_ms": _percentile(times, 90) * 1000,
+        "max_ms": max(times) * 1000,
+        "window_n": window_n,
+        "first_median_ms": _median(times[:window_n]) * 1000,
+        "last_median_ms": _median(times[-window_n:]) * 1000,
+        "files_before": files_before,
+        "files_after_appends": files_after_appends,
+        "compact_s": compact_s,
+        "partitions_compacted": compacted_partitions,
+        "files_after_compact": files_after_compact,
+        "queries": queries,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dict[str, Any]:
+    """Every step; returns the JSON-ready result."""
+    start_ns = int(pd.Timestamp(args.start, tz="UTC").normalize().value)
+    windows = make_windows(start_ns, args.days)
+    last_day_ns = start_ns + (args.days - 1) * NS_PER_DAY
+    store_root = workdir / "store"
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "parameters": {
+            "rows": args.rows,
+            "days": args.days,
+            "start": args.start,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "sqlite": args.sqlite,
+            "single_appends": args.single_appends,
+            "small_appends": args.small_appends,
+            "delete_half": args.delete_half,
+            "delete_repeats": args.delete_repeats,
+            "profile": vars(Profile()),
+        },
+        "windows": {name: w.to_json() for name, w in windows.items()},
+    }
+
+    clock.log(f"ingest of {args.rows:,} rows in batches of {args.batch_size:,}")
+    result["ingest"], tenants = ingest(args, store_root, workdir / "plain", clock)
+    shutil.rmtree(workdir / "plain")
+    tenant, tenant_rows = min(tenants.items(), key=lambda kv: (-kv[1], kv[0]))
+    info = Store(store_root).info()
+    result["dataset"] = {
+        "rows": info.rows,
+        "files": info.files,
+        "partitions": info.partitions,
+        "bytes": result["ingest"]["store"]["bytes"],
+        "tenants": len(tenants),
+        "busiest_tenant": tenant,
+        "busiest_tenant_rows": tenant_rows,
+    }
+
+    timed: dict[str, Engine] = {
+        "store": StoreEngine(store_root),
+        "duckdb": DuckDBEngine(store_root),
+    }
+    if args.sqlite:
+        db = workdir / "usages.sqlite"
+        clock.log("loading SQLite (not timed)")
+        result["sqlite_load"] = _sqlite.load(db, _batches(args, args.rows))
+        sqlite_engine = _sqlite.SQLiteEngine(db)
+        result["sqlite_load"]["plans"] = {q: sqlite_engine.plan(q) for q in QUERIES}
+        timed["sqlite"] = sqlite_engine
+        clock.log(f"SQLite loaded: {result['sqlite_load']}")
+    try:
+        result["queries"], _ = measure_queries(timed, tenant, windows, args.repeats, clock)
+    finally:
+        for engine in timed.values():
+            engine.close()
+    if args.sqlite:
+        (workdir / "usages.sqlite").unlink()
+
+    result["rss"] = measure_rss(store_root, tenant, windows, clock)
+    result["delete"] = measure_delete(args, store_root, workdir, start_ns, clock)
+    result["single_append"] = measure_single_appends(args, store_root, last_day_ns, clock)
+    result["small_appends"] = measure_small_appends(
+        args, store_root, workdir, tenant, windows, result["queries"], last_day_ns, clock
+    )
+    result["targets"] = evaluate_targets(result)
+    result["elapsed_s"] = clock.elapsed
+    result["machine"]["load_average_at_end"] = (
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    )
+    return result
+
+
+def _clear_workdir(path: Path) -> None:
+    """Remove everything in a benchmark workdir but its marker."""
+    for entry in path.iterdir():
+        if entry.name == WORKDIR_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _prepare_workdir(given: Path | None) -> tuple[Path, bool]:
+    """The folder to work in and whether it is a temporary one of ours."""
+    if given is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="work-", dir=RESULTS_DIR))
+        (path / WORKDIR_MARKER).touch()
+        return path, True
+    if given.exists():
+        entries = [p.name for p in given.iterdir()]
+        if entries and WORKDIR_MARKER not in entries:
+            raise SystemExit(
+                f"--workdir {given} is not empty and not a benchmark workdir; give an empty or "
+                "new folder"
+            )
+        _clear_workdir(given)
+    given.mkdir(parents=True, exist_ok=True)
+    (given / WORKDIR_MARKER).touch()
+    return given, False
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Benchmark usage_analytics against plain pyarrow, DuckDB and SQLite.",
+    )
+    parser.add_argument("--rows", type=_positive, default=10_000_000, help="rows to ingest")
+    parser.add_argument("--days", type=_positive, default=30, help="days the rows span")
+    parser.add_argument("--start", default="2026-11-01", help="first day (UTC)")
+    parser.add_argument("--batch-size", type=_positive, default=100_000, help="rows per batch")
+    parser.add_argument("--repeats", type=_positive, default=5, help="timed runs per query")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument(
+        "--sqlite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also load and query SQLite (slow to load)",
+    )
+    parser.add_argument(
+        "--single-appends", type=_positive, default=50, help="single-row appends timed (step 5)"
+    )
+    parser.add_argument(
+        "--small-appends",
+        type=_positive,
+        default=10_000,
+        help="single-row appends before compaction (step 6)",
+    )
+    parser.add_argument(
+        "--delete-half",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the delete on a dataset of half the rows (builds one, not timed)",
+    )
+    parser.add_argument(
+        "--delete-repeats",
+        type=_positive,
+        default=5,
+        help="deletes timed per dataset size, each on a fresh copy (median reported)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON result file"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="folder for the datasets (default: a temporary folder under benchmarks/results/)",
+    )
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="keep the datasets after the run"
+    )
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only print the tables of a saved result",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark (or render a saved result); 0 on success, 2 on a result mismatch."""
+    args = parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        print(render(saved, markdown=args.markdown), end="")
+        return 0
+    clock = _Clock()
+    workdir, temporary = _prepare_workdir(args.workdir)
+    clock.log(f"workdir {workdir}")
+    try:
+        result = run_benchmark(args, workdir, clock)
+    except ResultMismatchError as exc:
+        print(f"RESULT MISMATCH, no timing reported: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.keep_workdir:
+            if temporary:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                _clear_workdir(workdir)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(render(result), end="")
+    if args.markdown:
+        print()
+        print(render(result, markdown=True), end="")
+    clock.log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""The benchmark runs end to end at a tiny size and records every section (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from benchmarks import run
+from benchmarks._engines import ResultMismatchError, check_same
+from benchmarks._report import render
+
+ENGINES = ("store", "duckdb", "sqlite")
+WINDOWS = ("a", "b", "c")
+QUERIES = ("aggregated_usage", "get_usages_by_groups")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("bench")
+    out = base / "result.json"
+    code = run.main(
+        [
+            "--rows",
+            "20000",
+            "--days",
+            "3",
+            "--batch-size",
+            "5000",
+            "--repeats",
+            "1",
+            "--single-appends",
+            "5",
+            "--small-appends",
+            "50",
+            "--sqlite",
+            "--workdir",
+            str(base / "work"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    data: dict[str, Any] = json.loads(out.read_text())
+    data["_out"] = str(out)
+    return data
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def test_every_section_is_present(result: dict[str, Any]) -> None:
+    for section in (
+        "machine",
+        "parameters",
+        "windows",
+        "dataset",
+        "ingest",
+        "sqlite_load",
+        "queries",
+        "rss",
+        "delete",
+        "single_append",
+        "small_appends",
+        "targets",
+    ):
+        assert section in result, section
+    for key in ("platform", "cpu_count", "python", "pandas", "pyarrow", "duckdb", "date"):
+        assert result["machine"][key], key
+
+
+def test_ingest_and_dataset(result: dict[str, Any]) -> None:
+    ingest = result["ingest"]
+    assert ingest["rows"] == 20_000
+    for writer in ("store", "pyarrow"):
+        for key in ("seconds", "rows_per_s", "files", "bytes"):
+            assert _positive(ingest[writer][key]), (writer, key)
+    assert _positive(ingest["store_over_pyarrow"])
+    assert result["dataset"]["rows"] == 20_000
+    assert 0 < result["dataset"]["busiest_tenant_rows"] <= 20_000
+
+
+def test_queries_checked_for_every_engine(result: dict[str, Any]) -> None:
+    for query in QUERIES:
+        for window in WINDOWS:
+            cells = result["queries"][query][window]
+            for engine in ENGINES:
+                assert cells[engine]["checked"] is True, (query, window, engine)
+                assert _positive(cells[engine]["median_s"]), (query, window, engine)
+            assert set(cells["store"]["checked_against"]) == {"duckdb", "sqlite"}
+            assert _positive(cells["store"]["result_rows"])
+            assert _positive(cells["duckdb_over_store"])
+            assert _positive(cells["sqlite_over_store"])
+
+
+def test_rss(result: dict[str, Any]) -> None:
+    for query in QUERIES:
+        for window in ("a", "b"):
+            cell = result["rss"]["queries"][query][window]
+            assert _positive(cell["after_imports_mib"])
+            assert cell["peak_mib"] >= cell["after_imports_mib"]
+
+
+def test_delete_and_appends(result: dict[str, Any]) -> None:
+    delete = result["delete"]
+    assert delete["days"] == 1
+    for size in ("full", "half"):
+        assert _positive(delete[size]["seconds"])
+        assert _positive(delete[size]["rows_deleted"])
+    assert _positive(delete["full_over_half"])
+    single = result["single_append"]
+    assert single["n"] == 5
+    assert _positive(single["median_ms"])
+    small = result["small_appends"]
+    assert small["n"] == 50
+    assert small["files_after_appends"] > small["files_before"]
+    assert small["files_after_compact"] < small["files_after_appends"]
+    assert _positive(small["compact_s"])
+    for query in QUERIES:
+        for window in WINDOWS:
+            cell = small["queries"][query][window]
+            assert cell["after_appends"]["checked_against"] == ["duckdb"]
+            assert cell["after_compact"]["checked_against"] == ["expected"]
+            assert _positive(cell["after_appends_over_bulk"])
+            assert _positive(cell["after_compact_over_bulk"])
+
+
+def test_targets_and_tables(result: dict[str, Any]) -> None:
+    statuses = {t["status"] for t in result["targets"]}
+    assert statuses <= {"MET", "NOT MET", "n/a"}
+    assert len(result["targets"]) >= 8
+    text = render(result)
+    assert "Targets" in text
+    assert "| query | window |" in render(result, markdown=True)
+
+
+def test_render_saved_result(result: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--render", result["_out"], "--markdown"]) == 0
+    assert "**Targets**" in capsys.readouterr().out
+
+
+def test_windows_scale_to_thirty_days() -> None:
+    start = 1_793_491_200_000_000_000  # 2026-11-01
+    windows = {k: w.to_json() for k, w in run.make_windows(start, 30).items()}
+    assert windows["a"]["end"] == "2026-12-01 00:00:00"
+    assert windows["b"]["start"] == "2026-11-24 00:00:00"
+    assert windows["c"]["start"] == "2026-11-03 13:17:05"
+    assert windows["c"]["end"] == "2026-11-20 09:43:11"
+
+
+def test_mismatch_is_loud() -> None:
+    good = pd.DataFrame(
+        {
+            "api_method": ["a", "b"],
+            "total_requests": [2, 1],
+            "success_requests": [1, 1],
+            "failure_requests": [1, 0],
+            "average_latency": [15.0, 30.0],
+        }
+    )
+    check_same("aggregated_usage", good, good.copy(), "same")
+    close = good.copy()
+    close["average_latency"] = [15.0 * (1 + 1e-12), 30.0]
+    check_same("aggregated_usage", good, close, "within tolerance")
+    for column, values in (
+        ("total_requests", [2, 2]),
+        ("average_latency", [15.0, 30.001]),
+        ("api_method", ["b", "a"]),
+    ):
+        bad = good.copy()
+        bad[column] = values
+        with pytest.raises(ResultMismatchError):
+            check_same("aggregated_usage", good, bad, column)
+    with pytest.raises(ResultMismatchError):
+        check_same("aggregated_usage", good, good.iloc[:1], "fewer rows")
