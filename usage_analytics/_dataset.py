@@ -10,11 +10,14 @@ Layout of a dataset root::
     _usage_analytics.journal       present only while a write is in flight (or was interrupted)
     date=YYYY-MM-DD/<hex>.parquet  immutable data files, never modified after they are renamed in
     date=YYYY-MM-DD/.<hex>.parquet.tmp  a data file being written (readers skip dot files)
+    _rollups/date=YYYY-MM-DD/<hex>.<kind>.rollup  summary files of one data file ("sidecars")
+    _rollups/spans/<hex>.<kind>.rollup  summary files of every data file of a block of days
 
 A write (a *transaction*) goes through these steps, all under the lock:
 
 1. the journal, naming every file the write adds and removes, is written and fsynced;
-2. each new data file is written under a temporary name, fsynced, and renamed to its final name;
+2. each new file (data, sidecar, span) is written under a temporary name, fsynced, and renamed
+   to its final name;
 3. the manifest is replaced by a new one that lists the new set of files: **the commit point**;
 4. the files the write removes are unlinked and emptied partition folders removed;
 5. the journal is removed.
@@ -710,22 +713,6 @@ class Dataset:
         self.journal_path.unlink()
         _fsync_dir(self.root)
         _fault("recovery_done")
-
-    # -- reading for stray entries -------------------------------------------------------------
-
-    def stray_entries(self) -> list[Path]:
-        """Entries under the root that are not part of the dataset (for diagnostics)."""
-        live = {self.root / f.path for f in self._load_manifest().files}
-        known = {MANIFEST_NAME, LOCK_NAME}
-        out: list[Path] = []
-        for child in sorted(self.root.iterdir()):
-            if child.name in known:
-                continue
-            if child.is_symlink() or not child.is_dir() or not _PARTITION_RE.fullmatch(child.name):
-                out.append(child)
-                continue
-            out.extend(sorted(p for p in child.iterdir() if p not in live))
-        return out
 
 
 @dataclass
