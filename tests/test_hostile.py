@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import INT32_COLUMNS, STRING_COLUMNS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,24 +32,6 @@ from usage_analytics import (
     ValidationError,
 )
 
-STRING_COLUMNS: Final = [
-    "user_id",
-    "tenant",
-    "organization",
-    "project",
-    "api_key_id",
-    "api_method",
-    "model_id",
-]
-INT32_COLUMNS: Final = [
-    "status_code",
-    "latency_ms",
-    "time_to_first_token_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "runtime_latency_ms",
-    "runtime_time_to_first_token_ms",
-]
 INT32_MAX: Final = 2**31 - 1
 SEC: Final = 10**9
 DAY: Final = 86_400 * SEC

@@ -16,30 +16,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers import INT32_COLUMNS, STRING_COLUMNS
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from usage_analytics import COLUMNS, DuplicateUsageError, Store, Usage
 
 INPUT_COLUMNS: Final = list(COLUMNS[2:])
-STRING_COLUMNS: Final = [
-    "user_id",
-    "tenant",
-    "organization",
-    "project",
-    "api_key_id",
-    "api_method",
-    "model_id",
-]
-INT32_COLUMNS: Final = [
-    "status_code",
-    "latency_ms",
-    "time_to_first_token_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "runtime_latency_ms",
-    "runtime_time_to_first_token_ms",
-]
 INT32_MAX: Final = 2**31 - 1
 HOUR: Final = 3_600 * 10**9
 DAY: Final = 24 * HOUR
