@@ -116,3 +116,35 @@ def test_lock_timeout_is_typed_and_leaves_files(tmp_path: Path) -> None:
         Store(store.root, lock_timeout=0.05).create_usage(batch(9))
     assert snapshot_files(store.root) == before
     assert store.delete_usage(T0 + DAY) == 20
+
+
+def test_failed_span_build_after_an_append_is_only_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usage_analytics import store as store_module
+
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+    store = Store(tmp_path / "root")
+    store.auto_migrate()
+    journals = []
+
+    def hook(name: str) -> None:
+        if name == "journal_tmp_written":
+            journals.append(name)
+            if len(journals) == 2:  # the second transaction: the span build after the rows
+                raise OSError(errno.EIO, "injected EIO")
+
+    _dataset.FAULT_HOOK = hook
+    try:
+        with pytest.warns(RuntimeWarning, match="rows were written"):
+            assert store.create_usage(batch(1, days=(0, 1, 2))) == 30
+    finally:
+        _dataset.FAULT_HOOK = None
+    assert len(journals) == 2
+    assert len(store.find_usages()) == 30
+    assert store._ds.snapshot().spans == ()
+    # The next load builds the spans it missed.
+    store.create_usage(batch(2, days=(2, 3)))
+    assert {(s.first_day, s.last_day) for s in store._ds.snapshot().spans} >= {
+        (T0 // DAY, T0 // DAY + 1)
+    }

@@ -661,13 +661,16 @@ class Dataset:
         return self.root / ("." + JOURNAL_NAME + ".tmp")
 
     @contextlib.contextmanager
-    def transaction(self, *, upgrade: bool = False) -> Iterator[Transaction]:
+    def transaction(
+        self, *, upgrade: bool = False, timeout: float | None = None
+    ) -> Iterator[Transaction]:
         """Hold the writer lock, recover any interrupted write, and yield a transaction.
 
-        Writes need the dataset at the current schema version; reads do not.
+        Writes need the dataset at the current schema version; reads do not. ``timeout``
+        overrides the dataset's lock timeout.
         """
         self._check_writable(self._load_manifest(), upgrade)  # fail early, before the lock
-        with self._locked():
+        with self._locked(timeout):
             self._recover()
             base = self._load_manifest()
             self._check_writable(base, upgrade)

@@ -7,6 +7,7 @@ The store validates input, asks the dataset layer (``_dataset``) to commit files
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,12 @@ import pyarrow.compute as pc
 from . import queries
 from ._dataset import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, day_number
 from ._validation import prepare_batch, to_ns
-from .errors import DuplicateUsageError, InvalidArgumentError
+from .errors import (
+    DuplicateUsageError,
+    InvalidArgumentError,
+    LockTimeoutError,
+    UsageAnalyticsError,
+)
 from .schema import (
     ADDED_IN_V2,
     COLUMNS,
@@ -239,7 +245,19 @@ class Store:
         if len(batch) >= ROLLUP_MIN_ROWS:
             # Loads run forward in time: the days before this batch's last are taken as
             # loaded and summarized. A later write into one of them drops its spans again.
-            self._build_spans(before_day=int(days.max()))
+            # The rows are committed by now, so this only speeds up later reports: it is
+            # skipped when another writer holds the lock, and a failure is only a warning.
+            try:
+                self._build_spans(before_day=int(days.max()), lock_timeout=0)
+            except LockTimeoutError:
+                pass
+            except (UsageAnalyticsError, OSError) as exc:
+                warnings.warn(
+                    f"the rows were written, but summarizing the days before them failed "
+                    f"({exc}); compact() builds those summaries later",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return len(batch)
 
     def _stage_by_date(
@@ -413,17 +431,16 @@ class Store:
         }
         tx.add(date, table, sidecars)
 
-    def _build_spans(self, before_day: int | None = None) -> int:
+    def _build_spans(self, before_day: int | None = None, lock_timeout: float | None = None) -> int:
         """Commit the missing span rollups of aligned blocks of whole days.
 
         A block of 2**k days starting at a multiple of 2**k gets one summary file per report,
         combined from its two halves (single days, when they have several files, from their
         files' rollups), so that a window of whole days reads a few spans instead of every
-        file's rollups. Only blocks that end
-        before ``before_day`` are built (an ETL load passes the first day it is still loading).
-        Returns how many spans were added.
+        file's rollups. Only blocks that end before ``before_day`` are built (a load passes the
+        last day it wrote, which it may still be loading). Returns how many spans were added.
         """
-        with self._ds.transaction() as tx:
+        with self._ds.transaction(timeout=lock_timeout) as tx:
             snap = tx.base
             by_day: dict[int, list[FileEntry]] = {}
             for entry in snap.files:
