@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 import usage_analytics
 from usage_analytics import Store
+from usage_analytics.schema import NS_PER_DAY
 from usage_analytics.synthetic import Profile, generate, iter_batches
 
 from . import _rss, _sqlite
@@ -52,7 +53,6 @@ from ._report import evaluate_targets, render
 
 __all__ = ["main"]
 
-NS_PER_DAY: Final = 86_400 * 1_000_000_000
 NS_PER_SECOND: Final = 1_000_000_000
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 WORKDIR_MARKER: Final = ".usage_analytics_benchmark"

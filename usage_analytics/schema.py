@@ -20,6 +20,7 @@ __all__ = [
     "INPUT_COLUMNS",
     "INT32_COLUMNS",
     "KEY_COLUMNS",
+    "NS_PER_DAY",
     "SCHEMA_VERSION",
     "STRING_COLUMNS",
     "ZERO_VALUES",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 2
+#: Nanoseconds in a day: ``timestamp // NS_PER_DAY`` is a row's UTC day since the epoch.
+NS_PER_DAY: Final = 86_400 * 1_000_000_000
 INT32_MAX: Final = int(np.iinfo(np.int32).max)
 
 STRING_COLUMNS: Final = (

@@ -33,6 +33,7 @@ from .schema import (
     CREATED_AT_DTYPE,
     INT32_COLUMNS,
     KEY_COLUMNS,
+    NS_PER_DAY,
     SCHEMA_VERSION,
     STRING_COLUMNS,
     arrow_schema,
@@ -41,7 +42,6 @@ from .schema import (
 
 __all__ = ["DatasetInfo", "Store"]
 
-NS_PER_DAY: Final = 86_400 * 1_000_000_000
 _DUPLICATES_SHOWN: Final = 10
 ROLLUP_MIN_ROWS: Final = 1024
 #: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from .schema import INPUT_COLUMNS, INT32_COLUMNS, STRING_COLUMNS
+from .schema import INPUT_COLUMNS, INT32_COLUMNS, NS_PER_DAY, STRING_COLUMNS
 
 __all__ = ["COLUMNS", "Profile", "StartLike", "generate", "iter_batches"]
 
@@ -45,9 +45,8 @@ COLUMNS: Final[list[str]] = list(INPUT_COLUMNS)
 _STR_COLUMNS: Final = STRING_COLUMNS
 _INT32_COLUMNS: Final = INT32_COLUMNS
 
-_NS_PER_DAY: Final[int] = 86_400 * 10**9
 _SLICES_PER_DAY: Final[int] = 144
-_SLICE_NS: Final[int] = _NS_PER_DAY // _SLICES_PER_DAY
+_SLICE_NS: Final[int] = NS_PER_DAY // _SLICES_PER_DAY
 _BLOCK_ROWS: Final[int] = 65_536
 _INT64_MAX: Final[int] = int(np.iinfo(np.int64).max)
 
@@ -373,7 +372,7 @@ def _slice_ends(n_rows: int, start_ns: int, days: int, seed: int) -> npt.NDArray
     n_slices = days * _SLICES_PER_DAY
     slice_idx = np.arange(n_slices)
     hour = (slice_idx % _SLICES_PER_DAY + 0.5) * (24.0 / _SLICES_PER_DAY)
-    epoch_day = start_ns // _NS_PER_DAY + slice_idx // _SLICES_PER_DAY
+    epoch_day = start_ns // NS_PER_DAY + slice_idx // _SLICES_PER_DAY
     weekday = (epoch_day + 3) % 7
     intensity = 1.0 + 0.65 * np.cos(2.0 * np.pi * (hour - 15.0) / 24.0)
     intensity *= np.where(weekday >= _SATURDAY, 0.55, 1.0)
@@ -603,7 +602,7 @@ def _make_plan(
     start_ns = _start_ns(start)
     if start_ns < 0:
         raise ValueError(f"start must not be before 1970-01-01, got {start!r}")
-    if start_ns + days * _NS_PER_DAY > _INT64_MAX:
+    if start_ns + days * NS_PER_DAY > _INT64_MAX:
         raise ValueError("start + days exceeds the range of nanosecond timestamps")
     profile = Profile() if profile is None else profile
     return _Plan(
