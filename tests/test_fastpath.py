@@ -1,23 +1,30 @@
-"""The validation fast path never accepts what the Pandera schema would reject.
+"""Every fast path gives exactly what the plain way gives.
 
-Clean batches skip Pandera's per-column overhead when plain vector checks, read off the same
-schema, show they pass; anything else goes to Pandera, which reports every problem.
+- Validation: clean batches skip Pandera's per-column overhead when plain vector checks, read
+  off the same schema, show they pass; anything else goes to Pandera, which reports every
+  problem. The fast path never accepts what the Pandera schema would reject.
+- Group sums: one group-by on a combined integer key equals a group-by on the key columns.
+- Repeated keys in a batch: hashing only rows with tied timestamps equals ``duplicated``.
+- Summary files: reading one first-column value equals reading all and filtering.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pandera.errors
+import pyarrow as pa
 from helpers import random_usage_frame
 from hypothesis import given, settings
 
-from usage_analytics import synthetic
+from usage_analytics import _dataset, queries, synthetic
 from usage_analytics._validation import normalize_batch, passes_fast_checks
 from usage_analytics.schema import INPUT_SCHEMA, INT32_COLUMNS, STRING_COLUMNS
+from usage_analytics.store import _repeated_keys
 
 INT_VALUES = st.one_of(
     st.integers(-(2**40), 2**40),
@@ -87,3 +94,74 @@ def test_each_rule_sends_the_batch_to_pandera() -> None:
     floats = normalize_batch((pd.DataFrame({"timestamp": [1.5], "user_id": ["u"]}),))
     assert floats["timestamp"].dtype == np.float64
     assert not passes_fast_checks(floats)
+
+
+KEY_TEXT = st.sampled_from(["", "a", "b", "ab", "B", "é", "z" * 3, "\u4e2d"])
+
+
+@st.composite
+def keyed_frames(draw: st.DrawFn) -> pd.DataFrame:
+    n = draw(st.integers(0, 40))
+    keys = {k: draw(st.lists(KEY_TEXT, min_size=n, max_size=n)) for k in ("k1", "k2", "k3")}
+    frame = pd.DataFrame({k: pd.Series(v, dtype="str") for k, v in keys.items()})
+    frame["v"] = np.asarray(draw(st.lists(st.integers(-(10**12), 10**12), min_size=n, max_size=n)))
+    return frame.astype({"v": np.int64})
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(keyed_frames(), st.booleans())
+def test_group_sums_equal_a_plain_groupby(frame: pd.DataFrame, tiny_radix: bool) -> None:
+    keys = ["k1", "k2", "k3"]
+    old = queries._MAX_RADIX
+    queries._MAX_RADIX = 4 if tiny_radix else old  # forces the renumbering of partial keys
+    try:
+        got = queries._group_sums(frame, keys, {"v": frame["v"].to_numpy()})
+    finally:
+        queries._MAX_RADIX = old
+    want = frame.groupby(keys, sort=True, as_index=False)["v"].sum()
+    assert got[keys].astype(str).values.tolist() == want[keys].astype(str).values.tolist()
+    assert got["v"].tolist() == want["v"].tolist()
+
+
+def test_group_sums_leave_out_missing_keys_as_groupby_does() -> None:
+    frame = pd.DataFrame({"k": pd.Series(["a", None, "a", "b"], dtype="str"), "v": [1, 2, 3, 4]})
+    got = queries._group_sums(frame, ["k"], {"v": frame["v"].to_numpy(dtype=np.int64)})
+    assert got["k"].tolist() == ["a", "b"] and got["v"].tolist() == [4, 4]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.integers(0, 6)), min_size=0, max_size=30
+    )
+)
+def test_repeated_keys_equal_duplicated(rows: list[tuple[str, int]]) -> None:
+    batch = pd.DataFrame(rows, columns=["user_id", "timestamp"]).astype({"timestamp": np.int64})
+    batch["other"] = np.arange(len(batch))
+    want = batch.duplicated(["user_id", "timestamp"], keep="first").to_numpy()
+    assert _repeated_keys(batch).tolist() == want.tolist()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(["t0", "t1", "t2", "t3", "zz", ""]), max_size=6000))
+def test_summary_files_read_one_value_as_a_filter_would(
+    tmp_path_factory: Any, values: list[str]
+) -> None:
+    path = Path(tmp_path_factory.mktemp("summary")) / "x.rollup"
+    firsts = sorted(values)
+    table = pa.table({"tenant": pa.array(firsts, pa.string()), "n": np.arange(len(firsts))})
+    _dataset._write_summary(table, path)
+    assert _dataset._read_summary(path, None).equals(table)
+    for value in ["t0", "t1", "t2", "t3", "zz", "", "t", "zzz"]:
+        got = _dataset._read_summary(path, value)
+        want = table.filter(pa.compute.equal(table.column("tenant"), value))
+        assert got.equals(want), value
+
+
+def test_a_value_with_many_rows_has_batches_of_its_own() -> None:
+    rows = _dataset.SUMMARY_BATCH_ROWS
+    firsts = ["a"] * 3 + ["b"] * (rows + 5) + ["c"] * 2 + ["d"] * (rows - 1) + ["e"]
+    table = pa.table({"tenant": firsts, "n": np.arange(len(firsts))})
+    batches, index = _dataset._summary_batches(table)
+    assert index == [["a", "a"], ["b", "b"], ["c", "d"], ["e", "e"]]
+    assert [b.num_rows for b in batches] == [3, rows + 5, rows + 1, 1]

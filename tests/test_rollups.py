@@ -184,14 +184,93 @@ def test_whole_window_reads_spans_not_file_rollups(
     store = load(tmp_path / "usage", 13)
     store.compact()
     expected = both_ways(store, "t0", DAY0, DAY0 + 4 * NS_PER_DAY)
-    per_file: list[str] = []
-    real = dataset_layer.Dataset.read_sidecars
+    read: list[str] = []
+    real = dataset_layer.Dataset.read_summaries
 
-    def counting(self: dataset_layer.Dataset, entries, *a, **k):  # type: ignore[no-untyped-def]
-        per_file.extend(e.path for e in entries)
-        return real(self, entries, *a, **k)
+    def counting(self: dataset_layer.Dataset, paths, *a, **k):  # type: ignore[no-untyped-def]
+        read.extend(paths)
+        return real(self, paths, *a, **k)
 
-    monkeypatch.setattr(dataset_layer.Dataset, "read_sidecars", counting)
+    monkeypatch.setattr(dataset_layer.Dataset, "read_summaries", counting)
     summary = store.aggregated_usage("t0", DAY0, DAY0 + 4 * NS_PER_DAY)
-    assert per_file == []  # days 0-3 are two aligned 2-day spans
+    assert len(read) == 2  # days 0-3 are two aligned 2-day spans, and nothing else
+    assert all(p.startswith(dataset_layer.SPAN_DIR + "/") for p in read)
     pd.testing.assert_frame_equal(summary, expected[0], check_exact=True)
+
+
+def test_a_day_of_small_files_gets_a_span_from_their_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files too small for rollups of their own are summarized from their rows into spans."""
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1024)  # these files get no rollups
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    for i in range(3):
+        store.create_usage(random_usage_frame(40, 30 + i, days=2, tenants=TENANTS))
+    assert all(not e.sidecars for e in store._ds.snapshot().files)
+    store.compact()  # one file per day, still without rollups
+    store.create_usage(random_usage_frame(60, 40, start=DAY0 + 2 * NS_PER_DAY, days=1))
+    store._build_spans()
+    assert all(not e.sidecars for e in store._ds.snapshot().files)
+    day0 = DAY0 // NS_PER_DAY
+    spans = store._ds.snapshot().spans
+    assert any(sp.first_day <= day0 + 1 <= sp.last_day < day0 + 3 for sp in spans)
+    assert_paths_agree(store, np.random.default_rng(40))
+
+
+def test_no_span_repeats_its_only_half_with_data(tmp_path: Path) -> None:
+    store = load(tmp_path / "usage", 14)
+    store.compact()
+    by_day = {store_module.day_number(e.date) for e in store._ds.snapshot().files}
+    for span in store._ds.snapshot().spans:
+        if span.first_day == span.last_day:
+            continue
+        half = (span.last_day - span.first_day + 1) // 2
+        left = range(span.first_day, span.first_day + half)
+        right = range(span.first_day + half, span.last_day + 1)
+        assert by_day & set(left) and by_day & set(right), span
+
+
+def test_summaries_written_before_0_2_as_parquet_are_still_read(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    store = load(tmp_path / "usage", 15)
+    store.compact()
+    expected = both_ways(store, "t2", DAY0 - NS_PER_DAY, DAY0 + 4 * NS_PER_DAY + 7)
+    rollups = [p for p in (store.root / "_rollups").rglob("*.rollup")]
+    assert rollups
+    for path in rollups:
+        table = dataset_layer._read_summary(path, None)
+        path.unlink()
+        pq.write_table(table, path)
+        assert path.read_bytes()[:4] == b"PAR1"
+    got = both_ways(store, "t2", DAY0 - NS_PER_DAY, DAY0 + 4 * NS_PER_DAY + 7)
+    for mine, theirs in zip(got, expected, strict=True):
+        pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
+
+
+def test_an_import_of_several_days_summarizes_the_days_before_its_last(tmp_path: Path) -> None:
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    store.create_usage(random_usage_frame(400, 16, days=5, tenants=TENANTS))
+    day0 = DAY0 // NS_PER_DAY
+    covered = {d for sp in store._ds.snapshot().spans for d in range(sp.first_day, sp.last_day + 1)}
+    assert covered and max(covered) < day0 + 4  # the last day may still be loading
+    assert_paths_agree(store, np.random.default_rng(16))
+
+
+def test_a_forward_load_summarizes_each_day_once_the_next_one_starts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    for day in range(4):
+        for part in range(2):  # two files a day, so that single days get spans too
+            frame = random_usage_frame(
+                100, 20 + 2 * day + part, start=DAY0 + day * NS_PER_DAY, days=1
+            )
+            frame["timestamp"] += part  # keeps the keys of the two parts apart
+            store.create_usage(frame, on_conflict="ignore")
+    day0 = DAY0 // NS_PER_DAY
+    spans = {(sp.first_day, sp.last_day) for sp in store._ds.snapshot().spans}
+    assert {(d, d) for d in range(day0, day0 + 3)} <= spans  # not the last day: still open
+    assert all(last < day0 + 3 for _, last in spans)
+    assert_paths_agree(store, np.random.default_rng(20))

@@ -13,6 +13,12 @@ Layout of a dataset root::
     _rollups/date=YYYY-MM-DD/<hex>.<kind>.rollup  summary files of one data file ("sidecars")
     _rollups/spans/<hex>.<kind>.rollup  summary files of every data file of a block of days
 
+Summary files are Arrow IPC files (lz4-compressed buffers), not Parquet, because reading one
+costs a fraction of a millisecond: a table sorted by its first column (the tenant) is stored in
+record batches that each hold one value of that column, or several values with few rows, and
+the schema metadata lists the first and last value of each batch, so a reader that wants one
+value decodes only the batches that can hold it.
+
 A write (a *transaction*) goes through these steps, all under the lock:
 
 1. the journal, naming every file the write adds and removes, is written and fsynced;
@@ -45,14 +51,16 @@ import re
 import signal
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import filelock
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from .errors import (
@@ -82,10 +90,13 @@ SIDECAR_DIR: Final = "_rollups"
 SPAN_DIR: Final = "_rollups/spans"
 _SPAN_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.[a-z]+\.rollup")
 _READ_ATTEMPTS: Final = 20
-# Rows are written sorted (data files by tenant then time; summary files by tenant), so row
-# groups this small let a tenant filter skip most of a file through its statistics.
+# Data files are written sorted by tenant then time, so row groups this small let a tenant
+# filter skip most of a file through its statistics.
 DATA_ROW_GROUP: Final = 32 * 1024
-SIDECAR_ROW_GROUP: Final = 4 * 1024
+#: Schema metadata key of a summary file: the JSON list of the first and last first-column
+#: value of each of its record batches.
+SUMMARY_INDEX_KEY: Final = b"usage_analytics.index"
+SUMMARY_BATCH_ROWS: Final = 2048
 
 T = TypeVar("T")
 
@@ -416,13 +427,22 @@ class Dataset:
         columns_for_version: Callable[[int], Sequence[str]],
         fill_values: Mapping[str, pa.Scalar],
         stats_columns: Sequence[str],
+        sorted_by: Sequence[str] = (),
         lock_timeout: float,
     ) -> None:
+        """Args:
+        stats_columns: int columns whose min and max the manifest keeps for each data file.
+        sorted_by: the columns data files are sorted by: they, and the stats columns, get
+            Parquet statistics (the others' would not prune: they are in no order).
+        """
         self.root = root
         self.schema_version = schema_version
         self._columns_for_version = columns_for_version
         self._fill_values = dict(fill_values)
         self._stats_columns = tuple(stats_columns)
+        self._write_data = functools.partial(
+            _write_parquet, statistics=tuple(dict.fromkeys((*sorted_by, *stats_columns)))
+        )
         self.lock_timeout = lock_timeout
         self._cached: tuple[bytes | None, Snapshot | None] = (None, None)
 
@@ -598,31 +618,32 @@ class Dataset:
         return sorted(paths + [p for sp in snap.spans for p in sp.all_paths])
 
     def read_sidecars(
-        self,
-        entries: Sequence[FileEntry],
-        kind: str,
-        filter: pc.Expression | None = None,
+        self, entries: Sequence[FileEntry], kind: str, first: str | None = None
     ) -> pa.Table:
-        """The ``kind`` summary files of ``entries``, concatenated and filtered."""
+        """The ``kind`` summary files of ``entries``, concatenated; with ``first``, only the
+        rows whose first column equals it."""
         for entry in entries:
             if (self.root / entry.path.split("/")[0]).is_symlink():
                 raise CorruptDatasetError(
                     f"{self.root / entry.path} is in a linked folder; the store does not follow "
                     "links"
                 )
-        return self.read_summaries([e.sidecar_path(kind) for e in entries], filter)
+        return self.read_summaries([e.sidecar_path(kind) for e in entries], first)
 
-    def read_summaries(self, paths: Sequence[str], filter: pc.Expression | None = None) -> pa.Table:
-        """Summary files (rollups of data files or of spans) by relative path, concatenated."""
-        checked = []
+    def read_summaries(self, paths: Sequence[str], first: str | None = None) -> pa.Table:
+        """Summary files (rollups of data files or of spans) by relative path, concatenated;
+        with ``first``, only the rows whose first column equals it."""
+        tables = []
         for rel in paths:
             for folder in _check_relative_path(rel, sidecar_ok=True):
                 if (self.root / folder).is_symlink():
                     raise CorruptDatasetError(
                         f"{self.root / folder} is a symbolic link; the store does not follow links"
                     )
-            checked.append(str(self.root / rel))
-        return pads.dataset(checked, format="parquet").to_table(filter=filter)
+            tables.append(_read_summary(self.root / rel, first))
+        if not tables:
+            raise ValueError("no summary files to read")
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -709,20 +730,23 @@ class Dataset:
             removed = _unlink_missing_ok(path.with_name("." + path.name + ".tmp")) or removed
             if removed:
                 _fault("recovery_file_removed")
-        for folder in sorted(touched, reverse=True):
-            if folder != SIDECAR_DIR:
-                _rmdir_if_empty(self.root / folder)
+        for folder in sorted(touched, reverse=True):  # sub-folders before their parent
+            _rmdir_if_empty(self.root / folder)
         _fsync_dir(self.root)
         self.journal_path.unlink()
         _fsync_dir(self.root)
         _fault("recovery_done")
 
 
+#: A table to write, or the future of one still being computed on another thread.
+TableOrFuture: TypeAlias = "pa.Table | Future[pa.Table]"
+
+
 @dataclass
 class _Staged:
     entry: FileEntry
     table: pa.Table
-    sidecars: dict[str, pa.Table]
+    sidecars: dict[str, TableOrFuture]
 
 
 class Transaction:
@@ -746,9 +770,13 @@ class Transaction:
         return first
 
     def add(
-        self, date: str, table: pa.Table, sidecars: Mapping[str, pa.Table] | None = None
+        self, date: str, table: pa.Table, sidecars: Mapping[str, TableOrFuture] | None = None
     ) -> FileEntry:
-        """Stage ``table`` as a new data file in partition ``date``, with its summary files."""
+        """Stage ``table`` as a new data file in partition ``date``, with its summary files.
+
+        A summary may be given as a future: the commit writes the data files first, so a
+        summary computed on another thread meanwhile is waited for only after them.
+        """
         self._ds.partition_dir(date)  # validates the date
         stats: dict[str, tuple[int, int]] = {}
         for name in self._ds._stats_columns:
@@ -868,28 +896,33 @@ class Transaction:
     def _write_files(self) -> None:
         dirs: set[Path] = set()
         new_dirs: set[Path] = set()
-        for staged in self._staged:
-            files = [(staged.entry.path, staged.table, DATA_ROW_GROUP)]
-            files += [
-                (staged.entry.sidecar_path(k), t, SIDECAR_ROW_GROUP)
-                for k, t in staged.sidecars.items()
-            ]
-            self._write(files, dirs, new_dirs)
-        spans = [
-            (span.path(k), t, SIDECAR_ROW_GROUP)
+        files: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]]
+        files = [(staged.entry.path, staged.table, self._ds._write_data) for staged in self._staged]
+        files += [
+            (staged.entry.sidecar_path(k), t, _write_summary)
+            for staged in self._staged
+            for k, t in staged.sidecars.items()
+        ]
+        files += [
+            (span.path(k), t, _write_summary)
             for span, tables in self._new_spans
             for k, t in tables.items()
         ]
-        self._write(spans, dirs, new_dirs)
+        self._write(files, dirs, new_dirs)
         for written in dirs | {d.parent for d in new_dirs}:
             _fsync_dir(written)
 
     def _write(
-        self, files: list[tuple[str, pa.Table, int]], dirs: set[Path], new_dirs: set[Path]
+        self,
+        files: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]],
+        dirs: set[Path],
+        new_dirs: set[Path],
     ) -> None:
-        """Write each (path, table, row group size) under a temporary name, then rename it."""
+        """Write each (path, table, writer) under a temporary name, then rename it."""
         root = self._ds.root
-        for rel, table, row_group in files:
+        for rel, table, writer in files:
+            if isinstance(table, Future):
+                table = table.result()
             final = root / rel
             for folder in _check_relative_path(rel, sidecar_ok=True):
                 path = root / folder
@@ -899,7 +932,7 @@ class Transaction:
                     new_dirs.add(path)
             dirs.add(final.parent)
             tmp = final.with_name("." + final.name + ".tmp")
-            _write_parquet(table, tmp, row_group)
+            writer(table, tmp)
             _fault("data_tmp_written")
             os.replace(tmp, final)
             _fault("data_renamed")
@@ -912,27 +945,116 @@ class Transaction:
             _unlink_missing_ok(ds.root / rel)
             folders.add(rel.rsplit("/", 1)[0])
             _fault("file_removed")
-        for folder in sorted(folders):
+        if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
+            folders.add(SIDECAR_DIR)
+        for folder in sorted(folders, reverse=True):  # sub-folders before their parent
             _rmdir_if_empty(ds.root / folder)
             with contextlib.suppress(FileNotFoundError):
                 _fsync_dir(ds.root / folder)
         _fsync_dir(ds.root)
-        if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
-            _fsync_dir(ds.root / SIDECAR_DIR)
         _fault("cleanup_done")
         ds.journal_path.unlink()
         _fsync_dir(ds.root)
 
 
-def _write_parquet(table: pa.Table, path: Path, row_group_size: int) -> None:
+def _write_parquet(table: pa.Table, path: Path, *, statistics: Sequence[str]) -> None:
+    """Write and fsync one data file.
+
+    Chosen for write speed, which bounds ingest, at a small cost in size: snappy; dictionaries
+    for string columns only (for counters and timestamps the writer would build a dictionary
+    and then give it up); delta encoding for integer columns; statistics only for
+    ``statistics``, the columns readers can prune by.
+    """
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    ints = (pa.int64(), pa.int32())
+    delta = {f.name: "DELTA_BINARY_PACKED" for f in table.schema if f.type in ints}
     with open(path, "wb") as fh:
         pq.write_table(
             table,
             fh,
-            compression="zstd",
-            row_group_size=row_group_size,
-            use_dictionary=True,
-            write_statistics=True,
+            compression="snappy",
+            row_group_size=DATA_ROW_GROUP,
+            use_dictionary=strings,
+            column_encoding=delta or None,
+            write_statistics=[c for c in statistics if c in table.column_names],
         )
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _summary_batches(table: pa.Table) -> tuple[list[pa.RecordBatch], list[list[Any]]]:
+    """``table`` (sorted by its first column) cut into record batches for a summary file, with
+    the first and last first-column value of each.
+
+    A value with at least ``SUMMARY_BATCH_ROWS`` rows gets batches of its own, so that reading
+    it decodes nothing else; values with fewer rows share batches of about that many rows,
+    because every batch costs a few buffers to compress and decompress.
+    """
+    if not table.num_rows:
+        return [], []
+    runs = pc.run_end_encode(table.column(0).combine_chunks())
+    cuts: list[tuple[int, int, Any, Any]] = []  # (start, end, first value, last value)
+    shared: list[Any] = []
+    shared_start = start = 0
+    for value, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+        if end - start >= SUMMARY_BATCH_ROWS:
+            if shared:
+                cuts.append((shared_start, start, shared[0], shared[-1]))
+            cuts.append((start, end, value, value))
+            shared, shared_start = [], end
+        else:
+            shared.append(value)
+            if end - shared_start >= SUMMARY_BATCH_ROWS:
+                cuts.append((shared_start, end, shared[0], shared[-1]))
+                shared, shared_start = [], end
+        start = end
+    if shared:
+        cuts.append((shared_start, start, shared[0], shared[-1]))
+    batches, index = [], []
+    for lo, hi, first, last in cuts:
+        for batch in table.slice(lo, hi - lo).combine_chunks().to_batches():
+            batches.append(batch)
+            index.append([first, last])
+    return batches, index
+
+
+def _write_summary(table: pa.Table, path: Path) -> None:
+    """Write and fsync one summary file (see the module docstring)."""
+    batches, index = _summary_batches(table)
+    schema = table.schema.with_metadata({SUMMARY_INDEX_KEY: json.dumps(index).encode()})
+    options = ipc.IpcWriteOptions(compression="lz4")
+    with open(path, "wb") as fh:
+        with ipc.new_file(fh, schema, options=options) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_summary(path: Path, first: str | None) -> pa.Table:
+    """One summary file, whole or only its rows whose first column equals ``first``."""
+    with pa.OSFile(str(path)) as source:
+        if source.read(4) == b"PAR1":  # summaries written before version 0.2 are Parquet
+            return _read_parquet_summary(path, first)
+        source.seek(0)
+        reader = ipc.open_file(source)
+        schema = reader.schema
+        if first is None:
+            return pa.Table.from_batches(
+                [reader.get_batch(i) for i in range(reader.num_record_batches)],
+                schema.remove_metadata(),
+            )
+        index = json.loads((schema.metadata or {}).get(SUMMARY_INDEX_KEY, b"[]"))
+        wanted = [i for i, (lo, hi) in enumerate(index) if lo <= first <= hi]
+        batches = [reader.get_batch(i) for i in wanted]
+    table = pa.Table.from_batches(batches, schema.remove_metadata())
+    if any(index[i][0] != index[i][1] for i in wanted):  # shared batches: keep ``first`` only
+        table = table.filter(pc.equal(table.column(0), first))
+    return table
+
+
+def _read_parquet_summary(path: Path, first: str | None) -> pa.Table:
+    table = pq.read_table(path)
+    if first is not None:
+        table = table.filter(pc.equal(table.column(0), first))
+    return table

@@ -8,7 +8,7 @@ averaged again). Nothing here knows about files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -27,11 +27,13 @@ __all__ = [
     "finish_groups",
     "finish_summary",
     "groups_partial",
+    "rollup",
     "rollups",
     "summary_partial",
 ]
 
 SUCCESS_STATUS: Final = 200
+_MAX_RADIX: Final = 1 << 62
 
 SUMMARY_KEYS: Final = ("api_method",)
 SUMMARY_INPUT_COLUMNS: Final = ("api_method", "status_code", "latency_ms")
@@ -69,16 +71,60 @@ GROUP_COLUMNS: Final = (
 )
 
 
-def _partial(
-    keys: Sequence[str], key_frame: pd.DataFrame, sums: dict[str, np.ndarray]
+def _group_sums(
+    key_frame: pd.DataFrame, keys: Sequence[str], sums: Mapping[str, np.ndarray]
 ) -> pd.DataFrame:
-    work = pd.DataFrame({k: key_frame[k] for k in keys})
-    for name, values in sums.items():
-        work[name] = values
-    out = work.groupby(list(keys), observed=True, sort=False, as_index=False).sum()
-    for k in keys:
-        out[k] = out[k].astype("str")
-    return out
+    """Per distinct combination of ``keys``, sorted by them, the sum of each of ``sums``.
+
+    One pandas group-by on a single integer key: each key column is factorized in sorted
+    order and the codes are combined in mixed radix, so the combined key sorts as the tuples
+    of keys do. This is several times faster than grouping by the string columns themselves.
+    Rows with a missing key are left out, as ``groupby`` does by default.
+
+    Example:
+        >>> df = pd.DataFrame({"a": ["y", "x", "y"], "b": ["p", "q", "p"]})
+        >>> _group_sums(df, ["a", "b"], {"n": np.array([1, 2, 3])})
+           a  b  n
+        0  x  q  2
+        1  y  p  4
+    """
+    combined = np.zeros(len(key_frame), dtype=np.int64)
+    missing = np.zeros(len(key_frame), dtype=bool)
+    radix = 1
+    renumbered = False
+    all_codes: list[np.ndarray] = []
+    uniques: list[pd.Index] = []
+    for name in keys:
+        codes, found = pd.factorize(key_frame[name], sort=True)
+        all_codes.append(codes)
+        uniques.append(pd.Index(found))
+        width = max(len(found), 1)
+        if radix * width >= _MAX_RADIX:
+            # Renumber the groups so far, in order, to keep the combined key in range.
+            combined, seen = pd.factorize(combined, sort=True)
+            radix, renumbered = max(len(seen), 1), True
+        missing |= codes < 0
+        combined = combined * width + np.maximum(codes, 0)
+        radix *= width
+    values = pd.DataFrame(dict(sums), copy=False)
+    rows = np.arange(len(key_frame))
+    if missing.any():
+        values, combined, rows = values.loc[~missing], combined[~missing], rows[~missing]
+    # An Index as the key: pandas then skips looking the array up as a column label.
+    out = values.groupby(pd.Index(combined, copy=False), sort=True).sum()
+    columns: dict[str, object] = {}
+    if renumbered:  # the key no longer splits by radix: take each group's first row's codes
+        first = rows[np.unique(combined, return_index=True)[1]]
+        for name, codes, found in zip(keys, all_codes, uniques, strict=True):
+            columns[name] = pd.Series(found.take(codes[first]), dtype="str")
+    else:
+        group = out.index.to_numpy(dtype=np.int64)
+        for name, found in zip(reversed(keys), reversed(uniques), strict=True):
+            group, codes = np.divmod(group, max(len(found), 1))
+            columns[name] = pd.Series(found.take(codes), dtype="str")
+    columns = {k: columns[k] for k in keys}
+    columns.update((name, out[name].to_numpy(dtype=np.int64)) for name in sums)
+    return pd.DataFrame(columns, copy=False)
 
 
 def summary_partial(df: pd.DataFrame, keys: Sequence[str] = SUMMARY_KEYS) -> pd.DataFrame:
@@ -93,9 +139,9 @@ def summary_partial(df: pd.DataFrame, keys: Sequence[str] = SUMMARY_KEYS) -> pd.
         1          b               1                 1                 0             30.0
     """
     n = len(df)
-    return _partial(
-        keys,
+    return _group_sums(
         df,
+        keys,
         {
             "total_requests": np.ones(n, dtype=np.int64),
             "success_requests": (df["status_code"].to_numpy() == SUCCESS_STATUS).astype(np.int64),
@@ -106,9 +152,9 @@ def summary_partial(df: pd.DataFrame, keys: Sequence[str] = SUMMARY_KEYS) -> pd.
 
 def groups_partial(df: pd.DataFrame, keys: Sequence[str] = GROUP_KEYS) -> pd.DataFrame:
     """Per ``keys``: requests and the sums of tokens, latency and time to first token."""
-    return _partial(
-        keys,
+    return _group_sums(
         df,
+        keys,
         {
             "total_requests": np.ones(len(df), dtype=np.int64),
             "total_prompt_tokens": df["prompt_tokens"].to_numpy(dtype=np.int64),
@@ -128,13 +174,8 @@ def _combine(
             {k: pd.Series([], dtype="str") for k in keys}
             | {s: pd.Series([], dtype=np.int64) for s in sums}
         )
-    both = pd.concat([p[[*keys, *sums]] for p in parts], ignore_index=True)
-    out = both.groupby(list(keys), sort=True, as_index=False).sum()
-    for k in keys:
-        out[k] = out[k].astype("str")
-    for s in sums:
-        out[s] = out[s].astype(np.int64)
-    return out
+    both = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    return _group_sums(both, keys, {s: both[s].to_numpy(dtype=np.int64) for s in sums})
 
 
 def _mean(total: pd.Series, count: pd.Series) -> np.ndarray:
@@ -179,29 +220,35 @@ ROLLUP_KEYS: Final = {"summary": ("tenant", *SUMMARY_KEYS), "groups": ("tenant",
 ROLLUP_INPUT_COLUMNS: Final = tuple(
     dict.fromkeys(("tenant", *SUMMARY_INPUT_COLUMNS, *GROUP_INPUT_COLUMNS))
 )
+#: The columns each rollup reads.
+ROLLUP_INPUTS: Final = {
+    "summary": ("tenant", *SUMMARY_INPUT_COLUMNS),
+    "groups": ("tenant", *GROUP_INPUT_COLUMNS),
+}
 
 
-def rollups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Both reports' partials per tenant, sorted by tenant.
+def rollup(kind: str, df: pd.DataFrame) -> pd.DataFrame:
+    """One report's partial per tenant (``kind`` is "summary" or "groups"), sorted by its keys,
+    tenant first.
 
     Example:
         >>> df = pd.DataFrame({"tenant": ["t1", "t0"], "api_method": ["a", "a"],
-        ...     "status_code": [200, 404], "latency_ms": [10, 20], "api_key_id": ["k", "k"],
-        ...     "user_id": ["u", "u"], "model_id": ["m", "m"], "prompt_tokens": [1, 2],
-        ...     "completion_tokens": [3, 4], "time_to_first_token_ms": [5, 6]})
-        >>> rollups(df)["summary"]
+        ...     "status_code": [200, 404], "latency_ms": [10, 20]})
+        >>> rollup("summary", df)
           tenant api_method  total_requests  success_requests  latency_sum
         0     t0          a               1                 0           20
         1     t1          a               1                 1           10
     """
-    out = {
-        "summary": summary_partial(df, ROLLUP_KEYS["summary"]),
-        "groups": groups_partial(df, ROLLUP_KEYS["groups"]),
-    }
-    return {
-        kind: frame.sort_values(list(ROLLUP_KEYS[kind]), kind="stable").reset_index(drop=True)
-        for kind, frame in out.items()
-    }
+    if kind == "summary":
+        return summary_partial(df, ROLLUP_KEYS["summary"])
+    if kind == "groups":
+        return groups_partial(df, ROLLUP_KEYS["groups"])
+    raise ValueError(f"not a rollup kind: {kind!r}")
+
+
+def rollups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Both reports' partials per tenant (see :func:`rollup`)."""
+    return {kind: rollup(kind, df) for kind in ROLLUP_KEYS}
 
 
 def combine_rollups(kind: str, parts: Iterable[pd.DataFrame]) -> pd.DataFrame:

@@ -6,9 +6,11 @@ The store validates input, asks the dataset layer (``_dataset``) to commit files
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -125,6 +127,7 @@ class Store:
             columns_for_version=columns_for_version,
             fill_values={name: pa.scalar(0, pa.int32()) for name in ADDED_IN_V2},
             stats_columns=("timestamp", "id"),
+            sorted_by=("tenant", "timestamp"),
             lock_timeout=float(lock_timeout),
         )
 
@@ -218,12 +221,13 @@ class Store:
                 f"on_conflict must be 'error' or 'ignore', not {on_conflict!r}"
             )
         batch = prepare_batch(usages)
-        repeated = batch.duplicated(list(KEY_COLUMNS), keep="first").to_numpy()
+        repeated = _repeated_keys(batch)
         if repeated.any():
             if on_conflict == "error":
                 raise _duplicate_error(batch.loc[repeated], "inside the batch")
             batch = batch.loc[~repeated]
-        with self._ds.transaction() as tx:
+        with contextlib.ExitStack() as stack:
+            tx = stack.enter_context(self._ds.transaction())
             if batch.empty:
                 return 0
             batch = batch.reset_index(drop=True)
@@ -236,19 +240,34 @@ class Store:
                 days = days[~stored]
                 if batch.empty:
                     return 0
+            pool = span_job = None
+            if len(batch) >= ROLLUP_MIN_ROWS:
+                # A second thread summarizes, while this one sorts and writes the rows
+                # (pyarrow releases the GIL): first the spans of the days before this batch
+                # (loads run forward in time, so those days are taken as loaded), then the
+                # rollups of the new files. The pool is shut down only after the commit.
+                pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
+                span_job = pool.submit(self._compute_spans, tx.base, int(days.min()))
             first = tx.reserve_ids(len(batch))
             batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
             batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
             table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
-            self._stage_by_date(tx, table, days, batch["tenant"])
+            self._stage_by_date(tx, table, days, batch["tenant"], pool)
             tx.commit()
-        if len(batch) >= ROLLUP_MIN_ROWS:
-            # Loads run forward in time: the days before this batch's last are taken as
-            # loaded and summarized. A later write into one of them drops its spans again.
-            # The rows are committed by now, so this only speeds up later reports: it is
-            # skipped when another writer holds the lock, and a failure is only a warning.
+        if span_job is not None:
+            # The rows are committed by now; spans only speed up later reports. They are
+            # committed apart, skipped when another writer holds the lock, and a failure to
+            # build them is only a warning (compact() builds them later). A later write into
+            # one of their days drops them again.
             try:
-                self._build_spans(before_day=int(days.max()), lock_timeout=0)
+                spans = span_job.result()
+                if spans:
+                    with self._ds.transaction(timeout=0) as span_tx:
+                        self._add_spans(span_tx, tx.base, spans)
+                if days.max() - days.min() >= 2:
+                    # A batch of several days (an import of history) brought whole days of
+                    # its own: summarize those before its last day now.
+                    self._build_spans(before_day=int(days.max()), lock_timeout=0)
             except LockTimeoutError:
                 pass
             except (UsageAnalyticsError, OSError) as exc:
@@ -261,7 +280,12 @@ class Store:
         return len(batch)
 
     def _stage_by_date(
-        self, tx: Transaction, table: pa.Table, days: np.ndarray, tenant: pd.Series
+        self,
+        tx: Transaction,
+        table: pa.Table,
+        days: np.ndarray,
+        tenant: pd.Series,
+        pool: ThreadPoolExecutor | None = None,
     ) -> None:
         """Stage one file per day, rows sorted by (tenant, timestamp) so that statistics prune."""
         tenant_codes = pd.factorize(tenant, sort=True)[0]
@@ -269,7 +293,7 @@ class Store:
         ordered = table.take(pa.array(order))
         start = 0
         for day, chunk in _day_groups(days, order):
-            self._add(tx, _date_name(day), ordered.slice(start, len(chunk)))
+            self._add(tx, _date_name(day), ordered.slice(start, len(chunk)), pool)
             start += len(chunk)
 
     def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
@@ -414,8 +438,15 @@ class Store:
         self._build_spans()
         return done
 
-    def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
-        """Stage a data file with its rollups, computed from the same rows.
+    def _add(
+        self,
+        tx: Transaction,
+        date: str,
+        table: pa.Table,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        """Stage a data file with its rollups, computed from the same rows (on ``pool``, when
+        given, while the commit writes the data file).
 
         Files smaller than ``ROLLUP_MIN_ROWS`` get none: their rollups would be about as large
         as their rows, so reports scan them, and ``compact()`` later merges them into a file
@@ -424,73 +455,95 @@ class Store:
         if table.num_rows < ROLLUP_MIN_ROWS:
             tx.add(date, table)
             return
-        frame = table.select(list(queries.ROLLUP_INPUT_COLUMNS)).to_pandas()
-        sidecars = {
-            kind: pa.Table.from_pandas(partial, preserve_index=False)
-            for kind, partial in queries.rollups(frame).items()
-        }
+        sidecars: dict[str, pa.Table | Future[pa.Table]] = {}
+        for kind in _KINDS:
+            if pool is None:
+                sidecars[kind] = _rollup_table(kind, table)
+            else:
+                sidecars[kind] = pool.submit(_rollup_table, kind, table)
         tx.add(date, table, sidecars)
 
     def _build_spans(self, before_day: int | None = None, lock_timeout: float | None = None) -> int:
-        """Commit the missing span rollups of aligned blocks of whole days.
+        """Commit the missing span rollups of aligned blocks of whole days before
+        ``before_day`` (all days when None); returns how many spans were added."""
+        with self._ds.transaction(timeout=lock_timeout) as tx:
+            return self._add_spans(tx, tx.base, self._compute_spans(tx.base, before_day))
+
+    def _compute_spans(self, snap: Snapshot, before_day: int | None) -> list[_NewSpan]:
+        """The missing span rollups of ``snap``, computed (not committed).
 
         A block of 2**k days starting at a multiple of 2**k gets one summary file per report,
         combined from its two halves (single days, when they have several files, from their
         files' rollups), so that a window of whole days reads a few spans instead of every
         file's rollups. Only blocks that end before ``before_day`` are built (a load passes the
-        last day it wrote, which it may still be loading). Returns how many spans were added.
+        first day it writes: it may still be loading that day and those after it), and only
+        blocks with data in both halves: otherwise the half with data says it all.
         """
-        with self._ds.transaction(timeout=lock_timeout) as tx:
-            snap = tx.base
-            by_day: dict[int, list[FileEntry]] = {}
-            for entry in snap.files:
-                by_day.setdefault(day_number(entry.date), []).append(entry)
-            if not by_day:
-                return 0
-            first, last = min(by_day), max(by_day)
-            if before_day is not None:
-                last = min(last, before_day - 1)
-            have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
-            memo: dict[tuple[int, int], dict[str, list[pd.DataFrame]] | None] = {}
+        by_day: dict[int, list[FileEntry]] = {}
+        for entry in snap.files:
+            by_day.setdefault(day_number(entry.date), []).append(entry)
+        if not by_day:
+            return []
+        first, last = min(by_day), max(by_day)
+        if before_day is not None:
+            last = min(last, before_day - 1)
+        have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
+        memo: dict[tuple[int, int], dict[str, list[pd.DataFrame]]] = {}
 
-            def parts(lo: int, hi: int) -> dict[str, list[pd.DataFrame]] | None:
-                """The rollup frames of days lo..hi per kind; None when one is missing."""
-                if (lo, hi) not in memo:
-                    memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts)
-                return memo[(lo, hi)]
+        def parts(lo: int, hi: int) -> dict[str, list[pd.DataFrame]]:
+            """The rollup frames of days lo..hi per kind."""
+            if (lo, hi) not in memo:
+                memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts)
+            return memo[(lo, hi)]
 
-            added = 0
-            built: dict[str, dict[str, pd.DataFrame]] = {}
-            for level in range(MAX_SPAN_LEVEL + 1):
-                size = 1 << level
-                for start in range(first - first % size, last + 1, size):
-                    end = start + size - 1
-                    if end > last or (start, end) in have:
-                        continue
-                    if not any(d in by_day for d in range(start, end + 1)):
-                        continue
-                    if size == 1 and len(by_day[start]) < 2:
-                        continue  # a single file's own rollups already cover its day
-                    found = parts(start, end)
-                    if found is None:
-                        continue
-                    tables = {
-                        kind: pa.Table.from_pandas(
-                            queries.combine_rollups(kind, found[kind]), preserve_index=False
-                        )
-                        for kind in _KINDS
-                    }
-                    span = tx.add_span(start, end, tables)
-                    frames = {k: t.to_pandas() for k, t in tables.items()}
-                    memo[(start, end)] = {k: [f] for k, f in frames.items()}
-                    built[span.name] = frames
-                    added += 1
-            tx.commit()
+        new: list[_NewSpan] = []
+        for level in range(MAX_SPAN_LEVEL + 1):
+            size = 1 << level
+            for start in range(first - first % size, last + 1, size):
+                end = start + size - 1
+                if end > last or (start, end) in have:
+                    continue
+                if size == 1 and len(by_day.get(start, ())) < 2:
+                    continue  # a single file's own rollups already cover its day
+                half = size // 2
+                if size > 1 and not (
+                    any(d in by_day for d in range(start, start + half))
+                    and any(d in by_day for d in range(start + half, end + 1))
+                ):
+                    continue
+                found = parts(start, end)
+                frames = {kind: queries.combine_rollups(kind, found[kind]) for kind in _KINDS}
+                memo[(start, end)] = {k: [f] for k, f in frames.items()}
+                files = tuple(
+                    sorted(e.path for d in range(start, end + 1) for e in by_day.get(d, ()))
+                )
+                new.append(_NewSpan(start, end, files, frames))
+        return new
+
+    def _add_spans(self, tx: Transaction, source: Snapshot, spans: list[_NewSpan]) -> int:
+        """Stage and commit the ``spans`` computed from ``source`` whose days still hold the
+        same files in ``tx.base``; returns how many were added."""
+        by_day: dict[int, list[str]] = {}
+        for entry in tx.base.files:
+            by_day.setdefault(day_number(entry.date), []).append(entry.path)
+        have = {(sp.first_day, sp.last_day) for sp in tx.base.spans}
+        built: dict[str, dict[str, pd.DataFrame]] = {}
+        for span in spans:
+            now = tuple(
+                sorted(p for d in range(span.first, span.last + 1) for p in by_day.get(d, ()))
+            )
+            if (span.first, span.last) in have or now != span.files:
+                continue  # built by someone else, or its days changed since
+            tables = {
+                k: pa.Table.from_pandas(f, preserve_index=False) for k, f in span.frames.items()
+            }
+            built[tx.add_span(span.first, span.last, tables).name] = span.frames
+        tx.commit()
         # Spans are immutable: keep the latest few to build their parents without reading them.
         self._recent_spans.update(built)
         while len(self._recent_spans) > _RECENT_SPANS:
             del self._recent_spans[next(iter(self._recent_spans))]
-        return added
+        return len(built)
 
     def _block_parts(
         self,
@@ -498,8 +551,8 @@ class Store:
         hi: int,
         by_day: dict[int, list[FileEntry]],
         have: dict[tuple[int, int], SpanEntry],
-        parts: Callable[[int, int], dict[str, list[pd.DataFrame]] | None],
-    ) -> dict[str, list[pd.DataFrame]] | None:
+        parts: Callable[[int, int], dict[str, list[pd.DataFrame]]],
+    ) -> dict[str, list[pd.DataFrame]]:
         if (lo, hi) in have:
             span = have[(lo, hi)]
             cached = self._recent_spans.get(span.name)
@@ -508,15 +561,20 @@ class Store:
             return {k: [self._ds.read_summaries([span.path(k)]).to_pandas()] for k in _KINDS}
         if lo == hi:
             files = by_day.get(lo, [])
-            if any(k not in f.sidecars for f in files for k in _KINDS):
-                return None
-            if not files:
-                return {k: [] for k in _KINDS}
-            return {k: [self._ds.read_sidecars(files, k).to_pandas()] for k in _KINDS}
+            with_rollups = [f for f in files if all(k in f.sidecars for k in _KINDS)]
+            found: dict[str, list[pd.DataFrame]] = {k: [] for k in _KINDS}
+            if with_rollups:
+                for k in _KINDS:
+                    found[k].append(self._ds.read_sidecars(with_rollups, k).to_pandas())
+            for entry in files:
+                if entry not in with_rollups:  # a small file: summarize its rows here
+                    columns = list(queries.ROLLUP_INPUT_COLUMNS)
+                    rows = self._read_rows(entry).select(columns).to_pandas()
+                    for k, frame in queries.rollups(rows).items():
+                        found[k].append(frame)
+            return found
         half = (hi - lo + 1) // 2
         left, right = parts(lo, lo + half - 1), parts(lo + half, hi)
-        if left is None or right is None:
-            return None
         return {k: left[k] + right[k] for k in _KINDS}
 
     # -- reading -----------------------------------------------------------------------------
@@ -617,12 +675,10 @@ class Store:
                 else:
                     scanned.append(entry)
             parts = [partial(df) for df in self._scan(scanned, tenant_id, lo, hi, columns)]
-            tenant = pc.field("tenant") == tenant_id
-            if covered:
-                table = self._ds.read_sidecars(covered, kind, tenant)
-                parts.append(table.drop_columns(["tenant"]).to_pandas())
-            if spans:
-                table = self._ds.read_summaries([sp.path(kind) for sp in spans], tenant)
+            summaries = [sp.path(kind) for sp in spans]
+            summaries += [entry.sidecar_path(kind) for entry in covered]
+            if summaries:
+                table = self._ds.read_summaries(summaries, tenant_id)
                 parts.append(table.drop_columns(["tenant"]).to_pandas())
             return finish(parts)
 
@@ -649,6 +705,22 @@ class Store:
             yield table.to_pandas()
 
 
+@dataclass(frozen=True)
+class _NewSpan:
+    """A span rollup computed from a snapshot, not yet committed."""
+
+    first: int
+    last: int
+    files: tuple[str, ...]  # the data files of its days it was computed from
+    frames: dict[str, pd.DataFrame]
+
+
+def _rollup_table(kind: str, table: pa.Table) -> pa.Table:
+    """The ``kind`` rollup of a data file's rows."""
+    frame = table.select(list(queries.ROLLUP_INPUTS[kind])).to_pandas()
+    return pa.Table.from_pandas(queries.rollup(kind, frame), preserve_index=False)
+
+
 def _pick_spans(snap: Snapshot, lo: int, hi: int, kind: str) -> list[SpanEntry]:
     """The fewest spans that tile the whole days inside [lo, hi), largest first, left to right.
 
@@ -671,6 +743,28 @@ def _pick_spans(snap: Snapshot, lo: int, hi: int, kind: str) -> list[SpanEntry]:
         else:
             day += 1
     return picked
+
+
+def _repeated_keys(batch: pd.DataFrame) -> np.ndarray:
+    """A mask of the rows whose ``(user_id, timestamp)`` key an earlier row of the batch has.
+
+    Keys can repeat only among rows with equal timestamps, which are few in real data: only
+    those rows are hashed, so that a large batch costs one sort of its timestamps.
+    """
+    timestamps = batch["timestamp"].to_numpy()
+    order = np.argsort(timestamps, kind="stable")
+    ordered = timestamps[order]
+    same = ordered[1:] == ordered[:-1]
+    repeated = np.zeros(len(batch), dtype=bool)
+    if not same.any():
+        return repeated
+    tied = np.zeros(len(batch), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    rows = np.sort(order[tied])  # batch order, so that the first of each key is kept
+    keys = batch.iloc[rows][list(KEY_COLUMNS)]
+    repeated[rows] = keys.duplicated(keep="first").to_numpy()
+    return repeated
 
 
 def _duplicate_error(rows: pd.DataFrame, where: str) -> DuplicateUsageError:
