@@ -51,7 +51,7 @@ import re
 import signal
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
@@ -894,21 +894,36 @@ class Transaction:
             self._cleanup(removes)
 
     def _write_files(self) -> None:
+        """Write every new file: the data files on this thread, meanwhile the summary files
+        (waiting for those still being computed) on another; pyarrow releases the GIL."""
         dirs: set[Path] = set()
         new_dirs: set[Path] = set()
-        files: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]]
-        files = [(staged.entry.path, staged.table, self._ds._write_data) for staged in self._staged]
-        files += [
+        data: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]]
+        data = [(staged.entry.path, staged.table, self._ds._write_data) for staged in self._staged]
+        summaries: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]]
+        summaries = [
             (staged.entry.sidecar_path(k), t, _write_summary)
             for staged in self._staged
             for k, t in staged.sidecars.items()
         ]
-        files += [
+        summaries += [
             (span.path(k), t, _write_summary)
             for span, tables in self._new_spans
             for k, t in tables.items()
         ]
-        self._write(files, dirs, new_dirs)
+        if data and summaries:
+            summary_dirs: set[Path] = set()
+            summary_new_dirs: set[Path] = set()
+            # The pool's exit waits for the summaries even when the data files fail, so that
+            # nothing is still being written when recovery looks at the folders.
+            with ThreadPoolExecutor(1, "usage-analytics-writer") as pool:
+                job = pool.submit(self._write, summaries, summary_dirs, summary_new_dirs)
+                self._write(data, dirs, new_dirs)
+                job.result()
+            dirs |= summary_dirs
+            new_dirs |= summary_new_dirs
+        else:
+            self._write(data + summaries, dirs, new_dirs)
         for written in dirs | {d.parent for d in new_dirs}:
             _fsync_dir(written)
 

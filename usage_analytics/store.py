@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ ROLLUP_MIN_ROWS: Final = 1024
 MAX_SPAN_LEVEL: Final = 10
 _KINDS: Final = ("summary", "groups")
 _RECENT_SPANS: Final = 16
+_RECENT_ROLLUPS: Final = 16
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,9 @@ class Store:
         # only by tests that compare them with plain row scans.
         self._use_rollups = True
         self._recent_spans: dict[str, dict[str, pd.DataFrame]] = {}
+        # The rollups of the files this store wrote last, by path: a load summarizes each
+        # day into a span right after it, from these rather than from the disk.
+        self._recent_rollups: dict[str, dict[str, pa.Table]] = {}
         self._ds = Dataset(
             self._root,
             schema_version=SCHEMA_VERSION,
@@ -240,20 +244,26 @@ class Store:
                 days = days[~stored]
                 if batch.empty:
                     return 0
-            pool = span_job = None
-            if len(batch) >= ROLLUP_MIN_ROWS:
-                # A second thread summarizes, while this one sorts and writes the rows
-                # (pyarrow releases the GIL): first the spans of the days before this batch
-                # (loads run forward in time, so those days are taken as loaded), then the
-                # rollups of the new files. The pool is shut down only after the commit.
-                pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
-                span_job = pool.submit(self._compute_spans, tx.base, int(days.min()))
             first = tx.reserve_ids(len(batch))
             batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
             batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
+            rollups: dict[int, dict[str, Future[pa.Table]]] = {}
+            span_job = None
+            if len(batch) >= ROLLUP_MIN_ROWS:
+                # A second thread summarizes while this one sorts and writes the rows (pyarrow
+                # releases the GIL): first the rollups of the new files, then the spans of the
+                # days before this batch (loads run forward in time, so those days are taken
+                # as loaded). The pool is shut down only after the commit.
+                pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
+                rollups = _submit_rollups(pool, batch, days)
+                span_job = pool.submit(self._compute_spans, tx.base, int(days.min()))
             table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
-            self._stage_by_date(tx, table, days, batch["tenant"], pool)
+            staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
             tx.commit()
+            for path, futures in staged.items():  # all resolved by the commit
+                self._recent_rollups[path] = {k: f.result() for k, f in futures.items()}
+            while len(self._recent_rollups) > _RECENT_ROLLUPS:
+                del self._recent_rollups[next(iter(self._recent_rollups))]
         if span_job is not None:
             # The rows are committed by now; spans only speed up later reports. They are
             # committed apart, skipped when another writer holds the lock, and a failure to
@@ -285,16 +295,24 @@ class Store:
         table: pa.Table,
         days: np.ndarray,
         tenant: pd.Series,
-        pool: ThreadPoolExecutor | None = None,
-    ) -> None:
-        """Stage one file per day, rows sorted by (tenant, timestamp) so that statistics prune."""
+        rollups: Mapping[int, Mapping[str, Future[pa.Table]]],
+    ) -> dict[str, Mapping[str, Future[pa.Table]]]:
+        """Stage one file per day, rows sorted by (tenant, timestamp) so that statistics prune,
+        with the rollups of each day's rows when ``rollups`` has them (being computed);
+        returns those rollups by the path of their file."""
+        staged: dict[str, Mapping[str, Future[pa.Table]]] = {}
         tenant_codes = pd.factorize(tenant, sort=True)[0]
         order = np.lexsort((table.column("timestamp").to_numpy(), tenant_codes, days))
         ordered = table.take(pa.array(order))
         start = 0
         for day, chunk in _day_groups(days, order):
-            self._add(tx, _date_name(day), ordered.slice(start, len(chunk)), pool)
+            rows = ordered.slice(start, len(chunk))
+            if day in rollups:
+                staged[tx.add(_date_name(day), rows, rollups[day]).path] = rollups[day]
+            else:
+                self._add(tx, _date_name(day), rows)
             start += len(chunk)
+        return staged
 
     def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
         """A mask of the batch rows whose key is already stored.
@@ -438,15 +456,8 @@ class Store:
         self._build_spans()
         return done
 
-    def _add(
-        self,
-        tx: Transaction,
-        date: str,
-        table: pa.Table,
-        pool: ThreadPoolExecutor | None = None,
-    ) -> None:
-        """Stage a data file with its rollups, computed from the same rows (on ``pool``, when
-        given, while the commit writes the data file).
+    def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
+        """Stage a data file with its rollups, computed from the same rows.
 
         Files smaller than ``ROLLUP_MIN_ROWS`` get none: their rollups would be about as large
         as their rows, so reports scan them, and ``compact()`` later merges them into a file
@@ -455,13 +466,8 @@ class Store:
         if table.num_rows < ROLLUP_MIN_ROWS:
             tx.add(date, table)
             return
-        sidecars: dict[str, pa.Table | Future[pa.Table]] = {}
-        for kind in _KINDS:
-            if pool is None:
-                sidecars[kind] = _rollup_table(kind, table)
-            else:
-                sidecars[kind] = pool.submit(_rollup_table, kind, table)
-        tx.add(date, table, sidecars)
+        frame = table.select(list(queries.ROLLUP_INPUT_COLUMNS)).to_pandas()
+        tx.add(date, table, {kind: _rollup_table(kind, frame) for kind in _KINDS})
 
     def _build_spans(self, before_day: int | None = None, lock_timeout: float | None = None) -> int:
         """Commit the missing span rollups of aligned blocks of whole days before
@@ -563,9 +569,15 @@ class Store:
             files = by_day.get(lo, [])
             with_rollups = [f for f in files if all(k in f.sidecars for k in _KINDS)]
             found: dict[str, list[pd.DataFrame]] = {k: [] for k in _KINDS}
-            if with_rollups:
-                for k in _KINDS:
-                    found[k].append(self._ds.read_sidecars(with_rollups, k).to_pandas())
+            # One lookup per file: the writing thread may drop old entries meanwhile.
+            recent = {f.path: self._recent_rollups.get(f.path) for f in with_rollups}
+            unread = [f for f in with_rollups if recent[f.path] is None]
+            for k in _KINDS:
+                tables = [r[k] for r in recent.values() if r is not None]
+                if unread:
+                    tables.append(self._ds.read_sidecars(unread, k))
+                if tables:
+                    found[k].append(pa.concat_tables(tables).to_pandas())
             for entry in files:
                 if entry not in with_rollups:  # a small file: summarize its rows here
                     columns = list(queries.ROLLUP_INPUT_COLUMNS)
@@ -715,10 +727,38 @@ class _NewSpan:
     frames: dict[str, pd.DataFrame]
 
 
-def _rollup_table(kind: str, table: pa.Table) -> pa.Table:
+def _rollup_table(kind: str, rows: pd.DataFrame) -> pa.Table:
     """The ``kind`` rollup of a data file's rows."""
-    frame = table.select(list(queries.ROLLUP_INPUTS[kind])).to_pandas()
-    return pa.Table.from_pandas(queries.rollup(kind, frame), preserve_index=False)
+    return pa.Table.from_pandas(queries.rollup(kind, rows), preserve_index=False)
+
+
+def _submit_rollups(
+    pool: ThreadPoolExecutor, batch: pd.DataFrame, days: np.ndarray
+) -> dict[int, dict[str, Future[pa.Table]]]:
+    """Start computing, on ``pool``, the rollups of the file each day of ``batch`` becomes
+    (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none); returns their futures."""
+    futures: dict[int, dict[str, Future[pa.Table]]] = {}
+    parts: list[tuple[dict[str, Future[pa.Table]], np.ndarray | None]] = []
+    groups = _day_groups(days)
+    for day, idx in groups:
+        if len(idx) >= ROLLUP_MIN_ROWS:
+            futures[day] = {kind: Future() for kind in _KINDS}
+            parts.append((futures[day], None if len(groups) == 1 else idx))
+    inputs = batch[list(queries.ROLLUP_INPUT_COLUMNS)]
+
+    def compute() -> None:
+        for out, idx in parts:
+            try:
+                rows = inputs if idx is None else inputs.take(idx)
+                for future_kind, future in out.items():
+                    future.set_result(_rollup_table(future_kind, rows))
+            except BaseException as exc:  # raised in the commit that waits for it
+                for future in out.values():
+                    if not future.done():
+                        future.set_exception(exc)
+
+    pool.submit(compute)
+    return futures
 
 
 def _pick_spans(snap: Snapshot, lo: int, hi: int, kind: str) -> list[SpanEntry]:
