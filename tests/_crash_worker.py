@@ -49,6 +49,11 @@ def batch(seed: int, days: tuple[int, ...] = (0, 1, 2), rows_per_day: int = 10) 
     return pd.concat(frames, ignore_index=True)
 
 
+def single_row(i: int, day: int = 4) -> dict[str, object]:
+    """One row on ``day``; 32 of them on one day make the store merge their files."""
+    return {"user_id": f"s{i}", "tenant": f"t{i % 2}", "timestamp": T0 + day * DAY + i}
+
+
 def make_v1(root: Path) -> None:
     """A schema-version-1 dataset written with plain pyarrow and JSON, as version 1 wrote it."""
     root.mkdir()
@@ -94,6 +99,8 @@ def run(store: Store, op: str) -> None:
     """One write operation against a dataset made by the tests' ``base`` fixture."""
     if op == "append":
         store.create_usage(batch(7, days=(1, 2, 3)))
+    elif op == "append_merge":  # the 32nd single-row file of day 4: merges all of them
+        store.create_usage(single_row(31))
     elif op == "delete":
         # Drops day 0 and rewrites the day-1 file of the first batch (half its rows go).
         store.delete_usage(T0 + DAY + 60_000_000_000 + 5_000_000)

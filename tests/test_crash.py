@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _crash_worker import batch, loop_op, make_v1, run
+from _crash_worker import batch, loop_op, make_v1, run, single_row
 
 from usage_analytics import Store
 from usage_analytics import store as store_module
@@ -38,6 +38,7 @@ AFTER_COMMIT = ("committed", "file_removed", "cleanup_done")
 # The points each operation reaches (others must leave the operation to finish normally).
 REACHED = {
     "append": set(BEFORE_COMMIT) | {"committed", "cleanup_done"},
+    "append_merge": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
     "delete": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
     "delete_limit": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
     "compact": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
@@ -113,9 +114,15 @@ def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, pd
     for op in REACHED:
         base = tmp_path_factory.mktemp(op) / "base"
         make_v1(base) if op == "upgrade" else make_base(base)
+        if op == "append_merge":
+            for i in range(store_module.MERGE_FANOUT - 1):
+                Store(base).create_usage(single_row(i))
         after = base.parent / "after"
         shutil.copytree(base, after)
         run(Store(after), op)
+        if op == "append_merge":  # the append did merge the day's files into one
+            assert len(list(base.glob("date=2025-11-12/*.parquet"))) == 31
+            assert len(list(after.glob("date=2025-11-12/*.parquet"))) == 1
         out[op] = (base, rows(after))
     return out
 

@@ -274,3 +274,15 @@ def test_a_forward_load_summarizes_each_day_once_the_next_one_starts(tmp_path: P
     assert {(d, d) for d in range(day0, day0 + 3)} <= spans  # not the last day: still open
     assert all(last < day0 + 3 for _, last in spans)
     assert_paths_agree(store, np.random.default_rng(20))
+
+
+def test_rollups_match_scans_after_appends_merge_small_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "MERGE_FANOUT", 4)
+    store = load(tmp_path / "usage", 17, batches=1)
+    rows = random_usage_frame(40, 170, days=5, tenants=TENANTS)
+    for i in range(len(rows)):
+        store.create_usage(rows.iloc[i : i + 1], on_conflict="ignore")
+    assert len(store._ds.snapshot().files) < 5 + 40  # merged on the way
+    assert_paths_agree(store, np.random.default_rng(17))

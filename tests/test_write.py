@@ -719,3 +719,36 @@ def test_stored_rows_satisfy_usage_schema(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(usage_analytics.UsageSchema.validate(found), found)
     empty = new_store(tmp_path / "empty").find_usages()
     assert usage_analytics.UsageSchema.validate(empty).empty
+
+
+def _append_one_by_one(store: Store, rows: pd.DataFrame) -> None:
+    for i in range(len(rows)):
+        assert store.create_usage(rows.iloc[i : i + 1]) == 1
+
+
+def test_single_row_appends_merge_their_files_and_keep_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usage_analytics import store as store_module
+
+    monkeypatch.setattr(store_module, "MERGE_FANOUT", 4)  # size classes 1-3, 4-15, 16-63, ...
+    store = new_store(tmp_path)
+    rows = random_usage_frame(65, 71, days=1, tenants=("t0", "t1"))
+    bulk = random_usage_frame(1500, 72, days=1, users=500)  # never merged: too large
+    bulk["timestamp"] += 1  # keeps its keys apart from the small rows'
+    store.create_usage(bulk, on_conflict="ignore")
+    kept = len(store.find_usages())
+    _append_one_by_one(store, rows.iloc[:3])
+    assert sum(map(len, data_files(store.root).values())) == 4  # the bulk file, 3 single rows
+    _append_one_by_one(store, rows.iloc[3:4])
+    assert sorted(e.rows for e in store._ds.snapshot().files) == [4, kept]
+    _append_one_by_one(store, rows.iloc[4:64])
+    assert sorted(e.rows for e in store._ds.snapshot().files) == [64, kept]  # 4 -> 16 -> 64
+    _append_one_by_one(store, rows.iloc[64:])
+    assert sorted(e.rows for e in store._ds.snapshot().files) == [1, 64, kept]
+    assert sum(map(len, data_files(store.root).values())) == 3  # merged files left the disk
+    stored = store.find_usages()
+    assert stored["id"].tolist() == list(range(1, kept + 66))
+    got = stored.iloc[kept:].reset_index(drop=True)
+    for column in INPUT_COLUMNS:
+        assert got[column].tolist() == rows[column].tolist(), column

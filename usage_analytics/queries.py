@@ -88,8 +88,16 @@ def _group_sums(
         0  x  q  2
         1  y  p  4
     """
-    combined = np.zeros(len(key_frame), dtype=np.int64)
-    missing = np.zeros(len(key_frame), dtype=bool)
+    return pd.DataFrame(_grouped_columns(key_frame, keys, sums), copy=False)
+
+
+def _grouped_columns(
+    key_frame: pd.DataFrame, keys: Sequence[str], sums: Mapping[str, np.ndarray]
+) -> dict[str, pd.Index | np.ndarray]:
+    """The columns of :func:`_group_sums`: keys as str Index objects, sums as int64 arrays."""
+    n = len(key_frame)
+    combined = np.zeros(n, dtype=np.int64)
+    missing = np.zeros(n, dtype=bool)
     radix = 1
     renumbered = False
     all_codes: list[np.ndarray] = []
@@ -97,7 +105,7 @@ def _group_sums(
     for name in keys:
         codes, found = pd.factorize(key_frame[name], sort=True)
         all_codes.append(codes)
-        uniques.append(pd.Index(found))
+        uniques.append(pd.Index(found, dtype="str"))
         width = max(len(found), 1)
         if radix * width >= _MAX_RADIX:
             # Renumber the groups so far, in order, to keep the combined key in range.
@@ -106,25 +114,34 @@ def _group_sums(
         missing |= codes < 0
         combined = combined * width + np.maximum(codes, 0)
         radix *= width
-    values = pd.DataFrame(dict(sums), copy=False)
-    rows = np.arange(len(key_frame))
+    names = list(sums)
+    values = pd.DataFrame(
+        np.column_stack([sums[k] for k in names]) if n else np.zeros((0, len(names)), np.int64),
+        columns=names,
+        copy=False,
+    )
+    rows = None
     if missing.any():
-        values, combined, rows = values.loc[~missing], combined[~missing], rows[~missing]
+        rows = np.flatnonzero(~missing)
+        values, combined = values.iloc[rows], combined[rows]
     # An Index as the key: pandas then skips looking the array up as a column label.
     out = values.groupby(pd.Index(combined, copy=False), sort=True).sum()
-    columns: dict[str, object] = {}
+    columns: dict[str, pd.Index | np.ndarray] = {}
     if renumbered:  # the key no longer splits by radix: take each group's first row's codes
-        first = rows[np.unique(combined, return_index=True)[1]]
+        first = np.unique(combined, return_index=True)[1]
+        if rows is not None:
+            first = rows[first]
         for name, codes, found in zip(keys, all_codes, uniques, strict=True):
-            columns[name] = pd.Series(found.take(codes[first]), dtype="str")
+            columns[name] = found.take(codes[first])
     else:
         group = out.index.to_numpy(dtype=np.int64)
         for name, found in zip(reversed(keys), reversed(uniques), strict=True):
             group, codes = np.divmod(group, max(len(found), 1))
-            columns[name] = pd.Series(found.take(codes), dtype="str")
+            columns[name] = found.take(codes)
     columns = {k: columns[k] for k in keys}
-    columns.update((name, out[name].to_numpy(dtype=np.int64)) for name in sums)
-    return pd.DataFrame(columns, copy=False)
+    totals = out.to_numpy(dtype=np.int64)
+    columns.update((name, totals[:, i]) for i, name in enumerate(names))
+    return columns
 
 
 def summary_partial(df: pd.DataFrame, keys: Sequence[str] = SUMMARY_KEYS) -> pd.DataFrame:
@@ -167,51 +184,54 @@ def groups_partial(df: pd.DataFrame, keys: Sequence[str] = GROUP_KEYS) -> pd.Dat
 
 def _combine(
     partials: Iterable[pd.DataFrame], keys: Sequence[str], sums: Sequence[str]
-) -> pd.DataFrame:
+) -> dict[str, pd.Index | np.ndarray]:
+    """The columns of the partials' exact combination, sorted by ``keys``."""
     parts = [p for p in partials if len(p)]
     if not parts:
-        return pd.DataFrame(
-            {k: pd.Series([], dtype="str") for k in keys}
-            | {s: pd.Series([], dtype=np.int64) for s in sums}
-        )
+        empty = pd.DataFrame({k: pd.Series([], dtype="str") for k in keys})
+        return _grouped_columns(empty, keys, {s: np.zeros(0, dtype=np.int64) for s in sums})
     both = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-    return _group_sums(both, keys, {s: both[s].to_numpy(dtype=np.int64) for s in sums})
+    return _grouped_columns(both, keys, {s: both[s].to_numpy(dtype=np.int64) for s in sums})
 
 
-def _mean(total: pd.Series, count: pd.Series) -> np.ndarray:
-    out: np.ndarray = total.to_numpy(dtype=np.float64) / count.to_numpy(dtype=np.float64)
+def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    out: np.ndarray = total.astype(np.float64) / count.astype(np.float64)
     return out
 
 
 def finish_summary(partials: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """Combine summary partials into the ``aggregated_usage`` frame, sorted by ``api_method``."""
     t = _combine(partials, SUMMARY_KEYS, SUMMARY_SUMS)
+    total, success = np.asarray(t["total_requests"]), np.asarray(t["success_requests"])
     return pd.DataFrame(
         {
-            "api_method": t["api_method"],
-            "total_requests": t["total_requests"],
-            "success_requests": t["success_requests"],
-            "failure_requests": t["total_requests"] - t["success_requests"],
-            "average_latency": _mean(t["latency_sum"], t["total_requests"]),
-        }
-    ).reset_index(drop=True)
+            "api_method": pd.Series(t["api_method"], dtype="str"),
+            "total_requests": total,
+            "success_requests": success,
+            "failure_requests": total - success,
+            "average_latency": _mean(np.asarray(t["latency_sum"]), total),
+        },
+        copy=False,
+    )
 
 
 def finish_groups(partials: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """Combine group partials into the ``get_usages_by_groups`` frame, sorted by the keys."""
     t = _combine(partials, GROUP_KEYS, GROUP_SUMS)
+    total = np.asarray(t["total_requests"])
     return pd.DataFrame(
         {
-            "api_key_id": t["api_key_id"],
-            "user_id": t["user_id"],
-            "model_id": t["model_id"],
-            "total_requests": t["total_requests"],
-            "total_prompt_tokens": t["total_prompt_tokens"],
-            "total_completion_tokens": t["total_completion_tokens"],
-            "average_latency": _mean(t["latency_sum"], t["total_requests"]),
-            "average_time_to_first_token": _mean(t["ttft_sum"], t["total_requests"]),
-        }
-    ).reset_index(drop=True)
+            "api_key_id": pd.Series(t["api_key_id"], dtype="str"),
+            "user_id": pd.Series(t["user_id"], dtype="str"),
+            "model_id": pd.Series(t["model_id"], dtype="str"),
+            "total_requests": total,
+            "total_prompt_tokens": np.asarray(t["total_prompt_tokens"]),
+            "total_completion_tokens": np.asarray(t["total_completion_tokens"]),
+            "average_latency": _mean(np.asarray(t["latency_sum"]), total),
+            "average_time_to_first_token": _mean(np.asarray(t["ttft_sum"]), total),
+        },
+        copy=False,
+    )
 
 
 #: Rollups: the partials of each report per tenant, kept beside each data file so that a
@@ -264,4 +284,4 @@ def combine_rollups(kind: str, parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
         0      t          a               2                 2           20
     """
     sums = SUMMARY_SUMS if kind == "summary" else GROUP_SUMS
-    return _combine(parts, ROLLUP_KEYS[kind], sums)
+    return pd.DataFrame(_combine(parts, ROLLUP_KEYS[kind], sums), copy=False)

@@ -49,8 +49,12 @@ ROLLUP_MIN_ROWS: Final = 1024
 #: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.
 MAX_SPAN_LEVEL: Final = 10
 _KINDS: Final = ("summary", "groups")
+#: Small files of a partition are merged on append once this many share a size class.
+MERGE_FANOUT: Final = 32
+#: Files of this many rows or more are never merged on append (compact() merges everything).
+MERGE_BELOW_ROWS: Final = MERGE_FANOUT * MERGE_FANOUT
 _RECENT_SPANS: Final = 16
-_RECENT_ROLLUPS: Final = 16
+_RECENT_ROLLUPS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -307,12 +311,40 @@ class Store:
         start = 0
         for day, chunk in _day_groups(days, order):
             rows = ordered.slice(start, len(chunk))
-            if day in rollups:
+            merged = self._merge_small(tx, _date_name(day), rows)
+            if merged is not None:
+                self._add(tx, _date_name(day), merged)
+            elif day in rollups:
                 staged[tx.add(_date_name(day), rows, rollups[day]).path] = rollups[day]
             else:
                 self._add(tx, _date_name(day), rows)
             start += len(chunk)
         return staged
+
+    def _merge_small(self, tx: Transaction, date: str, rows: pa.Table) -> pa.Table | None:
+        """When ``rows`` would be the ``MERGE_FANOUT``-th small file of its size class in
+        partition ``date``, stage the removal of the others and return all their rows with
+        ``rows``, sorted, to be written as one file (and so on up the size classes); None when
+        there is nothing to merge.
+
+        Single-row appends would otherwise leave a file each, and every report over their day
+        would open them all: with merges, a day of n such appends holds O(log n) files, and
+        each row is rewritten at most once per size class.
+        """
+        peers_of = {e.path: e for e in tx.base.by_date().get(date, [])}
+        merged: pa.Table | None = None
+        current = rows
+        while (size_class := _size_class(current.num_rows)) is not None:
+            peers = [e for e in peers_of.values() if _size_class(e.rows) == size_class]
+            if len(peers) + 1 < MERGE_FANOUT:
+                break
+            for entry in peers:
+                tx.remove(entry)
+                del peers_of[entry.path]
+            current = pa.concat_tables([*(self._read_rows(e) for e in peers), current])
+            current = current.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
+            merged = current
+        return merged
 
     def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
         """A mask of the batch rows whose key is already stored.
@@ -725,6 +757,17 @@ class _NewSpan:
     last: int
     files: tuple[str, ...]  # the data files of its days it was computed from
     frames: dict[str, pd.DataFrame]
+
+
+def _size_class(rows: int) -> int | None:
+    """The size class small files are merged within: rows below ``MERGE_FANOUT``, below its
+    square, ...; None from ``MERGE_BELOW_ROWS`` rows up (never merged on append)."""
+    if rows >= MERGE_BELOW_ROWS:
+        return None
+    size_class, bound = 0, MERGE_FANOUT
+    while rows >= bound:
+        size_class, bound = size_class + 1, bound * MERGE_FANOUT
+    return size_class
 
 
 def _rollup_table(kind: str, rows: pd.DataFrame) -> pa.Table:
