@@ -165,3 +165,18 @@ def test_a_value_with_many_rows_has_batches_of_its_own() -> None:
     batches, index = _dataset._summary_batches(table)
     assert index == [["a", "a"], ["b", "b"], ["c", "d"], ["e", "e"]]
     assert [b.num_rows for b in batches] == [3, rows + 5, rows + 1, 1]
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(keyed_frames())
+def test_group_sums_of_categorical_keys_sort_as_strings(frame: pd.DataFrame) -> None:
+    """Raw scans read keys as categoricals, whose categories come in first-seen order."""
+    keys = ["k1", "k2", "k3"]
+    as_categories = frame.copy()
+    for k in keys:
+        values = frame[k].tolist()
+        categories = list(dict.fromkeys(reversed(values)))  # deliberately not sorted
+        as_categories[k] = pd.Categorical(values, categories=categories)
+    got = queries._group_sums(as_categories, keys, {"v": frame["v"].to_numpy()})
+    want = queries._group_sums(frame, keys, {"v": frame["v"].to_numpy()})
+    pd.testing.assert_frame_equal(got, want)

@@ -973,6 +973,10 @@ class Transaction:
         _fsync_dir(ds.root)
 
 
+def _is_text(data_type: pa.DataType) -> bool:
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
+
+
 def _write_parquet(table: pa.Table, path: Path, *, statistics: Sequence[str]) -> None:
     """Write and fsync one data file.
 
@@ -981,7 +985,7 @@ def _write_parquet(table: pa.Table, path: Path, *, statistics: Sequence[str]) ->
     and then give it up); delta encoding for integer columns; statistics only for
     ``statistics``, the columns readers can prune by.
     """
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    strings = [f.name for f in table.schema if _is_text(f.type)]
     ints = (pa.int64(), pa.int32())
     delta = {f.name: "DELTA_BINARY_PACKED" for f in table.schema if f.type in ints}
     with open(path, "wb") as fh:

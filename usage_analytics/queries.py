@@ -91,6 +91,25 @@ def _group_sums(
     return pd.DataFrame(_grouped_columns(key_frame, keys, sums), copy=False)
 
 
+def _factorize_sorted(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes of ``values`` and their distinct values as strings, in ascending order
+    (missing values get -1).
+
+    Categorical columns (dictionary-encoded keys read from rollups) are factorized by their
+    codes, which is much cheaper than hashing strings, and their few distinct values are
+    sorted afterwards.
+    """
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        codes, found = pd.factorize(values, sort=True)
+        return codes, pd.Index(found, dtype="str")
+    codes, found = pd.factorize(values, sort=False)
+    names = pd.Index(np.asarray(found, dtype=object), dtype="str")
+    order = np.argsort(names.to_numpy(dtype=object), kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return np.where(codes >= 0, rank[np.maximum(codes, 0)], -1), names[order]
+
+
 def _grouped_columns(
     key_frame: pd.DataFrame, keys: Sequence[str], sums: Mapping[str, np.ndarray]
 ) -> dict[str, pd.Index | np.ndarray]:
@@ -103,9 +122,9 @@ def _grouped_columns(
     all_codes: list[np.ndarray] = []
     uniques: list[pd.Index] = []
     for name in keys:
-        codes, found = pd.factorize(key_frame[name], sort=True)
+        codes, found = _factorize_sorted(key_frame[name])
         all_codes.append(codes)
-        uniques.append(pd.Index(found, dtype="str"))
+        uniques.append(found)
         width = max(len(found), 1)
         if radix * width >= _MAX_RADIX:
             # Renumber the groups so far, in order, to keep the combined key in range.

@@ -209,6 +209,10 @@ class Store:
                 the batch or against stored rows; ``"ignore"`` skips such rows (the first of
                 in-batch repeats is kept), which makes re-running a load idempotent.
 
+        Each day of the batch becomes one data file, sorted by tenant and time. When a day
+        would then hold 32 small files of one size class, they are merged into one in the
+        same commit, so that appending row by row does not leave a file per row.
+
         Returns:
             The number of rows written.
 
