@@ -281,7 +281,7 @@ class Store:
                 spans = span_job.result()
                 if spans:
                     with self._ds.transaction(timeout=0) as span_tx:
-                        self._add_spans(span_tx, tx.base, spans)
+                        self._add_spans(span_tx, spans)
                 if days.max() - days.min() >= 2:
                     # A batch of several days (an import of history) brought whole days of
                     # its own: summarize those before its last day now.
@@ -509,7 +509,7 @@ class Store:
         """Commit the missing span rollups of aligned blocks of whole days before
         ``before_day`` (all days when None); returns how many spans were added."""
         with self._ds.transaction(timeout=lock_timeout) as tx:
-            return self._add_spans(tx, tx.base, self._compute_spans(tx.base, before_day))
+            return self._add_spans(tx, self._compute_spans(tx.base, before_day))
 
     def _compute_spans(self, snap: Snapshot, before_day: int | None) -> list[_NewSpan]:
         """The missing span rollups of ``snap``, computed (not committed).
@@ -562,9 +562,9 @@ class Store:
                 new.append(_NewSpan(start, end, files, frames))
         return new
 
-    def _add_spans(self, tx: Transaction, source: Snapshot, spans: list[_NewSpan]) -> int:
-        """Stage and commit the ``spans`` computed from ``source`` whose days still hold the
-        same files in ``tx.base``; returns how many were added."""
+    def _add_spans(self, tx: Transaction, spans: list[_NewSpan]) -> int:
+        """Stage and commit the computed ``spans`` whose days still hold, in ``tx.base``, the
+        files they were computed from; returns how many were added."""
         by_day: dict[int, list[str]] = {}
         for entry in tx.base.files:
             by_day.setdefault(day_number(entry.date), []).append(entry.path)
