@@ -92,10 +92,18 @@ def test_disk_error_after_commit_keeps_the_write(
     assert on_disk == sorted(p.relative_to(store.root).as_posix() for p in store.files())
 
 
+@pytest.mark.parametrize("with_rollups", [False, True])
 def test_interrupt_before_commit_rolls_back_and_reraises(
-    tmp_path: Path, inject: Callable[[str, int], None]
+    tmp_path: Path,
+    inject: Callable[[str, int], None],
+    monkeypatch: pytest.MonkeyPatch,
+    with_rollups: bool,
 ) -> None:
     store = make_base(tmp_path / "root")
+    if with_rollups:  # the summaries are computed and written on other threads meanwhile
+        from usage_analytics import store as store_module
+
+        monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
     before = snapshot_files(store.root)
 
     def hook(name: str) -> None:

@@ -41,6 +41,7 @@ removed by a later commit while a reader was on its way to it raises ``FileNotFo
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import errno
@@ -49,6 +50,7 @@ import json
 import os
 import re
 import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -108,6 +110,7 @@ T = TypeVar("T")
 FAULT_ENV: Final = "USAGE_ANALYTICS_KILL_AT"
 FAULT_HOOK: Callable[[str], None] | None = None
 _fault_counts: dict[str, int] = {}
+_fault_lock = threading.Lock()  # commits reach fault points from two threads
 
 
 def _fault(point: str) -> None:
@@ -115,8 +118,10 @@ def _fault(point: str) -> None:
     if spec:
         name, _, nth = spec.partition(":")
         if name == point:
-            _fault_counts[point] = _fault_counts.get(point, 0) + 1
-            if _fault_counts[point] >= int(nth or 1):
+            with _fault_lock:
+                _fault_counts[point] = _fault_counts.get(point, 0) + 1
+                reached = _fault_counts[point] >= int(nth or 1)
+            if reached:
                 os.kill(os.getpid(), signal.SIGKILL)
     if FAULT_HOOK is not None:
         FAULT_HOOK(point)
@@ -919,7 +924,10 @@ class Transaction:
             # nothing is still being written when recovery looks at the folders.
             with ThreadPoolExecutor(1, "usage-analytics-writer") as pool:
                 job = pool.submit(self._write, summaries, summary_dirs, summary_new_dirs)
-                self._write(data, dirs, new_dirs)
+                try:
+                    self._write(data, dirs, new_dirs)
+                finally:
+                    _join(job)
                 job.result()
             dirs |= summary_dirs
             new_dirs |= summary_new_dirs
@@ -971,6 +979,20 @@ class Transaction:
         _fault("cleanup_done")
         ds.journal_path.unlink()
         _fsync_dir(ds.root)
+
+
+def _join(job: Future[Any]) -> None:
+    """Wait until ``job`` is done, even through a KeyboardInterrupt (raised again after), so
+    that recovery never runs while the job's thread still writes files."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            concurrent.futures.wait([job])
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def _is_text(data_type: pa.DataType) -> bool:

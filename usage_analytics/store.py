@@ -27,7 +27,6 @@ from .errors import (
     DuplicateUsageError,
     InvalidArgumentError,
     LockTimeoutError,
-    UsageAnalyticsError,
 )
 from .schema import (
     ADDED_IN_V2,
@@ -288,7 +287,7 @@ class Store:
                     self._build_spans(before_day=int(days.max()), lock_timeout=0)
             except LockTimeoutError:
                 pass
-            except (UsageAnalyticsError, OSError) as exc:
+            except Exception as exc:  # the rows are committed: nothing here may undo that
                 warnings.warn(
                     f"the rows were written, but summarizing the days before them failed "
                     f"({exc}); compact() builds those summaries later",
