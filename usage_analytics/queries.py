@@ -259,11 +259,6 @@ ROLLUP_KEYS: Final = {"summary": ("tenant", *SUMMARY_KEYS), "groups": ("tenant",
 ROLLUP_INPUT_COLUMNS: Final = tuple(
     dict.fromkeys(("tenant", *SUMMARY_INPUT_COLUMNS, *GROUP_INPUT_COLUMNS))
 )
-#: The columns each rollup reads.
-ROLLUP_INPUTS: Final = {
-    "summary": ("tenant", *SUMMARY_INPUT_COLUMNS),
-    "groups": ("tenant", *GROUP_INPUT_COLUMNS),
-}
 
 
 def rollup(kind: str, df: pd.DataFrame) -> pd.DataFrame:
