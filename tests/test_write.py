@@ -752,3 +752,19 @@ def test_single_row_appends_merge_their_files_and_keep_every_row(
     got = stored.iloc[kept:].reset_index(drop=True)
     for column in INPUT_COLUMNS:
         assert got[column].tolist() == rows[column].tolist(), column
+
+
+def test_files_at_the_merge_cutoff_are_never_merged_on_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usage_analytics import store as store_module
+
+    monkeypatch.setattr(store_module, "MERGE_FANOUT", 4)
+    monkeypatch.setattr(store_module, "MERGE_BELOW_ROWS", 16)
+    store = new_store(tmp_path)
+    rows = random_usage_frame(64, 73, days=1, tenants=("t0", "t1"))
+    _append_one_by_one(store, rows)
+    # A file of 16 rows is never merged again: four of them stay apart (below the cutoff,
+    # four files of one size class would have become one of 64 rows).
+    assert sorted(e.rows for e in store._ds.snapshot().files) == [16, 16, 16, 16]
+    assert store.find_usages()["user_id"].tolist() == rows["user_id"].tolist()
