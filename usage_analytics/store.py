@@ -334,6 +334,8 @@ class Store:
         would open them all: with merges, a day of n such appends holds O(log n) files, and
         each row is rewritten at most once per size class.
         """
+        if _size_class(rows.num_rows) is None:
+            return None  # a large file, as bulk loads write: nothing to look at
         peers_of = {e.path: e for e in tx.base.by_date().get(date, [])}
         merged: pa.Table | None = None
         current = rows
