@@ -8,11 +8,14 @@ rollups stay invisible to engines that read the folder.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from _crash_worker import T0, make_v1
@@ -231,9 +234,30 @@ def test_no_span_repeats_its_only_half_with_data(tmp_path: Path) -> None:
         assert by_day & set(left) and by_day & set(right), span
 
 
-def test_summaries_written_before_0_2_as_parquet_are_still_read(tmp_path: Path) -> None:
+def _as_written_by_0_1(table: pa.Table, path: Path) -> None:
+    """Parquet, strings plain."""
     import pyarrow.parquet as pq
 
+    pq.write_table(table, path)
+    assert path.read_bytes()[:4] == b"PAR1"
+
+
+def _as_written_by_0_2(table: pa.Table, path: Path) -> None:
+    """Arrow IPC with lz4-compressed buffers, strings plain, integers int64, batches by tenant
+    with the same index as now."""
+    batches, index = dataset_layer._summary_batches(table)
+    schema = table.schema.with_metadata(
+        {dataset_layer.SUMMARY_INDEX_KEY: json.dumps(index).encode()}
+    )
+    with pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+        for batch in batches:
+            w.write_batch(batch)
+
+
+@pytest.mark.parametrize("write_old", [_as_written_by_0_1, _as_written_by_0_2])
+def test_summaries_written_by_older_versions_are_still_read(
+    tmp_path: Path, write_old: Callable[[pa.Table, Path], None]
+) -> None:
     store = load(tmp_path / "usage", 15)
     store.compact()
     expected = both_ways(store, "t2", DAY0 - NS_PER_DAY, DAY0 + 4 * NS_PER_DAY + 7)
@@ -241,9 +265,16 @@ def test_summaries_written_before_0_2_as_parquet_are_still_read(tmp_path: Path) 
     assert len(rollups) > 2
     for path in rollups[::2]:  # half of them, so that reports read both formats at once
         table = dataset_layer._read_summary(path, None)
+        plain = pa.table(
+            {
+                name: column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+                for name, column in zip(table.column_names, table.columns, strict=True)
+            }
+        )
         path.unlink()
-        pq.write_table(table, path)
-        assert path.read_bytes()[:4] == b"PAR1"
+        write_old(plain, path)
+        again = dataset_layer._read_summary(path, None)
+        assert again.schema == table.schema and again.to_pylist() == table.to_pylist()
     got = both_ways(store, "t2", DAY0 - NS_PER_DAY, DAY0 + 4 * NS_PER_DAY + 7)
     for mine, theirs in zip(got, expected, strict=True):
         pd.testing.assert_frame_equal(mine, theirs, check_exact=True)

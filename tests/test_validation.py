@@ -497,3 +497,17 @@ def test_other_integer_and_string_dtypes_are_accepted(fresh: Store) -> None:
     assert_stored_dtypes(found)
     new = stored_input_columns(found).iloc[-3:].reset_index(drop=True)
     pd.testing.assert_frame_equal(new, usage_frame(_rows()))
+
+
+def test_int32_columns_are_taken_as_they_are_and_still_checked(store: Store, fresh: Store) -> None:
+    frame = usage_frame(_rows()).astype({c: np.int32 for c in INT32_COLUMNS})
+    assert fresh.create_usage(frame) == 3
+    stored = fresh.find_usages()
+    assert stored["latency_ms"].tolist()[-3:] == [10, 11, 12]
+    assert_stored_dtypes(stored)
+    bad = frame.copy()
+    bad.loc[1, "latency_ms"] = -1  # a bound the int32 dtype does not enforce
+    bad.loc[2, "status_code"] = 1000
+    err = _reject(store, bad)
+    _assert_reported(err, "latency_ms", "greater_than_or_equal_to(0)")
+    _assert_reported(err, "status_code", "less_than_or_equal_to(999)")

@@ -48,7 +48,7 @@ from .records import Summary, Usage, UsageByGroup  # noqa: E402
 from .schema import COLUMNS, SCHEMA_VERSION, UsageSchema  # noqa: E402
 from .store import DatasetInfo, Store  # noqa: E402
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "COLUMNS",

@@ -13,11 +13,15 @@ Layout of a dataset root::
     _rollups/date=YYYY-MM-DD/<hex>.<kind>.rollup  summary files of one data file ("sidecars")
     _rollups/spans/<hex>.<kind>.rollup  summary files of every data file of a block of days
 
-Summary files are Arrow IPC files (lz4-compressed buffers), not Parquet, because reading one
-costs a fraction of a millisecond: a table sorted by its first column (the tenant) is stored in
-record batches that each hold one value of that column, or several values with few rows, and
-the schema metadata lists the first and last value of each batch, so a reader that wants one
-value decodes only the batches that can hold it.
+Summary files are Arrow IPC files, not Parquet, because reading one costs a fraction of a
+millisecond: a table sorted by its first column (the tenant) is stored in record batches that
+each hold one value of that column, or several values with few rows, and the schema metadata
+lists the first and last value of each batch, so a reader that wants one value reads only the
+batches that can hold it. Their buffers are not compressed (per-buffer compression costs more
+than it saves on such small batches); instead strings are dictionary-encoded, one dictionary
+per file, and integers stored in the narrowest type that holds them. Readers get strings as
+``SUMMARY_TEXT`` dictionaries and integers as int64, also from files of older versions (lz4 IPC,
+or Parquet before 0.2).
 
 A write (a *transaction*) goes through these steps, all under the lock:
 
@@ -99,6 +103,8 @@ DATA_ROW_GROUP: Final = 32 * 1024
 #: value of each of its record batches.
 SUMMARY_INDEX_KEY: Final = b"usage_analytics.index"
 SUMMARY_BATCH_ROWS: Final = 512
+#: How summary tables hold strings, in memory and (with one dictionary per file) on disk.
+SUMMARY_TEXT: Final = pa.dictionary(pa.int32(), pa.string())
 
 T = TypeVar("T")
 
@@ -1030,15 +1036,22 @@ def _summary_batches(table: pa.Table) -> tuple[list[pa.RecordBatch], list[list[A
 
     A value with at least ``SUMMARY_BATCH_ROWS`` rows gets batches of its own, so that reading
     it decodes nothing else; values with fewer rows share batches of about that many rows,
-    because every batch costs a few buffers to compress and decompress.
+    because every batch costs a few buffers to write and read.
     """
     if not table.num_rows:
         return [], []
-    runs = pc.run_end_encode(table.column(0).combine_chunks())
+    table = table.combine_chunks()
+    first = table.column(0).chunk(0)
+    if pa.types.is_dictionary(first.type):  # equal values have equal indices
+        runs = pc.run_end_encode(first.indices)
+        values = first.dictionary.take(runs.values).to_pylist()
+    else:
+        runs = pc.run_end_encode(first)
+        values = runs.values.to_pylist()
     cuts: list[tuple[int, int, Any, Any]] = []  # (start, end, first value, last value)
     shared: list[Any] = []
     shared_start = start = 0
-    for value, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+    for value, end in zip(values, runs.run_ends.to_pylist(), strict=True):
         if end - start >= SUMMARY_BATCH_ROWS:
             if shared:
                 cuts.append((shared_start, start, shared[0], shared[-1]))
@@ -1053,48 +1066,95 @@ def _summary_batches(table: pa.Table) -> tuple[list[pa.RecordBatch], list[list[A
     if shared:
         cuts.append((shared_start, start, shared[0], shared[-1]))
     batches, index = [], []
-    for lo, hi, first, last in cuts:
-        for batch in table.slice(lo, hi - lo).combine_chunks().to_batches():
+    for lo, hi, first_value, last_value in cuts:
+        for batch in table.slice(lo, hi - lo).to_batches():
             batches.append(batch)
-            index.append([first, last])
+            index.append([first_value, last_value])
     return batches, index
+
+
+def _narrowest_int(column: pa.ChunkedArray) -> pa.DataType:
+    """The smallest signed integer type that holds every value of an int64 ``column``."""
+    bounds = pc.min_max(column)
+    low, high = bounds["min"].as_py() or 0, bounds["max"].as_py() or 0
+    for candidate in (pa.int8(), pa.int16(), pa.int32()):
+        bits = candidate.bit_width - 1
+        if -(1 << bits) <= low and high < (1 << bits):
+            return candidate
+    return pa.int64()
+
+
+def _summary_on_disk(table: pa.Table) -> pa.Table:
+    """``table`` as a summary file stores it: strings dictionary-encoded (one dictionary per
+    column for the whole file), int64 columns in the narrowest type that holds them."""
+    columns = []
+    for column in table.unify_dictionaries().columns:
+        if _is_text(column.type) or pa.types.is_dictionary(column.type):
+            column = _as_summary_text(column)
+        elif column.type == pa.int64():
+            column = column.cast(_narrowest_int(column))
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names).unify_dictionaries()
+
+
+def _summary_in_memory(table: pa.Table) -> pa.Table:
+    """A summary file's table as readers get it, whatever version wrote the file: strings as
+    ``SUMMARY_TEXT`` dictionaries, integers as int64."""
+    for i, field_ in enumerate(table.schema):
+        if field_.type == SUMMARY_TEXT:
+            continue
+        if _is_text(field_.type) or pa.types.is_dictionary(field_.type):
+            table = table.set_column(i, field_.name, _as_summary_text(table.column(i)))
+        elif pa.types.is_integer(field_.type) and field_.type != pa.int64():
+            table = table.set_column(i, field_.name, table.column(i).cast(pa.int64()))
+    return table
+
+
+def _as_summary_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    return column.cast(SUMMARY_TEXT)
 
 
 def _write_summary(table: pa.Table, path: Path) -> None:
     """Write and fsync one summary file (see the module docstring)."""
-    batches, index = _summary_batches(table)
-    schema = table.schema.with_metadata({SUMMARY_INDEX_KEY: json.dumps(index).encode()})
-    options = ipc.IpcWriteOptions(compression="lz4")
+    stored = _summary_on_disk(table)
+    batches, index = _summary_batches(stored)
+    schema = stored.schema.with_metadata({SUMMARY_INDEX_KEY: json.dumps(index).encode()})
     with open(path, "wb") as fh:
-        with ipc.new_file(fh, schema, options=options) as writer:
+        # Written whole from memory: a file object takes every buffer in a call of its own.
+        sink = pa.BufferOutputStream()
+        with ipc.new_file(sink, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
+        fh.write(sink.getvalue())
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def _read_summary(path: Path, first: str | None) -> pa.Table:
     """One summary file, whole or only its rows whose first column equals ``first``."""
-    # Memory-mapped: a batch is decompressed straight from the page cache. Buffers hold the
-    # mapping, so the tables stay valid after it is closed (or the file unlinked).
+    # Memory-mapped: a batch is read straight from the page cache. Buffers hold the mapping,
+    # so the tables stay valid after it is closed (or the file unlinked).
     with pa.memory_map(str(path)) as source:
         if source.read(4) == b"PAR1":  # summaries written before version 0.2 are Parquet
-            return _read_parquet_summary(path, first)
+            return _summary_in_memory(_read_parquet_summary(path, first))
         source.seek(0)
         reader = ipc.open_file(source)
-        schema = reader.schema
+        schema = reader.schema.remove_metadata()
         if first is None:
-            return pa.Table.from_batches(
-                [reader.get_batch(i) for i in range(reader.num_record_batches)],
-                schema.remove_metadata(),
+            return _summary_in_memory(
+                pa.Table.from_batches(
+                    [reader.get_batch(i) for i in range(reader.num_record_batches)], schema
+                )
             )
-        index = json.loads((schema.metadata or {}).get(SUMMARY_INDEX_KEY, b"[]"))
+        index = json.loads((reader.schema.metadata or {}).get(SUMMARY_INDEX_KEY, b"[]"))
         wanted = [i for i, (lo, hi) in enumerate(index) if lo <= first <= hi]
         batches = [reader.get_batch(i) for i in wanted]
-    table = pa.Table.from_batches(batches, schema.remove_metadata())
+    table = pa.Table.from_batches(batches, schema)
     if any(index[i][0] != index[i][1] for i in wanted):  # shared batches: keep ``first`` only
         table = table.filter(pc.equal(table.column(0), first))
-    return table
+    return _summary_in_memory(table)
 
 
 def _read_parquet_summary(path: Path, first: str | None) -> pa.Table:

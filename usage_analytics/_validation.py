@@ -159,6 +159,8 @@ def _coerce_int(s: pd.Series, name: str) -> pd.Series:
         s = s.astype(object)
         dtype = s.dtype
     if pd.api.types.is_integer_dtype(dtype):
+        if dtype == _INT32 and name in INT32_COLUMNS:
+            return s  # already the stored dtype (Pandera sees it as int64, see prepare_batch)
         if s.isna().any():
             return s
         if pd.api.types.is_unsigned_integer_dtype(dtype) and len(s) and s.max() > _INT64_MAX:
@@ -200,6 +202,7 @@ def _describe(failure_cases: pd.DataFrame) -> str:
 
 
 _INT64 = np.dtype(np.int64)
+_INT32 = np.dtype(np.int32)
 _STR = pd.StringDtype(storage="pyarrow", na_value=np.nan)
 
 
@@ -253,7 +256,7 @@ def passes_fast_checks(frame: pd.DataFrame) -> bool:
             if values.dtype != _STR or values.isna().any():
                 return False
             continue
-        if values.dtype != _INT64:
+        if values.dtype != _INT64 and not (values.dtype == _INT32 and name in INT32_COLUMNS):
             return False
         if len(values):
             array = values.to_numpy()
@@ -286,6 +289,13 @@ def normalize_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
     return pd.DataFrame({c: columns[c] for c in order}, index=pd.RangeIndex(len(df)))
 
 
+def widened_for_checks(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its int32 columns as int64, as the input schema checks integers (so that
+    it can name values past the int32 range)."""
+    widened = {c: np.int64 for c in frame.columns if frame[c].dtype == _INT32}
+    return frame.astype(widened) if widened else frame
+
+
 def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
     """Validate a batch as a whole and return it with the stored dtypes and a RangeIndex.
 
@@ -296,7 +306,7 @@ def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
     frame = normalize_batch(usages)
     try:
         if not passes_fast_checks(frame):
-            INPUT_SCHEMA.validate(frame, lazy=True)
+            INPUT_SCHEMA.validate(widened_for_checks(frame), lazy=True)
     except pandera.errors.SchemaErrors as exc:
         cases = exc.failure_cases
         raise ValidationError(
@@ -307,5 +317,6 @@ def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
     except pandera.errors.SchemaError as exc:  # pragma: no cover - lazy mode collects all
         raise ValidationError(str(exc), pd.DataFrame()) from None
     for name in INT32_COLUMNS:
-        frame[name] = frame[name].astype(np.int32)
+        if frame[name].dtype != _INT32:
+            frame[name] = frame[name].astype(np.int32)
     return frame

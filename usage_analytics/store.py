@@ -77,6 +77,8 @@ def _date_name(day: int) -> str:
 def _day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
     """Row positions per day, days ascending; ``order`` (sorted by day first) is kept within."""
     if order is None:
+        if len(days) and days.min() == days.max():  # the common case: one day
+            return [(int(days[0]), np.arange(len(days)))]
         order = np.argsort(days, kind="stable")
     sorted_days = days[order]
     bounds = np.flatnonzero(sorted_days[1:] != sorted_days[:-1]) + 1
@@ -124,7 +126,7 @@ class Store:
         # Reports read the per-file rollups where a window covers a whole file; switched off
         # only by tests that compare them with plain row scans.
         self._use_rollups = True
-        self._recent_spans: dict[str, dict[str, pd.DataFrame]] = {}
+        self._recent_spans: dict[str, dict[str, pa.Table]] = {}
         # The rollups of the files this store wrote last, by path: a load summarizes each
         # day into a span right after it, from these rather than from the disk.
         self._recent_rollups: dict[str, dict[str, pa.Table]] = {}
@@ -254,6 +256,7 @@ class Store:
             first = tx.reserve_ids(len(batch))
             batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
             batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
+            table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
             rollups: dict[int, dict[str, Future[pa.Table]]] = {}
             span_job = None
             if len(batch) >= ROLLUP_MIN_ROWS:
@@ -262,9 +265,8 @@ class Store:
                 # days before this batch (loads run forward in time, so those days are taken
                 # as loaded). The pool is shut down only after the commit.
                 pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
-                rollups = _submit_rollups(pool, batch, days)
+                rollups = _submit_rollups(pool, table, days)
                 span_job = pool.submit(self._compute_spans, tx.base, int(days.min()))
-            table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
             staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
             tx.commit()
             for path, futures in staged.items():  # all resolved by the commit
@@ -309,7 +311,14 @@ class Store:
         returns those rollups by the path of their file."""
         staged: dict[str, Mapping[str, Future[pa.Table]]] = {}
         tenant_codes = pd.factorize(tenant, sort=True)[0]
-        order = np.lexsort((table.column("timestamp").to_numpy(), tenant_codes, days))
+        timestamps = table.column("timestamp").to_numpy()
+        key = (days - days.min()) * (int(tenant_codes.max()) + 1) + tenant_codes
+        if key.max() < np.iinfo(np.int16).max and (timestamps[1:] >= timestamps[:-1]).all():
+            # Rows already in time order (as loads usually are): a stable sort by (day,
+            # tenant) keeps that order within each, and sorts 16-bit keys by radix.
+            order = np.argsort(key.astype(np.int16), kind="stable")
+        else:
+            order = np.lexsort((timestamps, tenant_codes, days))
         ordered = table.take(pa.array(order))
         start = 0
         for day, chunk in _day_groups(days, order):
@@ -503,8 +512,7 @@ class Store:
         if table.num_rows < ROLLUP_MIN_ROWS:
             tx.add(date, table)
             return
-        frame = table.select(list(queries.ROLLUP_INPUT_COLUMNS)).to_pandas()
-        tx.add(date, table, {kind: _rollup_table(kind, frame) for kind in _KINDS})
+        tx.add(date, table, queries.rollups(table))
 
     def _build_spans(self, before_day: int | None = None, lock_timeout: float | None = None) -> int:
         """Commit the missing span rollups of aligned blocks of whole days before
@@ -531,10 +539,10 @@ class Store:
         if before_day is not None:
             last = min(last, before_day - 1)
         have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
-        memo: dict[tuple[int, int], dict[str, list[pd.DataFrame]]] = {}
+        memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
 
-        def parts(lo: int, hi: int) -> dict[str, list[pd.DataFrame]]:
-            """The rollup frames of days lo..hi per kind."""
+        def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
+            """The rollup tables of days lo..hi per kind."""
             if (lo, hi) not in memo:
                 memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts)
             return memo[(lo, hi)]
@@ -555,12 +563,12 @@ class Store:
                 ):
                     continue
                 found = parts(start, end)
-                frames = {kind: queries.combine_rollups(kind, found[kind]) for kind in _KINDS}
-                memo[(start, end)] = {k: [f] for k, f in frames.items()}
+                tables = {kind: queries.combine_rollups(kind, found[kind]) for kind in _KINDS}
+                memo[(start, end)] = {k: [t] for k, t in tables.items()}
                 files = tuple(
                     sorted(e.path for d in range(start, end + 1) for e in by_day.get(d, ()))
                 )
-                new.append(_NewSpan(start, end, files, frames))
+                new.append(_NewSpan(start, end, files, tables))
         return new
 
     def _add_spans(self, tx: Transaction, spans: list[_NewSpan]) -> int:
@@ -570,17 +578,14 @@ class Store:
         for entry in tx.base.files:
             by_day.setdefault(day_number(entry.date), []).append(entry.path)
         have = {(sp.first_day, sp.last_day) for sp in tx.base.spans}
-        built: dict[str, dict[str, pd.DataFrame]] = {}
+        built: dict[str, dict[str, pa.Table]] = {}
         for span in spans:
             now = tuple(
                 sorted(p for d in range(span.first, span.last + 1) for p in by_day.get(d, ()))
             )
             if (span.first, span.last) in have or now != span.files:
                 continue  # built by someone else, or its days changed since
-            tables = {
-                k: pa.Table.from_pandas(f, preserve_index=False) for k, f in span.frames.items()
-            }
-            built[tx.add_span(span.first, span.last, tables).name] = span.frames
+            built[tx.add_span(span.first, span.last, span.tables).name] = span.tables
         tx.commit()
         # Spans are immutable: keep the latest few to build their parents without reading them.
         self._recent_spans.update(built)
@@ -594,18 +599,18 @@ class Store:
         hi: int,
         by_day: dict[int, list[FileEntry]],
         have: dict[tuple[int, int], SpanEntry],
-        parts: Callable[[int, int], dict[str, list[pd.DataFrame]]],
-    ) -> dict[str, list[pd.DataFrame]]:
+        parts: Callable[[int, int], dict[str, list[pa.Table]]],
+    ) -> dict[str, list[pa.Table]]:
         if (lo, hi) in have:
             span = have[(lo, hi)]
             cached = self._recent_spans.get(span.name)
             if cached is not None:
                 return {k: [cached[k]] for k in _KINDS}
-            return {k: [self._ds.read_summaries([span.path(k)]).to_pandas()] for k in _KINDS}
+            return {k: [self._ds.read_summaries([span.path(k)])] for k in _KINDS}
         if lo == hi:
             files = by_day.get(lo, [])
             with_rollups = [f for f in files if all(k in f.sidecars for k in _KINDS)]
-            found: dict[str, list[pd.DataFrame]] = {k: [] for k in _KINDS}
+            found: dict[str, list[pa.Table]] = {k: [] for k in _KINDS}
             # One lookup per file: the writing thread may drop old entries meanwhile.
             recent = {f.path: self._recent_rollups.get(f.path) for f in with_rollups}
             unread = [f for f in with_rollups if recent[f.path] is None]
@@ -613,14 +618,13 @@ class Store:
                 tables = [r[k] for r in recent.values() if r is not None]
                 if unread:
                     tables.append(self._ds.read_sidecars(unread, k))
-                if tables:
-                    found[k].append(pa.concat_tables(tables).to_pandas())
+                found[k].extend(tables)
             for entry in files:
                 if entry not in with_rollups:  # a small file: summarize its rows here
                     columns = list(queries.ROLLUP_INPUT_COLUMNS)
-                    rows = self._read_rows(entry).select(columns).to_pandas()
-                    for k, frame in queries.rollups(rows).items():
-                        found[k].append(frame)
+                    rows = self._read_rows(entry).select(columns)
+                    for k, table in queries.rollups(rows).items():
+                        found[k].append(table)
             return found
         half = (hi - lo + 1) // 2
         left, right = parts(lo, lo + half - 1), parts(lo + half, hi)
@@ -700,8 +704,8 @@ class Store:
         end: Any,
         kind: Literal["summary", "groups"],
         columns: tuple[str, ...],
-        partial: Callable[[pd.DataFrame], pd.DataFrame],
-        finish: Callable[[Iterable[pd.DataFrame]], pd.DataFrame],
+        partial: Callable[[pa.Table], pa.Table],
+        finish: Callable[[Iterable[pa.Table]], pd.DataFrame],
     ) -> pd.DataFrame:
         """One report: rollups for files inside the window, row scans for the others."""
         if not isinstance(tenant_id, str):
@@ -728,7 +732,7 @@ class Store:
             summaries += [entry.sidecar_path(kind) for entry in covered]
             if summaries:
                 table = self._ds.read_summaries(summaries, tenant_id)
-                parts.append(table.drop_columns(["tenant"]).to_pandas())
+                parts.append(table.drop_columns(["tenant"]))
             return finish(parts)
 
         return self._ds.read(read)
@@ -740,7 +744,7 @@ class Store:
         lo: int,
         hi: int,
         columns: tuple[str, ...],
-    ) -> Iterator[pd.DataFrame]:
+    ) -> Iterator[pa.Table]:
         """The rows of one tenant in [lo, hi) from ``entries``, streamed in bounded chunks."""
         if not entries:
             return
@@ -750,8 +754,7 @@ class Store:
             & (pc.field("timestamp") < hi)
         )
         keys = [c for c in columns if c in STRING_COLUMNS]
-        for table in self._ds.scan(entries, columns, expr, dictionary=keys):
-            yield table.to_pandas()
+        yield from self._ds.scan(entries, columns, expr, dictionary=keys)
 
 
 @dataclass(frozen=True)
@@ -761,7 +764,7 @@ class _NewSpan:
     first: int
     last: int
     files: tuple[str, ...]  # the data files of its days it was computed from
-    frames: dict[str, pd.DataFrame]
+    tables: dict[str, pa.Table]
 
 
 def _size_class(rows: int) -> int | None:
@@ -775,13 +778,8 @@ def _size_class(rows: int) -> int | None:
     return size_class
 
 
-def _rollup_table(kind: str, rows: pd.DataFrame) -> pa.Table:
-    """The ``kind`` rollup of a data file's rows."""
-    return pa.Table.from_pandas(queries.rollup(kind, rows), preserve_index=False)
-
-
 def _submit_rollups(
-    pool: ThreadPoolExecutor, batch: pd.DataFrame, days: np.ndarray
+    pool: ThreadPoolExecutor, batch: pa.Table, days: np.ndarray
 ) -> dict[int, dict[str, Future[pa.Table]]]:
     """Start computing, on ``pool``, the rollups of the file each day of ``batch`` becomes
     (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none); returns their futures."""
@@ -792,14 +790,15 @@ def _submit_rollups(
         if len(idx) >= ROLLUP_MIN_ROWS:
             futures[day] = {kind: Future() for kind in _KINDS}
             parts.append((futures[day], None if len(groups) == 1 else idx))
-    inputs = batch[list(queries.ROLLUP_INPUT_COLUMNS)]
+    inputs = batch.select(list(queries.ROLLUP_INPUT_COLUMNS))
 
     def compute() -> None:
         for out, idx in parts:
             try:
-                rows = inputs if idx is None else inputs.take(idx)
+                rows = inputs if idx is None else inputs.take(pa.array(idx))
+                rows = queries.encode_keys(rows)  # once for both kinds
                 for future_kind, future in out.items():
-                    future.set_result(_rollup_table(future_kind, rows))
+                    future.set_result(queries.rollup(future_kind, rows))
             except BaseException as exc:  # raised in the commit that waits for it
                 for future in out.values():
                     if not future.done():
