@@ -176,8 +176,9 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, str]]:
         add(
             f"delete of whole days independent of row count (full <= {DELETE_GROWTH:g}x half)",
             _status(growth <= DELETE_GROWTH),
-            f"{measured}; half size {half['seconds'] * 1000:.1f} ms for "
-            f"{half['rows_deleted']:,} rows ({growth:.2f}x)",
+            f"{measured} in {full['files_before'] - full['files_after']} files; half size "
+            f"{half['seconds'] * 1000:.1f} ms for {half['rows_deleted']:,} rows in "
+            f"{half['files_before'] - half['files_after']} files ({growth:.2f}x)",
         )
     else:
         add("delete of whole days independent of row count", NOT_APPLICABLE, measured)

@@ -360,7 +360,9 @@ def measure_delete(
     """``delete_usage`` of the oldest ``days // 3`` days, each run on a fresh copy.
 
     With ``--delete-half`` a dataset of half the rows (same days) is built untimed and the runs
-    alternate between the two sizes, so that both see the same disk conditions.
+    alternate between the two sizes, so that both see the same disk conditions. It is loaded in
+    batches of half the size, so that its days hold as many files as the full dataset's, with
+    half the rows each: the comparison is of rows, not of files (a delete unlinks each file).
     """
     days = max(1, args.days // 3)
     cutoff = start_ns + days * NS_PER_DAY
@@ -371,7 +373,8 @@ def measure_delete(
         started = time.perf_counter()
         store = Store(half_root)
         store.auto_migrate()
-        for batch in _batches(args, args.rows // 2):
+        half = argparse.Namespace(**{**vars(args), "batch_size": max(1, args.batch_size // 2)})
+        for batch in _batches(half, args.rows // 2):
             store.create_usage(batch)
         out["half_setup_s"] = time.perf_counter() - started
         sources["half"] = half_root

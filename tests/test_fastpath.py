@@ -187,3 +187,12 @@ def test_group_sums_of_categorical_keys_sort_as_strings(frame: pd.DataFrame) -> 
     got = queries._group_sums(as_categories, keys, {"v": frame["v"].to_numpy()})
     want = queries._group_sums(frame, keys, {"v": frame["v"].to_numpy()})
     assert got.to_pylist() == want.to_pylist()
+
+
+def test_group_sums_of_dictionaries_that_repeat_a_value_or_hold_a_null() -> None:
+    """Callers may pass such dictionaries; equal keys still make one group, nulls none."""
+    keys = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 2, 3, 1], pa.int32()), pa.array(["b", "a", None, "a"])
+    )
+    got = queries._group_sums(pa.table({"k": keys}), ["k"], {"v": np.array([1, 2, 4, 8, 16])})
+    assert got.to_pylist() == [{"k": "a", "v": 26}, {"k": "b", "v": 1}]

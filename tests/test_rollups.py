@@ -8,9 +8,11 @@ rollups stay invisible to engines that read the folder.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -267,7 +269,10 @@ def test_summaries_written_by_older_versions_are_still_read(
         table = dataset_layer._read_summary(path, None)
         plain = pa.table(
             {
-                name: column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+                # as from pandas 3 str columns
+                name: column.cast(pa.large_string())
+                if pa.types.is_dictionary(column.type)
+                else column
                 for name, column in zip(table.column_names, table.columns, strict=True)
             }
         )
@@ -317,3 +322,49 @@ def test_rollups_match_scans_after_appends_merge_small_files(
         store.create_usage(rows.iloc[i : i + 1], on_conflict="ignore")
     assert len(store._ds.snapshot().files) < 5 + 40  # merged on the way
     assert_paths_agree(store, np.random.default_rng(17))
+
+
+def test_compact_cuts_large_partitions_by_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compaction writes files of at most COMPACT_FILE_ROWS rows, each a range of time sorted
+    by (tenant, timestamp) inside, keeps every row, and a window cutting a day scans only the
+    file it cuts."""
+    monkeypatch.setattr(store_module, "COMPACT_FILE_ROWS", 128)
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+    store = load(tmp_path / "usage", 23, batches=6)
+    before = store.find_usages()
+    assert store.compact() > 0
+    after = store.find_usages()
+    pd.testing.assert_frame_equal(after, before)
+    by_date: dict[str, list[store_module.FileEntry]] = {}
+    for entry in store._ds.snapshot().files:
+        by_date.setdefault(entry.date, []).append(entry)
+    assert any(len(entries) > 1 for entries in by_date.values())
+    for entries in by_date.values():
+        assert all(e.rows <= 128 for e in entries)
+        spans = sorted((e.min("timestamp"), e.max("timestamp")) for e in entries)
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end <= start  # time ranges do not overlap (they may touch)
+        for entry in entries:
+            rows = store._read_rows(entry).to_pandas()
+            order = rows.sort_values(["tenant", "timestamp"], kind="stable")
+            assert rows["id"].tolist() == order["id"].tolist()
+    # Partitions whose files are all large enough are left alone.
+    assert store.compact() == 0
+    assert_paths_agree(store, np.random.default_rng(23))
+    # A window from the middle of a day reads one file of that day's rows, not all of them.
+    day = sorted(by_date)[1]
+    entries = sorted(by_date[day], key=lambda e: e.min("timestamp"))
+    middle = entries[len(entries) // 2]
+    start = (middle.min("timestamp") + middle.max("timestamp")) // 2
+    scanned: list[list[str]] = []
+    real_scan = store._scan
+
+    def counting(entries_: Any, *args: Any) -> Any:
+        scanned.append([e.path for e in entries_])
+        return real_scan(entries_, *args)
+
+    monkeypatch.setattr(store, "_scan", counting)
+    store.get_usages_by_groups(TENANTS[0], start, entries[-1].max("timestamp") + 1)
+    assert scanned == [[middle.path]]

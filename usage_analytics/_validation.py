@@ -286,13 +286,13 @@ def normalize_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
     order = [c for c in INPUT_COLUMNS if c in columns] + [
         c for c in columns if c not in INPUT_COLUMNS
     ]
-    return pd.DataFrame({c: columns[c] for c in order}, index=pd.RangeIndex(len(df)))
+    return pd.DataFrame({c: columns[c] for c in order}, index=pd.RangeIndex(len(df)), copy=False)
 
 
 def widened_for_checks(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its int32 columns as int64, as the input schema checks integers (so that
     it can name values past the int32 range)."""
-    widened = {c: np.int64 for c in frame.columns if frame[c].dtype == _INT32}
+    widened = {c: np.int64 for c in INT32_COLUMNS if c in frame and frame[c].dtype == _INT32}
     return frame.astype(widened) if widened else frame
 
 

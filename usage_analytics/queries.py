@@ -109,12 +109,18 @@ def _with_key_type(table: pa.Table, keys: Sequence[str]) -> pa.Table:
 
 def _key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Integer codes of a ``KEY_TYPE`` column whose chunks share one dictionary, and the
-    distinct values they index, in ascending order (missing values get -1).
+    distinct values they index, in ascending order (missing values get -1). Keys are strings:
+    other types are compared as their text.
 
     Only the dictionary is sorted, not the rows: this is what makes combining partials cheap.
     """
     chunks = column.chunks
     dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
+    if dictionary.null_count or pc.count_distinct(dictionary).as_py() != len(dictionary):
+        # A dictionary that holds a null or repeats a value (the store writes none such, but
+        # callers may pass one): encode the values afresh, so that equal keys get one code.
+        fresh = pc.dictionary_encode(column.cast(pa.string()).combine_chunks())
+        return _key_codes(pa.chunked_array([fresh.cast(KEY_TYPE)]))
     order = pc.array_sort_indices(dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
@@ -148,6 +154,7 @@ def _group_sums(rows: Rows, keys: Sequence[str], sums: Mapping[str, np.ndarray])
     n = table.num_rows
     combined = np.zeros(n, dtype=np.int64)
     missing = np.zeros(n, dtype=bool)
+    has_missing = False
     radix = 1
     renumbered = False
     all_codes: list[np.ndarray] = []
@@ -161,15 +168,19 @@ def _group_sums(rows: Rows, keys: Sequence[str], sums: Mapping[str, np.ndarray])
             # Renumber the groups so far, in order, to keep the combined key in range.
             combined, seen = pd.factorize(combined, sort=True)
             radix, renumbered = max(len(seen), 1), True
-        missing |= codes < 0
-        combined = combined * width + np.maximum(codes, 0)
+        if len(codes) and codes.min() < 0:
+            has_missing = True
+            missing |= codes < 0
+            codes = np.maximum(codes, 0)
+        combined *= width
+        combined += codes
         radix *= width
     names = list(sums)
     values = pd.DataFrame(
         {k: np.asarray(sums[k], dtype=np.int64) for k in names}, index=None, copy=False
     )
     rows = None
-    if missing.any():
+    if has_missing and missing.any():
         rows = np.flatnonzero(~missing)
         values, combined = values.iloc[rows], combined[rows]
     # An Index as the key: pandas then skips looking the array up as a column label.
