@@ -268,8 +268,12 @@ class Store:
                 # as loaded). The pool is shut down only after the commit.
                 pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
                 rollups = _submit_rollups(pool, table, days)
-                span_job = pool.submit(self._compute_spans, tx.base, int(days.min()))
             staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
+            if rollups:
+                # Submitted only now, so that it runs while this thread writes the data files
+                # (one long call without the GIL), not while it sorts them (many short ones,
+                # each of which would wait for the GIL again).
+                span_job = pool.submit(self._compute_spans, tx.base, int(days.min()))
             tx.commit()
             for path, futures in staged.items():  # all resolved by the commit
                 self._recent_rollups[path] = {k: f.result() for k, f in futures.items()}
