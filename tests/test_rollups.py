@@ -279,7 +279,10 @@ def test_summaries_written_by_older_versions_are_still_read(
         path.unlink()
         write_old(plain, path)
         again = dataset_layer._read_summary(path, None)
-        assert again.schema == table.schema and again.to_pylist() == table.to_pylist()
+        assert [t for t in again.schema.types if pa.types.is_dictionary(t)] == [
+            t for t in table.schema.types if pa.types.is_dictionary(t)
+        ]
+        assert again.to_pylist() == table.to_pylist()
     got = both_ways(store, "t2", DAY0 - NS_PER_DAY, DAY0 + 4 * NS_PER_DAY + 7)
     for mine, theirs in zip(got, expected, strict=True):
         pd.testing.assert_frame_equal(mine, theirs, check_exact=True)

@@ -20,8 +20,8 @@ lists the first and last value of each batch, so a reader that wants one value r
 batches that can hold it. Their buffers are not compressed (per-buffer compression costs more
 than it saves on such small batches); instead strings are dictionary-encoded, one dictionary
 per file, and integers stored in the narrowest type that holds them. Readers get strings as
-``SUMMARY_TEXT`` dictionaries and integers as int64, also from files of older versions (lz4 IPC,
-or Parquet before 0.2).
+``SUMMARY_TEXT`` dictionaries, also from files of older versions (lz4 IPC, or Parquet before
+0.2), and integers as stored, one table per file.
 
 A write (a *transaction*) goes through these steps, all under the lock:
 
@@ -630,8 +630,8 @@ class Dataset:
 
     def read_sidecars(
         self, entries: Sequence[FileEntry], kind: str, first: str | None = None
-    ) -> pa.Table:
-        """The ``kind`` summary files of ``entries``, concatenated; with ``first``, only the
+    ) -> list[pa.Table]:
+        """The ``kind`` summary files of ``entries``, one table each; with ``first``, only the
         rows whose first column equals it."""
         for entry in entries:
             if (self.root / entry.path.split("/")[0]).is_symlink():
@@ -641,9 +641,10 @@ class Dataset:
                 )
         return self.read_summaries([e.sidecar_path(kind) for e in entries], first)
 
-    def read_summaries(self, paths: Sequence[str], first: str | None = None) -> pa.Table:
-        """Summary files (rollups of data files or of spans) by relative path, concatenated;
-        with ``first``, only the rows whose first column equals it."""
+    def read_summaries(self, paths: Sequence[str], first: str | None = None) -> list[pa.Table]:
+        """Summary files (rollups of data files or of spans) by relative path, one table each
+        (their integer columns may differ in width); with ``first``, only the rows whose first
+        column equals it."""
         checked = []
         for rel in paths:
             for folder in _check_relative_path(rel, sidecar_ok=True):
@@ -652,10 +653,7 @@ class Dataset:
                         f"{self.root / folder} is a symbolic link; the store does not follow links"
                     )
             checked.append(self.root / rel)
-        if not checked:
-            raise ValueError("no summary files to read")
-        tables = [_read_summary(path, first) for path in checked]
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return [_read_summary(path, first) for path in checked]
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -1099,14 +1097,13 @@ def _summary_on_disk(table: pa.Table) -> pa.Table:
 
 def _summary_in_memory(table: pa.Table) -> pa.Table:
     """A summary file's table as readers get it, whatever version wrote the file: strings as
-    ``SUMMARY_TEXT`` dictionaries, integers as int64."""
+    ``SUMMARY_TEXT`` dictionaries; integers in the type they were stored in (a caller that
+    adds them up widens them itself: casting each file's columns costs more than that)."""
     for i, field_ in enumerate(table.schema):
-        if field_.type == SUMMARY_TEXT:
-            continue
-        if _is_text(field_.type) or pa.types.is_dictionary(field_.type):
+        if field_.type != SUMMARY_TEXT and (
+            _is_text(field_.type) or pa.types.is_dictionary(field_.type)
+        ):
             table = table.set_column(i, field_.name, _as_summary_text(table.column(i)))
-        elif pa.types.is_integer(field_.type) and field_.type != pa.int64():
-            table = table.set_column(i, field_.name, table.column(i).cast(pa.int64()))
     return table
 
 

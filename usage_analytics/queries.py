@@ -247,13 +247,19 @@ def groups_partial(rows: Rows, keys: Sequence[str] = GROUP_KEYS) -> pa.Table:
 
 
 def _combine(partials: Iterable[pa.Table], keys: Sequence[str], sums: Sequence[str]) -> pa.Table:
-    """The partials' exact combination, sorted by ``keys``."""
-    parts = [_with_key_type(p, keys).select([*keys, *sums]) for p in partials if p.num_rows]
+    """The partials' exact combination, sorted by ``keys``. Their sums may be integers of any
+    width (summary files store them narrowed); they are added up as int64."""
+    parts = [p for p in partials if p.num_rows]
     if not parts:
         empty = pa.table({k: pa.array([], KEY_TYPE) for k in keys})
         return _group_sums(empty, keys, {s: np.zeros(0, dtype=np.int64) for s in sums})
-    both = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-    return _group_sums(both, keys, {s: both.column(s).to_numpy() for s in sums})
+    key_parts = [_with_key_type(p.select(list(keys)), keys) for p in parts]
+    both = key_parts[0] if len(key_parts) == 1 else pa.concat_tables(key_parts)
+    values = {
+        s: np.concatenate([np.asarray(p.column(s).to_numpy(), dtype=np.int64) for p in parts])
+        for s in sums
+    }
+    return _group_sums(both, keys, values)
 
 
 def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:

@@ -622,7 +622,7 @@ class Store:
             cached = self._recent_spans.get(span.name)
             if cached is not None:
                 return {k: [cached[k]] for k in _KINDS}
-            return {k: [self._ds.read_summaries([span.path(k)])] for k in _KINDS}
+            return {k: self._ds.read_summaries([span.path(k)]) for k in _KINDS}
         if lo == hi:
             files = by_day.get(lo, [])
             with_rollups = [f for f in files if all(k in f.sidecars for k in _KINDS)]
@@ -633,7 +633,7 @@ class Store:
             for k in _KINDS:
                 tables = [r[k] for r in recent.values() if r is not None]
                 if unread:
-                    tables.append(self._ds.read_sidecars(unread, k))
+                    tables.extend(self._ds.read_sidecars(unread, k))
                 found[k].extend(tables)
             for entry in files:
                 if entry not in with_rollups:  # a small file: summarize its rows here
@@ -746,8 +746,7 @@ class Store:
             parts = [partial(df) for df in self._scan(scanned, tenant_id, lo, hi, columns)]
             summaries = [sp.path(kind) for sp in spans]
             summaries += [entry.sidecar_path(kind) for entry in covered]
-            if summaries:
-                table = self._ds.read_summaries(summaries, tenant_id)
+            for table in self._ds.read_summaries(summaries, tenant_id):
                 parts.append(table.drop_columns(["tenant"]))
             return finish(parts)
 
