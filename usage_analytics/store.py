@@ -50,7 +50,8 @@ MAX_SPAN_LEVEL: Final = 10
 _KINDS: Final = ("summary", "groups")
 #: Small files of a partition are merged on append once this many share a size class.
 MERGE_FANOUT: Final = 32
-#: Files of this many rows or more are never merged on append (compact() merges everything).
+#: Files of this many rows or more are never merged on append (compact() rewrites them along
+#: with the small files of their partition).
 MERGE_BELOW_ROWS: Final = MERGE_FANOUT * MERGE_FANOUT
 #: compact() writes files of at most this many rows, each a range of time.
 COMPACT_FILE_ROWS: Final = 1 << 17
