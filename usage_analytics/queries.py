@@ -251,8 +251,8 @@ def _combine(partials: Iterable[pa.Table], keys: Sequence[str], sums: Sequence[s
     width (summary files store them narrowed); they are added up as int64."""
     parts = [p for p in partials if p.num_rows]
     if not parts:
-        empty = pa.table({k: pa.array([], KEY_TYPE) for k in keys})
-        return _group_sums(empty, keys, {s: np.zeros(0, dtype=np.int64) for s in sums})
+        empty = {k: pa.array([], KEY_TYPE) for k in keys}
+        return pa.table({**empty, **{s: pa.array([], pa.int64()) for s in sums}})
     key_parts = [_with_key_type(p.select(list(keys)), keys) for p in parts]
     both = key_parts[0] if len(key_parts) == 1 else pa.concat_tables(key_parts)
     values = {
