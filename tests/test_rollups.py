@@ -371,3 +371,19 @@ def test_compact_cuts_large_partitions_by_time(
     monkeypatch.setattr(store, "_scan", counting)
     store.get_usages_by_groups(TENANTS[0], start, entries[-1].max("timestamp") + 1)
     assert scanned == [[middle.path]]
+
+
+def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_days(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch is large enough for the second thread, but none of its days is: the days
+    before its last still get spans (from their rows)."""
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 64)
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    store.create_usage(random_usage_frame(200, 41, days=5, tenants=TENANTS))
+    assert all(not e.sidecars for e in store._ds.snapshot().files)
+    day0 = DAY0 // NS_PER_DAY
+    covered = {d for sp in store._ds.snapshot().spans for d in range(sp.first_day, sp.last_day + 1)}
+    assert covered and max(covered) < day0 + 4
+    assert_paths_agree(store, np.random.default_rng(41))

@@ -262,6 +262,7 @@ class Store:
             table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
             rollups: dict[int, dict[str, Future[pa.Table]]] = {}
             span_job = None
+            pool = None
             if len(batch) >= ROLLUP_MIN_ROWS:
                 # A second thread summarizes while this one sorts and writes the rows (pyarrow
                 # releases the GIL): first the rollups of the new files, then the spans of the
@@ -270,7 +271,7 @@ class Store:
                 pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
                 rollups = _submit_rollups(pool, table, days)
             staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
-            if rollups:
+            if pool is not None:
                 # Submitted only now, so that it runs while this thread writes the data files
                 # (one long call without the GIL), not while it sorts them (many short ones,
                 # each of which would wait for the GIL again).
@@ -632,10 +633,9 @@ class Store:
             recent = {f.path: self._recent_rollups.get(f.path) for f in with_rollups}
             unread = [f for f in with_rollups if recent[f.path] is None]
             for k in _KINDS:
-                tables = [r[k] for r in recent.values() if r is not None]
+                found[k] = [r[k] for r in recent.values() if r is not None]
                 if unread:
-                    tables.extend(self._ds.read_sidecars(unread, k))
-                found[k].extend(tables)
+                    found[k] += self._ds.read_sidecars(unread, k)
             for entry in files:
                 if entry not in with_rollups:  # a small file: summarize its rows here
                     columns = list(queries.ROLLUP_INPUT_COLUMNS)
@@ -744,7 +744,7 @@ class Store:
                     covered.append(entry)
                 else:
                     scanned.append(entry)
-            parts = [partial(df) for df in self._scan(scanned, tenant_id, lo, hi, columns)]
+            parts = [partial(rows) for rows in self._scan(scanned, tenant_id, lo, hi, columns)]
             summaries = [sp.path(kind) for sp in spans]
             summaries += [entry.sidecar_path(kind) for entry in covered]
             for table in self._ds.read_summaries(summaries, tenant_id):
