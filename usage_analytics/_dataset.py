@@ -1086,7 +1086,7 @@ def _summary_on_disk(table: pa.Table) -> pa.Table:
     """``table`` as a summary file stores it: strings dictionary-encoded (one dictionary per
     column for the whole file), int64 columns in the narrowest type that holds them."""
     columns = []
-    for column in table.unify_dictionaries().columns:
+    for column in table.columns:
         if _is_text(column.type) or pa.types.is_dictionary(column.type):
             column = _as_summary_text(column)
         elif column.type == pa.int64():
