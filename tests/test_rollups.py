@@ -387,3 +387,21 @@ def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_d
     covered = {d for sp in store._ds.snapshot().spans for d in range(sp.first_day, sp.last_day + 1)}
     assert covered and max(covered) < day0 + 4
     assert_paths_agree(store, np.random.default_rng(41))
+
+
+def test_a_day_still_loading_gets_a_span_at_4_and_8_files(tmp_path: Path) -> None:
+    """The last day of a load gets a span of its own once it holds OPEN_DAY_FILES files with
+    rollups, and again at twice as many; a write into it in between drops the span."""
+    assert store_module.OPEN_DAY_FILES == 4
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    day = DAY0 // NS_PER_DAY
+    spans_of_day: list[bool] = []
+    for part in range(9):
+        frame = random_usage_frame(60, 50 + part, start=DAY0, days=1, tenants=TENANTS)
+        frame["timestamp"] = DAY0 + part * 3_600 * 10**9 + np.arange(len(frame))
+        store.create_usage(frame)
+        spans = {(sp.first_day, sp.last_day) for sp in store._ds.snapshot().spans}
+        spans_of_day.append((day, day) in spans)
+        assert_paths_agree(store, np.random.default_rng(part), windows=2)
+    assert spans_of_day == [False, False, False, True, False, False, False, True, False]

@@ -845,34 +845,12 @@ class Transaction:
         if not self.changed:
             return
         ds = self._ds
-        txid = uuid.uuid4().hex
-        # A span stays only while no data file of its days changes.
-        changed_days = {day_number(s.entry.date) for s in self._staged}
-        changed_days |= {day_number(e.date) for e in self._removed.values()}
-        kept_spans, dropped_spans = [], []
-        for span in self.base.spans:
-            stale = any(span.first_day <= d <= span.last_day for d in changed_days)
-            if stale or span.name in self._dropped_spans:
-                dropped_spans.append(span)
-            else:
-                kept_spans.append(span)
-        for span, _ in self._new_spans:
-            if any(span.first_day <= d <= span.last_day for d in changed_days):
-                raise ValueError("a span cannot be added by a commit that changes its days")
+        new, dropped_spans = self._next(uuid.uuid4().hex)
+        txid = new.txid
         adds = [p for s in self._staged for p in s.entry.all_paths]
         adds += [p for span, _ in self._new_spans for p in span.all_paths]
         removes = [p for e in self._removed.values() for p in e.all_paths]
         removes += [p for span in dropped_spans for p in span.all_paths]
-        files = [f for f in self.base.files if f.path not in self._removed]
-        files.extend(s.entry for s in self._staged)
-        new = Snapshot(
-            version=self.base.version + 1,
-            txid=txid,
-            schema_version=self.schema_version,
-            next_id=self.next_id,
-            files=tuple(files),
-            spans=tuple(kept_spans) + tuple(span for span, _ in self._new_spans),
-        )
         for rel in {*adds, *removes}:
             for folder in _check_relative_path(rel, sidecar_ok=True):
                 _check_partition_folder(ds.root / folder)
@@ -902,6 +880,41 @@ class Transaction:
         # Past the commit point: failures only leave garbage that the next recovery removes.
         with contextlib.suppress(OSError):
             self._cleanup(removes)
+
+    def pending(self) -> Snapshot:
+        """The state this transaction would commit, as staged so far (its txid is empty)."""
+        return self._next("")[0]
+
+    def staged_summaries(self) -> dict[str, dict[str, TableOrFuture]]:
+        """The summary tables (or their futures) of the data files staged so far, by path."""
+        return {s.entry.path: dict(s.sidecars) for s in self._staged}
+
+    def _next(self, txid: str) -> tuple[Snapshot, list[SpanEntry]]:
+        """The snapshot this transaction commits, and the spans it drops."""
+        # A span stays only while no data file of its days changes.
+        changed_days = {day_number(s.entry.date) for s in self._staged}
+        changed_days |= {day_number(e.date) for e in self._removed.values()}
+        kept_spans, dropped_spans = [], []
+        for span in self.base.spans:
+            stale = any(span.first_day <= d <= span.last_day for d in changed_days)
+            if stale or span.name in self._dropped_spans:
+                dropped_spans.append(span)
+            else:
+                kept_spans.append(span)
+        for span, _ in self._new_spans:
+            if any(span.first_day <= d <= span.last_day for d in changed_days):
+                raise ValueError("a span cannot be added by a commit that changes its days")
+        files = [f for f in self.base.files if f.path not in self._removed]
+        files.extend(s.entry for s in self._staged)
+        new = Snapshot(
+            version=self.base.version + 1,
+            txid=txid,
+            schema_version=self.schema_version,
+            next_id=self.next_id,
+            files=tuple(files),
+            spans=tuple(kept_spans) + tuple(span for span, _ in self._new_spans),
+        )
+        return new, dropped_spans
 
     def _write_files(self) -> None:
         """Write every new file: the data files on this thread, meanwhile the summary files

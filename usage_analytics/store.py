@@ -55,6 +55,9 @@ MERGE_FANOUT: Final = 32
 MERGE_BELOW_ROWS: Final = MERGE_FANOUT * MERGE_FANOUT
 #: compact() writes files of at most this many rows, each a range of time.
 COMPACT_FILE_ROWS: Final = 1 << 17
+#: A day still being loaded gets spans once it holds this many files with rollups (and again
+#: at twice, four times ... as many).
+OPEN_DAY_FILES: Final = 4
 _RECENT_SPANS: Final = 16
 _RECENT_ROLLUPS: Final = 8
 
@@ -275,7 +278,15 @@ class Store:
                 # Submitted only now, so that it runs while this thread writes the data files
                 # (one long call without the GIL), not while it sorts them (many short ones,
                 # each of which would wait for the GIL again).
-                span_job = pool.submit(self._compute_spans, tx.base, int(days.min()))
+                after = tx.pending()
+                last_day = int(days.max())
+                span_job = pool.submit(
+                    self._compute_spans,
+                    after,
+                    int(days.min()),
+                    tx.staged_summaries(),
+                    last_day if _open_day_is_due(after, last_day) else None,
+                )
             tx.commit()
             for path, futures in staged.items():  # all resolved by the commit
                 self._recent_rollups[path] = {k: f.result() for k, f in futures.items()}
@@ -293,7 +304,8 @@ class Store:
                         self._add_spans(span_tx, spans)
                 if days.max() - days.min() >= 2:
                     # A batch of several days (an import of history) brought whole days of
-                    # its own: summarize those before its last day now.
+                    # its own; those of them without rollups are summarized from their rows,
+                    # which can be read only now.
                     self._build_spans(before_day=int(days.max()), lock_timeout=0)
             except LockTimeoutError:
                 pass
@@ -538,7 +550,13 @@ class Store:
         with self._ds.transaction(timeout=lock_timeout) as tx:
             return self._add_spans(tx, self._compute_spans(tx.base, before_day))
 
-    def _compute_spans(self, snap: Snapshot, before_day: int | None) -> list[_NewSpan]:
+    def _compute_spans(
+        self,
+        snap: Snapshot,
+        before_day: int | None,
+        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]] | None = None,
+        open_day: int | None = None,
+    ) -> list[_NewSpan]:
         """The missing span rollups of ``snap``, computed (not committed).
 
         A block of 2**k days starting at a multiple of 2**k gets one summary file per report,
@@ -546,7 +564,11 @@ class Store:
         files' rollups), so that a window of whole days reads a few spans instead of every
         file's rollups. Only blocks that end before ``before_day`` are built (a load passes the
         first day it writes: it may still be loading that day and those after it), and only
-        blocks with data in both halves: otherwise the half with data says it all.
+        blocks with data in both halves: otherwise the half with data says it all. The day
+        ``open_day`` gets a span of its own all the same (see :func:`_open_day_is_due`).
+
+        ``snap`` may be the state a write is about to commit: ``staged`` then holds the
+        rollups (or their futures) of its new files, which are not on disk yet.
         """
         by_day: dict[int, list[FileEntry]] = {}
         for entry in snap.files:
@@ -554,23 +576,38 @@ class Store:
         if not by_day:
             return []
         first, last = min(by_day), max(by_day)
+        if open_day is not None and open_day not in by_day:
+            open_day = None
         if before_day is not None:
             last = min(last, before_day - 1)
+        # A file of the write being committed is not on disk yet: its day can be summarized
+        # only from its rollups.
+        staged = staged or {}
+        without = [
+            day_number(e.date)
+            for e in snap.files
+            if e.path in staged and not all(k in staged[e.path] for k in _KINDS)
+        ]
+        if without:
+            last = min(last, min(without) - 1)
+            if open_day is not None and open_day >= min(without):
+                open_day = None
         have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
         memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
 
         def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
             """The rollup tables of days lo..hi per kind."""
             if (lo, hi) not in memo:
-                memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts)
+                memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
             return memo[(lo, hi)]
 
         new: list[_NewSpan] = []
         for level in range(MAX_SPAN_LEVEL + 1):
             size = 1 << level
-            for start in range(first - first % size, last + 1, size):
+            top = last if open_day is None else max(last, open_day)
+            for start in range(first - first % size, top + 1, size):
                 end = start + size - 1
-                if end > last or (start, end) in have:
+                if (end > last and not (size == 1 and start == open_day)) or (start, end) in have:
                     continue
                 if size == 1 and len(by_day.get(start, ())) < 2:
                     continue  # a single file's own rollups already cover its day
@@ -618,6 +655,7 @@ class Store:
         by_day: dict[int, list[FileEntry]],
         have: dict[tuple[int, int], SpanEntry],
         parts: Callable[[int, int], dict[str, list[pa.Table]]],
+        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]],
     ) -> dict[str, list[pa.Table]]:
         if (lo, hi) in have:
             span = have[(lo, hi)]
@@ -629,8 +667,12 @@ class Store:
             files = by_day.get(lo, [])
             with_rollups = [f for f in files if all(k in f.sidecars for k in _KINDS)]
             found: dict[str, list[pa.Table]] = {k: [] for k in _KINDS}
-            # One lookup per file: the writing thread may drop old entries meanwhile.
-            recent = {f.path: self._recent_rollups.get(f.path) for f in with_rollups}
+            # One lookup per file: the writing thread may drop old entries meanwhile. Files
+            # of the write being committed have theirs in ``staged`` (computed by now).
+            recent = {
+                f.path: self._recent_rollups.get(f.path) or _resolved(staged.get(f.path))
+                for f in with_rollups
+            }
             unread = [f for f in with_rollups if recent[f.path] is None]
             for k in _KINDS:
                 found[k] = [r[k] for r in recent.values() if r is not None]
@@ -822,6 +864,26 @@ def _submit_rollups(
 
     pool.submit(compute)
     return futures
+
+
+def _resolved(
+    tables: Mapping[str, pa.Table | Future[pa.Table]] | None,
+) -> dict[str, pa.Table] | None:
+    if tables is None:
+        return None
+    return {k: t.result() if isinstance(t, Future) else t for k, t in tables.items()}
+
+
+def _open_day_is_due(snap: Snapshot, day: int) -> bool:
+    """Whether ``day``, which a load may still be writing, gets a span of its own now: when it
+    holds ``OPEN_DAY_FILES`` files with rollups, or twice, four times ... as many. A report
+    over the day then reads one summary instead of theirs; if more rows come, the span is
+    dropped, and rebuilding at doubling counts keeps the work linear in the files."""
+    files = snap.by_date().get(_date_name(day), [])
+    n = sum(1 for f in files if all(k in f.sidecars for k in _KINDS))
+    return (
+        n >= OPEN_DAY_FILES and n % OPEN_DAY_FILES == 0 and (n // OPEN_DAY_FILES).bit_count() == 1
+    )
 
 
 def _pick_spans(snap: Snapshot, lo: int, hi: int, kind: str) -> list[SpanEntry]:
