@@ -255,10 +255,7 @@ def _combine(partials: Iterable[pa.Table], keys: Sequence[str], sums: Sequence[s
         return pa.table({**empty, **{s: pa.array([], pa.int64()) for s in sums}})
     key_parts = [_with_key_type(p.select(list(keys)), keys) for p in parts]
     both = key_parts[0] if len(key_parts) == 1 else pa.concat_tables(key_parts)
-    values = {
-        s: np.concatenate([np.asarray(p.column(s).to_numpy(), dtype=np.int64) for p in parts])
-        for s in sums
-    }
+    values = {s: np.concatenate([_ints(p.column(s)) for p in parts]) for s in sums}
     return _group_sums(both, keys, values)
 
 

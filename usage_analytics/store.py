@@ -289,7 +289,7 @@ class Store:
                 )
             tx.commit()
             for path, futures in staged.items():  # all resolved by the commit
-                self._recent_rollups[path] = {k: f.result() for k, f in futures.items()}
+                self._recent_rollups[path] = _resolved(futures)
             while len(self._recent_rollups) > _RECENT_ROLLUPS:
                 del self._recent_rollups[next(iter(self._recent_rollups))]
         if span_job is not None:
@@ -670,7 +670,8 @@ class Store:
             # One lookup per file: the writing thread may drop old entries meanwhile. Files
             # of the write being committed have theirs in ``staged`` (computed by now).
             recent = {
-                f.path: self._recent_rollups.get(f.path) or _resolved(staged.get(f.path))
+                f.path: self._recent_rollups.get(f.path)
+                or (_resolved(staged[f.path]) if f.path in staged else None)
                 for f in with_rollups
             }
             unread = [f for f in with_rollups if recent[f.path] is None]
@@ -866,11 +867,8 @@ def _submit_rollups(
     return futures
 
 
-def _resolved(
-    tables: Mapping[str, pa.Table | Future[pa.Table]] | None,
-) -> dict[str, pa.Table] | None:
-    if tables is None:
-        return None
+def _resolved(tables: Mapping[str, pa.Table | Future[pa.Table]]) -> dict[str, pa.Table]:
+    """``tables`` with each future replaced by its result."""
     return {k: t.result() if isinstance(t, Future) else t for k, t in tables.items()}
 
 
