@@ -126,34 +126,68 @@ def test_lock_timeout_is_typed_and_leaves_files(tmp_path: Path) -> None:
     assert store.delete_usage(T0 + DAY) == 20
 
 
-def test_failed_span_build_after_an_append_is_only_a_warning(
+def test_failed_span_build_in_an_append_is_only_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Spans go into the same commit as the rows; when computing them fails, the rows are
+    committed without them and a warning says so."""
     from usage_analytics import store as store_module
 
     monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
     store = Store(tmp_path / "root")
     store.auto_migrate()
     assert store.create_usage(batch(1, days=(0, 1))) == 20  # nothing before day 0: no span
-    journals = []
+    version = store._ds.snapshot().version
+
+    def broken(kind: str, parts: object) -> None:
+        raise RuntimeError("injected failure")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module.queries, "combine_rollups", broken)
+        with pytest.warns(RuntimeWarning, match="rows were written.*injected failure"):
+            assert store.create_usage(batch(2, days=(3,))) == 10
+    snap = store._ds.snapshot()
+    assert snap.version == version + 1  # one commit, rows only
+    assert len(store.find_usages()) == 30
+    assert snap.spans == ()
+    span_dir = store.root / "_rollups" / "spans"
+    assert not span_dir.exists() or not any(span_dir.iterdir())
+    # The next load builds the spans it missed, in its own commit.
+    store.create_usage(batch(3, days=(4,)))
+    snap = store._ds.snapshot()
+    assert snap.version == version + 2
+    assert {(s.first_day, s.last_day) for s in snap.spans} >= {(T0 // DAY, T0 // DAY + 1)}
+
+
+@pytest.mark.parametrize("nth", range(1, 6))
+def test_disk_error_writing_any_file_of_an_append_with_spans_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    """An append that carries spans writes five files (its data file, its two rollups, a
+    span's two); a disk error at any of them fails the append and leaves every file as it was."""
+    from usage_analytics import store as store_module
+
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+    store = Store(tmp_path / "root", lock_timeout=0)
+    store.auto_migrate()
+    store.create_usage(batch(1, days=(0, 1)))
+    before = snapshot_files(store.root)
+    written: list[str] = []
 
     def hook(name: str) -> None:
-        if name == "journal_tmp_written":
-            journals.append(name)
-            if len(journals) == 2:  # the second transaction: the spans of the days before
+        if name == "data_tmp_written":
+            written.append(name)
+            if len(written) == nth:
                 raise OSError(errno.EIO, "injected EIO")
 
     _dataset.FAULT_HOOK = hook
     try:
-        with pytest.warns(RuntimeWarning, match="rows were written"):
-            assert store.create_usage(batch(2, days=(3,))) == 10
+        with pytest.raises(StorageError, match="nothing was changed"):
+            store.create_usage(batch(2, days=(3,)))
     finally:
         _dataset.FAULT_HOOK = None
-    assert len(journals) == 2
-    assert len(store.find_usages()) == 30
-    assert store._ds.snapshot().spans == ()
-    # The next load builds the spans it missed.
-    store.create_usage(batch(3, days=(4,)))
-    assert {(s.first_day, s.last_day) for s in store._ds.snapshot().spans} >= {
+    assert snapshot_files(store.root) == before
+    store.create_usage(batch(2, days=(3,)))
+    assert {(s.first_day, s.last_day) for s in store._ds.snapshot().spans} == {
         (T0 // DAY, T0 // DAY + 1)
     }

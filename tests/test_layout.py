@@ -22,6 +22,8 @@ from helpers import (
     new_store,
     partition_dirs,
     random_usage_frame,
+    reference_groups,
+    reference_summary,
     usage_row,
 )
 
@@ -198,3 +200,39 @@ def test_an_empty_store_has_no_partitions(tmp_path: Path) -> None:
     assert partition_dirs(store.root) == []
     for entry in store.root.iterdir():
         assert entry.name.startswith(("_", ".")), entry
+
+
+@pytest.mark.parametrize("in_time_order", [True, False], ids=["in-time-order", "shuffled"])
+def test_rows_in_time_order_keep_it_others_are_sorted_by_tenant_and_time(
+    tmp_path: Path, in_time_order: bool
+) -> None:
+    """An append keeps rows that come in time order as they came (each day's rows are a slice
+    of the batch, not a copy); other rows are sorted by tenant, then time. Either way the
+    reports are those of the same rows."""
+    frame = random_usage_frame(400, 17, days=3)
+    if in_time_order:
+        frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    store = new_store(tmp_path / "usage")
+    store.create_usage(frame)
+    assert len(store.files()) == 3
+    for path in store.files():
+        rows = pq.read_table(path, columns=["user_id", "tenant", "timestamp"]).to_pandas()
+        if in_time_order:
+            day = frame[frame["timestamp"] // NS_PER_DAY == rows["timestamp"].iloc[0] // NS_PER_DAY]
+            assert rows["user_id"].tolist() == day["user_id"].tolist()
+            assert rows["timestamp"].tolist() == day["timestamp"].tolist()
+        else:
+            assert rows["timestamp"].is_monotonic_increasing is False
+            ordered = rows.sort_values(["tenant", "timestamp"], kind="stable")
+            assert ordered.index.tolist() == list(range(len(rows)))
+    stored = store.find_usages()
+    for tenant in ("t0", "t1"):
+        for start, end in [(DAY0, DAY0 + 3 * NS_PER_DAY), (DAY0 + 5 * 10**12, DAY0 + 2 * 10**14)]:
+            pd.testing.assert_frame_equal(
+                store.aggregated_usage(tenant, start, end),
+                reference_summary(stored, tenant, start, end),
+            )
+            pd.testing.assert_frame_equal(
+                store.get_usages_by_groups(tenant, start, end),
+                reference_groups(stored, tenant, start, end),
+            )

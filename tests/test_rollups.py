@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from _crash_worker import T0, make_v1
-from helpers import DAY0, NS_PER_DAY, random_usage_frame, reference_groups, reference_summary
+from helpers import (
+    DAY0,
+    NS_PER_DAY,
+    random_usage_frame,
+    reference_groups,
+    reference_summary,
+    snapshot_files,
+)
 
 from usage_analytics import Store
 from usage_analytics import _dataset as dataset_layer
@@ -405,3 +412,92 @@ def test_a_day_still_loading_gets_a_span_at_4_and_8_files(tmp_path: Path) -> Non
         spans_of_day.append((day, day) in spans)
         assert_paths_agree(store, np.random.default_rng(part), windows=2)
     assert spans_of_day == [False, False, False, True, False, False, False, True, False]
+
+
+def _day_span_inputs(store: Store) -> tuple[int, list[str], dict[str, pa.Table]]:
+    """The first day of ``store``, its data files, and both rollups of its rows."""
+    files = store._ds.snapshot().by_date()
+    date, entries = next(iter(files.items()))
+    day = dataset_layer.day_number(date)
+    rows = store.find_usages()
+    rows = rows[rows["timestamp"] // NS_PER_DAY == day]
+    tables = store_module.queries.rollups(pa.Table.from_pandas(rows, preserve_index=False))
+    return day, [e.path for e in entries], tables
+
+
+def test_a_span_whose_computation_fails_is_left_out_of_its_commit(tmp_path: Path) -> None:
+    """A span staged as futures is committed only if every one of its tables is computed;
+    otherwise the commit goes on without it and leaves none of its files behind."""
+    from concurrent.futures import Future
+
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    store.create_usage(random_usage_frame(100, 3, days=2, tenants=TENANTS))
+    day, paths, tables = _day_span_inputs(store)
+    good: Future[pa.Table] = Future()
+    good.set_result(tables["summary"])
+    bad: Future[pa.Table] = Future()
+    bad.set_exception(RuntimeError("injected"))
+    version = store._ds.snapshot().version
+    with store._ds.transaction() as tx:
+        kept = tx.add_span(day, day, dict(tables), paths)
+        left_out = tx.add_span(day, day, {"summary": good, "groups": bad}, paths)
+        tx.commit()
+    assert tx.failed_spans == [left_out]
+    snap = store._ds.snapshot()
+    assert snap.version == version + 1
+    assert [sp.name for sp in snap.spans] == [kept.name]
+    on_disk = sorted(p.name for p in (store.root / "_rollups" / "spans").iterdir())
+    assert on_disk == sorted(f"{kept.name}.{k}.rollup" for k in ("summary", "groups"))
+    assert_paths_agree(store, np.random.default_rng(3), windows=2)
+
+
+def test_a_span_must_cover_the_files_its_commit_leaves(tmp_path: Path) -> None:
+    """A span given the files it covers is checked against the state its commit makes: a
+    span of a day's files, in a commit that removes one of them, is refused and nothing
+    changes; with the file list the commit leaves, it is taken."""
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    for seed in (4, 5):  # two files on each day
+        store.create_usage(
+            random_usage_frame(100, seed, days=2, tenants=TENANTS), on_conflict="ignore"
+        )
+    day, paths, tables = _day_span_inputs(store)
+    assert len(paths) == 2
+    before = snapshot_files(store.root)
+    entry = store._ds.snapshot().by_date()[next(iter(store._ds.snapshot().by_date()))][0]
+    with store._ds.transaction() as tx:
+        tx.remove(entry)
+        tx.add_span(day, day, tables, paths)
+        with pytest.raises(ValueError, match="must cover the files"):
+            tx.commit()
+    assert snapshot_files(store.root) == before
+    with store._ds.transaction() as tx:
+        tx.add_span(day, day, tables, paths)
+        tx.commit()
+    assert [(sp.first_day, sp.last_day) for sp in store._ds.snapshot().spans] == [(day, day)]
+    assert_paths_agree(store, np.random.default_rng(4), windows=2)
+
+
+def test_a_load_commits_the_spans_of_the_days_before_it_with_its_rows(tmp_path: Path) -> None:
+    """A load running forward in time: each append is one commit, and the first append of a
+    day carries the spans of the days before it."""
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    day0 = DAY0 // NS_PER_DAY
+    for day in range(4):
+        for part in range(2):
+            frame = random_usage_frame(
+                50, 10 * day + part, start=DAY0 + day * NS_PER_DAY, days=1, tenants=TENANTS
+            )
+            frame["timestamp"] = (
+                DAY0 + day * NS_PER_DAY + part * NS_PER_DAY // 2 + np.arange(len(frame))
+            )
+            version = store._ds.snapshot().version
+            store.create_usage(frame)
+            snap = store._ds.snapshot()
+            assert snap.version == version + 1
+            spans = {(sp.first_day - day0, sp.last_day - day0) for sp in snap.spans}
+            assert {(d, d) for d in range(day)} <= spans, (day, part)
+            assert all(last < day for _, last in spans), (day, part)
+    assert_paths_agree(store, np.random.default_rng(9))

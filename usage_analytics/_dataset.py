@@ -27,7 +27,8 @@ A write (a *transaction*) goes through these steps, all under the lock:
 
 1. the journal, naming every file the write adds and removes, is written and fsynced;
 2. each new file (data, sidecar, span) is written under a temporary name, fsynced, and renamed
-   to its final name;
+   to its final name (a span staged as a future whose computation failed is not written, and
+   those of its files already written are removed: the commit goes on without it);
 3. the manifest is replaced by a new one that lists the new set of files: **the commit point**;
 4. the files the write removes are unlinked and emptied partition folders removed;
 5. the journal is removed.
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import functools
@@ -96,8 +98,8 @@ SIDECAR_DIR: Final = "_rollups"
 SPAN_DIR: Final = "_rollups/spans"
 _SPAN_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.[a-z]+\.rollup")
 _READ_ATTEMPTS: Final = 20
-# Data files are written sorted by tenant then time, so row groups this small let a tenant
-# filter skip most of a file through its statistics.
+# Data files are in time order, or sorted by tenant then time: row groups this small let a
+# time filter, or a tenant filter, skip most of a file through its statistics.
 DATA_ROW_GROUP: Final = 32 * 1024
 #: Schema metadata key of a summary file: the JSON list of the first and last first-column
 #: value of each of its record batches.
@@ -221,6 +223,11 @@ class FileEntry:
     @property
     def date(self) -> str:
         return self.path[len(PARTITION_PREFIX) : len(PARTITION_PREFIX) + 10]
+
+    @property
+    def day(self) -> int:
+        """The partition's day, numbered from the Unix epoch."""
+        return day_number(self.date)
 
     def sidecar_path(self, kind: str) -> str:
         """Where the ``kind`` summary of this file lives, relative to the root."""
@@ -438,13 +445,14 @@ class Dataset:
         columns_for_version: Callable[[int], Sequence[str]],
         fill_values: Mapping[str, pa.Scalar],
         stats_columns: Sequence[str],
-        sorted_by: Sequence[str] = (),
+        pruned_by: Sequence[str] = (),
         lock_timeout: float,
     ) -> None:
         """Args:
         stats_columns: int columns whose min and max the manifest keeps for each data file.
-        sorted_by: the columns data files are sorted by: they, and the stats columns, get
-            Parquet statistics (the others' would not prune: they are in no order).
+        pruned_by: the columns readers filter data files by, which files keep in order (by
+            time, or by tenant and then time): they, and the stats columns, get Parquet
+            statistics (the others' would not prune: they are in no order).
         """
         self.root = root
         self.schema_version = schema_version
@@ -452,7 +460,7 @@ class Dataset:
         self._fill_values = dict(fill_values)
         self._stats_columns = tuple(stats_columns)
         self._write_data = functools.partial(
-            _write_parquet, statistics=tuple(dict.fromkeys((*sorted_by, *stats_columns)))
+            _write_parquet, statistics=tuple(dict.fromkeys((*pruned_by, *stats_columns)))
         )
         self.lock_timeout = lock_timeout
         self._cached: tuple[bytes | None, Snapshot | None] = (None, None)
@@ -759,6 +767,18 @@ class _Staged:
     sidecars: dict[str, TableOrFuture]
 
 
+@dataclass
+class _NewSpan:
+    span: SpanEntry
+    tables: dict[str, TableOrFuture]
+    files: tuple[str, ...] | None  # the data files it covers, when they may be new
+
+
+#: A file a commit writes: its path, its table, the function that writes it, and the span it
+#: belongs to (None for the files of data files).
+_Out: TypeAlias = "tuple[str, TableOrFuture, Callable[[pa.Table, Path], None], _NewSpan | None]"
+
+
 class Transaction:
     """A set of file additions and removals committed at once. Use via Dataset.transaction()."""
 
@@ -769,9 +789,11 @@ class Transaction:
         self.next_id = base.next_id
         self._staged: list[_Staged] = []
         self._removed: dict[str, FileEntry] = {}
-        self._new_spans: list[tuple[SpanEntry, dict[str, pa.Table]]] = []
+        self._new_spans: list[_NewSpan] = []
         self._dropped_spans: set[str] = set()
         self._done = False
+        #: Spans staged as futures whose computation failed: the commit left them out.
+        self.failed_spans: list[SpanEntry] = []
 
     def reserve_ids(self, n: int) -> int:
         """Reserve ``n`` consecutive row ids; returns the first."""
@@ -810,17 +832,31 @@ class Transaction:
         """Stage the removal of a live data file."""
         self._removed[entry.path] = entry
 
-    def add_span(self, first_day: int, last_day: int, tables: Mapping[str, pa.Table]) -> SpanEntry:
+    def add_span(
+        self,
+        first_day: int,
+        last_day: int,
+        tables: Mapping[str, TableOrFuture],
+        files: Sequence[str] | None = None,
+    ) -> SpanEntry:
         """Stage summary files covering every data file of ``first_day..last_day``.
 
-        The caller computes them from the base snapshot's files of those days, and the commit
-        must not add or remove files in those days.
+        Without ``files``, the caller computed them from the base snapshot's files of those
+        days, and the commit must not add or remove files in those days. With ``files``, they
+        were computed from exactly those data files, as this commit leaves those days (see
+        :meth:`pending`); the commit checks it.
+
+        A table may be given as a future, like a data file's summaries. If computing it fails,
+        the commit goes on without the span and lists it in :attr:`failed_spans`: a span only
+        speeds up reports over rows the commit holds anyway.
         """
         for kind in tables:
             if not _SIDECAR_KIND_RE.fullmatch(kind):
                 raise ValueError(f"not a summary kind: {kind!r}")
         span = SpanEntry(uuid.uuid4().hex, first_day, last_day, tuple(tables))
-        self._new_spans.append((span, dict(tables)))
+        self._new_spans.append(
+            _NewSpan(span, dict(tables), None if files is None else tuple(sorted(files)))
+        )
         return span
 
     def drop_span(self, span: SpanEntry) -> None:
@@ -848,7 +884,7 @@ class Transaction:
         new, dropped_spans = self._next(uuid.uuid4().hex)
         txid = new.txid
         adds = [p for s in self._staged for p in s.entry.all_paths]
-        adds += [p for span, _ in self._new_spans for p in span.all_paths]
+        adds += [p for new_span in self._new_spans for p in new_span.span.all_paths]
         removes = [p for e in self._removed.values() for p in e.all_paths]
         removes += [p for span in dropped_spans for p in span.all_paths]
         for rel in {*adds, *removes}:
@@ -860,6 +896,14 @@ class Transaction:
             _replace_bytes(ds.journal_path, _json_bytes(journal), "journal_tmp_written")
             _fault("journal_written")
             self._write_files()
+            if self.failed_spans:
+                failed = {span.name for span in self.failed_spans}
+                for span in self.failed_spans:  # a kind that was computed may be written
+                    for rel in span.all_paths:
+                        _unlink_missing_ok(ds.root / rel)
+                new = dataclasses.replace(
+                    new, spans=tuple(sp for sp in new.spans if sp.name not in failed)
+                )
             ds._write_manifest(new)
             committed = True
         except BaseException as exc:
@@ -901,18 +945,23 @@ class Transaction:
                 dropped_spans.append(span)
             else:
                 kept_spans.append(span)
-        for span, _ in self._new_spans:
-            if any(span.first_day <= d <= span.last_day for d in changed_days):
-                raise ValueError("a span cannot be added by a commit that changes its days")
         files = [f for f in self.base.files if f.path not in self._removed]
         files.extend(s.entry for s in self._staged)
+        for new_span in self._new_spans:
+            span = new_span.span
+            days = range(span.first_day, span.last_day + 1)
+            if new_span.files is None:
+                if any(d in days for d in changed_days):
+                    raise ValueError("a span cannot be added by a commit that changes its days")
+            elif new_span.files != tuple(sorted(f.path for f in files if f.day in days)):
+                raise ValueError("a span must cover the files this commit leaves in its days")
         new = Snapshot(
             version=self.base.version + 1,
             txid=txid,
             schema_version=self.schema_version,
             next_id=self.next_id,
             files=tuple(files),
-            spans=tuple(kept_spans) + tuple(span for span, _ in self._new_spans),
+            spans=tuple(kept_spans) + tuple(new_span.span for new_span in self._new_spans),
         )
         return new, dropped_spans
 
@@ -921,18 +970,18 @@ class Transaction:
         (waiting for those still being computed) on another; pyarrow releases the GIL."""
         dirs: set[Path] = set()
         new_dirs: set[Path] = set()
-        data: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]]
-        data = [(staged.entry.path, staged.table, self._ds._write_data) for staged in self._staged]
-        summaries: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]]
-        summaries = [
-            (staged.entry.sidecar_path(k), t, _write_summary)
+        data: list[_Out] = [
+            (staged.entry.path, staged.table, self._ds._write_data, None) for staged in self._staged
+        ]
+        summaries: list[_Out] = [
+            (staged.entry.sidecar_path(k), t, _write_summary, None)
             for staged in self._staged
             for k, t in staged.sidecars.items()
         ]
         summaries += [
-            (span.path(k), t, _write_summary)
-            for span, tables in self._new_spans
-            for k, t in tables.items()
+            (new_span.span.path(k), t, _write_summary, new_span)
+            for new_span in self._new_spans
+            for k, t in new_span.tables.items()
         ]
         if data and summaries:
             summary_dirs: set[Path] = set()
@@ -955,14 +1004,23 @@ class Transaction:
 
     def _write(
         self,
-        files: list[tuple[str, TableOrFuture, Callable[[pa.Table, Path], None]]],
+        files: list[_Out],
         dirs: set[Path],
         new_dirs: set[Path],
     ) -> None:
         """Write each (path, table, writer) under a temporary name, then rename it."""
         root = self._ds.root
-        for rel, table, writer in files:
-            if isinstance(table, Future):
+        for rel, table, writer, of_span in files:
+            if of_span is not None and isinstance(table, Future):
+                # A span whose computation failed is left out (see add_span).
+                if of_span.span in self.failed_spans:
+                    continue
+                try:
+                    table = table.result()
+                except Exception:
+                    self.failed_spans.append(of_span.span)
+                    continue
+            elif isinstance(table, Future):
                 table = table.result()
             final = root / rel
             for folder in _check_relative_path(rel, sidecar_ok=True):

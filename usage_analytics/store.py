@@ -142,7 +142,7 @@ class Store:
             columns_for_version=columns_for_version,
             fill_values={name: pa.scalar(0, pa.int32()) for name in ADDED_IN_V2},
             stats_columns=("timestamp", "id"),
-            sorted_by=("tenant", "timestamp"),
+            pruned_by=("tenant", "timestamp"),
             lock_timeout=float(lock_timeout),
         )
 
@@ -216,9 +216,12 @@ class Store:
                 the batch or against stored rows; ``"ignore"`` skips such rows (the first of
                 in-batch repeats is kept), which makes re-running a load idempotent.
 
-        Each day of the batch becomes one data file, sorted by tenant and time. When a day
-        would then hold 32 small files of one size class, they are merged into one in the
-        same commit, so that appending row by row does not leave a file per row.
+        Each day of the batch becomes one data file: its rows in the order they came when
+        the batch is in time order (the fastest way in), else sorted by tenant and time. When
+        a day would then hold 32 small files of one size class, they are merged into one in
+        the same commit, so that appending row by row does not leave a file per row. The
+        same commit adds the span summaries of the days before the batch's first day, which
+        a load running forward in time has finished.
 
         Returns:
             The number of rows written.
@@ -264,49 +267,62 @@ class Store:
             batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
             table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
             rollups: dict[int, dict[str, Future[pa.Table]]] = {}
-            span_job = None
-            pool = None
+            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table]]]] = []
             if len(batch) >= ROLLUP_MIN_ROWS:
-                # A second thread summarizes while this one sorts and writes the rows (pyarrow
-                # releases the GIL): first the rollups of the new files, then the spans of the
-                # days before this batch (loads run forward in time, so those days are taken
-                # as loaded). The pool is shut down only after the commit.
+                # A second thread summarizes while this one stages and writes the rows (pyarrow
+                # releases the GIL): first the rollups of the new files, then the spans the
+                # commit can add. The pool is shut down only after the commit.
                 pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
                 rollups = _submit_rollups(pool, table, days)
-            staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
-            if pool is not None:
-                # Submitted only now, so that it runs while this thread writes the data files
-                # (one long call without the GIL), not while it sorts them (many short ones,
-                # each of which would wait for the GIL again).
+                staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
+                # Spans go into the same commit: those of the days before this batch (loads
+                # run forward in time, so those days are taken as loaded), and that of the day
+                # still loading when it is due. They are planned on the state the commit will
+                # leave and computed while this thread writes the data files; the commit
+                # writes them as they come, and leaves out any whose computation fails.
                 after = tx.pending()
                 last_day = int(days.max())
-                span_job = pool.submit(
-                    self._compute_spans,
+                summaries = tx.staged_summaries()
+                plans = self._plan_spans(
                     after,
                     int(days.min()),
-                    tx.staged_summaries(),
+                    summaries,
                     last_day if _open_day_is_due(after, last_day) else None,
                 )
+                for plan in plans:
+                    tables: dict[str, Future[pa.Table]] = {kind: Future() for kind in _KINDS}
+                    spans.append((tx.add_span(plan.first, plan.last, tables, plan.files), tables))
+                if plans:
+                    pool.submit(self._span_tables, after, plans, summaries, [f for _, f in spans])
+            else:
+                staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
             tx.commit()
             for path, futures in staged.items():  # all resolved by the commit
                 self._recent_rollups[path] = _resolved(futures)
             while len(self._recent_rollups) > _RECENT_ROLLUPS:
                 del self._recent_rollups[next(iter(self._recent_rollups))]
-        if span_job is not None:
-            # The rows are committed by now; spans only speed up later reports. They are
-            # committed apart, skipped when another writer holds the lock, and a failure to
-            # build them is only a warning (compact() builds them later). A later write into
-            # one of their days drops them again.
+            failed = {span.name for span in tx.failed_spans}
+            for span, tables in spans:
+                if span.name not in failed:
+                    # Spans are immutable: keep the latest few to build their parents from.
+                    self._recent_spans[span.name] = _resolved(tables)
+            while len(self._recent_spans) > _RECENT_SPANS:
+                del self._recent_spans[next(iter(self._recent_spans))]
+        if tx.failed_spans:
+            exc = next(e for _, fs in spans for f in fs.values() if (e := f.exception()))
+            warnings.warn(
+                f"the rows were written, but summarizing their days failed ({exc}); "
+                f"compact() or the next load builds those summaries",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if len(batch) >= ROLLUP_MIN_ROWS and days.max() - days.min() >= 2:
+            # A batch of several days (an import of history) brought whole days of its own;
+            # those of them without rollups are summarized from their rows, which can be read
+            # only now. They are committed apart, skipped when another writer holds the lock,
+            # and a failure to build them is only a warning (compact() builds them later).
             try:
-                spans = span_job.result()
-                if spans:
-                    with self._ds.transaction(timeout=0) as span_tx:
-                        self._add_spans(span_tx, spans)
-                if days.max() - days.min() >= 2:
-                    # A batch of several days (an import of history) brought whole days of
-                    # its own; those of them without rollups are summarized from their rows,
-                    # which can be read only now.
-                    self._build_spans(before_day=int(days.max()), lock_timeout=0)
+                self._build_spans(before_day=int(days.max()), lock_timeout=0)
             except LockTimeoutError:
                 pass
             except Exception as exc:  # the rows are committed: nothing here may undo that
@@ -326,20 +342,21 @@ class Store:
         tenant: pd.Series,
         rollups: Mapping[int, Mapping[str, Future[pa.Table]]],
     ) -> dict[str, Mapping[str, Future[pa.Table]]]:
-        """Stage one file per day, rows sorted by (tenant, timestamp) so that statistics prune,
-        with the rollups of each day's rows when ``rollups`` has them (being computed);
-        returns those rollups by the path of their file."""
+        """Stage one file per day, with the rollups of each day's rows when ``rollups`` has them
+        (being computed); returns those rollups by the path of their file.
+
+        Rows already in time order (as loads usually are) keep it: each day's rows are then a
+        slice of ``table``, not a copy, and statistics prune them by time. Other rows are
+        sorted by (tenant, timestamp), so that statistics prune them by tenant as well.
+        """
         staged: dict[str, Mapping[str, Future[pa.Table]]] = {}
-        tenant_codes = pd.factorize(tenant, sort=True)[0]
         timestamps = table.column("timestamp").to_numpy()
-        key = (days - days.min()) * (int(tenant_codes.max()) + 1) + tenant_codes
-        if key.max() < np.iinfo(np.int16).max and (timestamps[1:] >= timestamps[:-1]).all():
-            # Rows already in time order (as loads usually are): a stable sort by (day,
-            # tenant) keeps that order within each, and sorts 16-bit keys by radix.
-            order = np.argsort(key.astype(np.int16), kind="stable")
-        else:
+        order: np.ndarray | None = None
+        ordered = table
+        if not (timestamps[1:] >= timestamps[:-1]).all():
+            tenant_codes = pd.factorize(tenant, sort=True)[0]
             order = np.lexsort((timestamps, tenant_codes, days))
-        ordered = table.take(pa.array(order))
+            ordered = table.take(pa.array(order))
         start = 0
         for day, chunk in _day_groups(days, order):
             rows = ordered.slice(start, len(chunk))
@@ -557,7 +574,20 @@ class Store:
         staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]] | None = None,
         open_day: int | None = None,
     ) -> list[_NewSpan]:
-        """The missing span rollups of ``snap``, computed (not committed).
+        """The missing span rollups of ``snap``, computed (not committed); see
+        :meth:`_plan_spans` for which."""
+        plans = self._plan_spans(snap, before_day, staged, open_day)
+        return self._span_tables(snap, plans, staged or {})
+
+    def _plan_spans(
+        self,
+        snap: Snapshot,
+        before_day: int | None,
+        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]] | None = None,
+        open_day: int | None = None,
+    ) -> list[_SpanPlan]:
+        """The missing span rollups of ``snap``, smallest first (each combined from spans
+        before it in the list, or from file rollups).
 
         A block of 2**k days starting at a multiple of 2**k gets one summary file per report,
         combined from its two halves (single days, when they have several files, from their
@@ -570,9 +600,9 @@ class Store:
         ``snap`` may be the state a write is about to commit: ``staged`` then holds the
         rollups (or their futures) of its new files, which are not on disk yet.
         """
-        by_day: dict[int, list[FileEntry]] = {}
+        by_day: dict[int, list[str]] = {}
         for entry in snap.files:
-            by_day.setdefault(day_number(entry.date), []).append(entry)
+            by_day.setdefault(day_number(entry.date), []).append(entry.path)
         if not by_day:
             return []
         first, last = min(by_day), max(by_day)
@@ -592,16 +622,8 @@ class Store:
             last = min(last, min(without) - 1)
             if open_day is not None and open_day >= min(without):
                 open_day = None
-        have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
-        memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
-
-        def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
-            """The rollup tables of days lo..hi per kind."""
-            if (lo, hi) not in memo:
-                memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
-            return memo[(lo, hi)]
-
-        new: list[_NewSpan] = []
+        have = {(sp.first_day, sp.last_day) for sp in snap.spans}
+        plans: list[_SpanPlan] = []
         for level in range(MAX_SPAN_LEVEL + 1):
             size = 1 << level
             top = last if open_day is None else max(last, open_day)
@@ -617,13 +639,48 @@ class Store:
                     and any(d in by_day for d in range(start + half, end + 1))
                 ):
                     continue
-                found = parts(start, end)
+                files = tuple(sorted(p for d in range(start, end + 1) for p in by_day.get(d, ())))
+                plans.append(_SpanPlan(start, end, files))
+        return plans
+
+    def _span_tables(
+        self,
+        snap: Snapshot,
+        plans: Sequence[_SpanPlan],
+        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]],
+        out: Sequence[Mapping[str, Future[pa.Table]]] | None = None,
+    ) -> list[_NewSpan]:
+        """Compute the ``plans`` of ``snap``; with ``out``, also set each span's tables as the
+        results of its futures (an error as the exception of every future not yet set)."""
+        by_day: dict[int, list[FileEntry]] = {}
+        for entry in snap.files:
+            by_day.setdefault(day_number(entry.date), []).append(entry)
+        have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
+        memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
+
+        def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
+            """The rollup tables of days lo..hi per kind."""
+            if (lo, hi) not in memo:
+                memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
+            return memo[(lo, hi)]
+
+        new: list[_NewSpan] = []
+        try:
+            for i, plan in enumerate(plans):
+                found = parts(plan.first, plan.last)
                 tables = {kind: queries.combine_rollups(kind, found[kind]) for kind in _KINDS}
-                memo[(start, end)] = {k: [t] for k, t in tables.items()}
-                files = tuple(
-                    sorted(e.path for d in range(start, end + 1) for e in by_day.get(d, ()))
-                )
-                new.append(_NewSpan(start, end, files, tables))
+                memo[(plan.first, plan.last)] = {k: [t] for k, t in tables.items()}
+                new.append(_NewSpan(plan.first, plan.last, plan.files, tables))
+                if out is not None:
+                    for kind, future in out[i].items():
+                        future.set_result(tables[kind])
+        except BaseException as exc:
+            if out is None:
+                raise
+            for futures in out:
+                for future in futures.values():
+                    if not future.done():
+                        future.set_exception(exc)
         return new
 
     def _add_spans(self, tx: Transaction, spans: list[_NewSpan]) -> int:
@@ -817,6 +874,15 @@ class Store:
 
 
 @dataclass(frozen=True)
+class _SpanPlan:
+    """A span rollup to compute: days first..last, from exactly the data files ``files``."""
+
+    first: int
+    last: int
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class _NewSpan:
     """A span rollup computed from a snapshot, not yet committed."""
 
@@ -854,7 +920,12 @@ def _submit_rollups(
     def compute() -> None:
         for out, idx in parts:
             try:
-                rows = inputs if idx is None else inputs.take(pa.array(idx))
+                if idx is None:
+                    rows = inputs
+                elif idx[-1] - idx[0] + 1 == len(idx):  # the day's rows are in one run
+                    rows = inputs.slice(int(idx[0]), len(idx))
+                else:
+                    rows = inputs.take(pa.array(idx))
                 rows = queries.encode_keys(rows)  # once for both kinds
                 for future_kind, future in out.items():
                     future.set_result(queries.rollup(future_kind, rows))
