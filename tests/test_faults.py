@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -129,34 +130,66 @@ def test_lock_timeout_is_typed_and_leaves_files(tmp_path: Path) -> None:
 def test_failed_span_build_in_an_append_is_only_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Spans go into the same commit as the rows; when computing them fails, the rows are
-    committed without them and a warning says so."""
+    """Spans go into the same commit as the rows; when computing one fails, the rows and the
+    spans computed before it are committed without it, and a warning says so."""
     from usage_analytics import store as store_module
 
     monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
     store = Store(tmp_path / "root")
     store.auto_migrate()
-    assert store.create_usage(batch(1, days=(0, 1))) == 20  # nothing before day 0: no span
+    for seed in (1, 2):  # two files on each of days 0 and 1, no span yet (day 1 may be loading)
+        assert store.create_usage(batch(seed, days=(0, 1))) == 20
+    assert store._ds.snapshot().spans == ()
     version = store._ds.snapshot().version
+    combine = store_module.queries.combine_rollups
+    calls: list[str] = []
 
-    def broken(kind: str, parts: object) -> None:
+    def fails_from_the_third_span(kind: str, parts: Any) -> Any:
+        calls.append(kind)
+        if len(calls) > 4:  # two kinds per span: days 0 and 1 are computed, not block 0-1
+            raise RuntimeError("injected failure")
+        return combine(kind, parts)
+
+    day0 = T0 // DAY
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module.queries, "combine_rollups", fails_from_the_third_span)
+        with pytest.warns(RuntimeWarning, match="rows were written.*injected failure"):
+            assert store.create_usage(batch(3, days=(3,))) == 10
+    snap = store._ds.snapshot()
+    assert snap.version == version + 1  # one commit
+    assert len(store.find_usages()) == 50
+    assert {(s.first_day, s.last_day) for s in snap.spans} == {(day0, day0), (day0 + 1, day0 + 1)}
+    on_disk = {p.relative_to(store.root).as_posix() for p in store.root.rglob("*.rollup")}
+    assert on_disk == {p for p in store._ds.live_paths() if p.endswith(".rollup")}
+    # The next load builds the span it missed, in its own commit.
+    store.create_usage(batch(4, days=(4,)))
+    snap = store._ds.snapshot()
+    assert snap.version == version + 2
+    assert (day0, day0 + 1) in {(s.first_day, s.last_day) for s in snap.spans}
+
+
+def test_failed_span_build_after_an_import_of_several_days_is_only_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of several days too small for rollups of its own gets the spans of its whole
+    days from their rows, in a commit after its own; when that fails, the rows stay."""
+    from usage_analytics import store as store_module
+
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 40)  # the batch, not each day
+    store = Store(tmp_path / "root")
+    store.auto_migrate()
+
+    def broken(kind: str, parts: Any) -> Any:
         raise RuntimeError("injected failure")
 
     with monkeypatch.context() as patch:
         patch.setattr(store_module.queries, "combine_rollups", broken)
         with pytest.warns(RuntimeWarning, match="rows were written.*injected failure"):
-            assert store.create_usage(batch(2, days=(3,))) == 10
-    snap = store._ds.snapshot()
-    assert snap.version == version + 1  # one commit, rows only
-    assert len(store.find_usages()) == 30
-    assert snap.spans == ()
-    span_dir = store.root / "_rollups" / "spans"
-    assert not span_dir.exists() or not any(span_dir.iterdir())
-    # The next load builds the spans it missed, in its own commit.
-    store.create_usage(batch(3, days=(4,)))
-    snap = store._ds.snapshot()
-    assert snap.version == version + 2
-    assert {(s.first_day, s.last_day) for s in snap.spans} >= {(T0 // DAY, T0 // DAY + 1)}
+            assert store.create_usage(batch(1, days=(0, 1, 2, 3))) == 40
+    assert len(store.find_usages()) == 40
+    assert store._ds.snapshot().spans == ()
+    store.compact()
+    assert store._ds.snapshot().spans  # compact() builds them
 
 
 @pytest.mark.parametrize("nth", range(1, 6))

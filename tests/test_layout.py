@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from pathlib import Path
 
@@ -204,11 +205,14 @@ def test_an_empty_store_has_no_partitions(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("in_time_order", [True, False], ids=["in-time-order", "shuffled"])
 def test_rows_in_time_order_keep_it_others_are_sorted_by_tenant_and_time(
-    tmp_path: Path, in_time_order: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_time_order: bool
 ) -> None:
     """An append keeps rows that come in time order as they came (each day's rows are a slice
     of the batch, not a copy); other rows are sorted by tenant, then time. Either way the
-    reports are those of the same rows."""
+    reports, from the files' rollups or from their rows, are those of the same rows."""
+    from usage_analytics import store as store_module
+
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 50)  # rollups for each day's file
     frame = random_usage_frame(400, 17, days=3)
     if in_time_order:
         frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -225,14 +229,18 @@ def test_rows_in_time_order_keep_it_others_are_sorted_by_tenant_and_time(
             assert rows["timestamp"].is_monotonic_increasing is False
             ordered = rows.sort_values(["tenant", "timestamp"], kind="stable")
             assert ordered.index.tolist() == list(range(len(rows)))
+    assert all(entry.sidecars for entry in store._ds.snapshot().files)
     stored = store.find_usages()
-    for tenant in ("t0", "t1"):
-        for start, end in [(DAY0, DAY0 + 3 * NS_PER_DAY), (DAY0 + 5 * 10**12, DAY0 + 2 * 10**14)]:
-            pd.testing.assert_frame_equal(
-                store.aggregated_usage(tenant, start, end),
-                reference_summary(stored, tenant, start, end),
-            )
-            pd.testing.assert_frame_equal(
-                store.get_usages_by_groups(tenant, start, end),
-                reference_groups(stored, tenant, start, end),
-            )
+    windows = [(DAY0, DAY0 + 3 * NS_PER_DAY), (DAY0 + 5 * 10**12, DAY0 + 2 * 10**14)]
+    for use_rollups, tenant, (start, end) in itertools.product(
+        (True, False), ("t0", "t1"), windows
+    ):
+        store._use_rollups = use_rollups
+        pd.testing.assert_frame_equal(
+            store.aggregated_usage(tenant, start, end),
+            reference_summary(stored, tenant, start, end),
+        )
+        pd.testing.assert_frame_equal(
+            store.get_usages_by_groups(tenant, start, end),
+            reference_groups(stored, tenant, start, end),
+        )

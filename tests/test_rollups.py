@@ -453,9 +453,9 @@ def test_a_span_whose_computation_fails_is_left_out_of_its_commit(tmp_path: Path
 
 
 def test_a_span_must_cover_the_files_its_commit_leaves(tmp_path: Path) -> None:
-    """A span given the files it covers is checked against the state its commit makes: a
-    span of a day's files, in a commit that removes one of them, is refused and nothing
-    changes; with the file list the commit leaves, it is taken."""
+    """A span given the files it covers is checked against the state its commit makes: in a
+    commit that removes one of a day's two files, a span of both is refused and nothing
+    changes, while a span of the file that stays is taken."""
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     for seed in (4, 5):  # two files on each day
@@ -465,15 +465,20 @@ def test_a_span_must_cover_the_files_its_commit_leaves(tmp_path: Path) -> None:
     day, paths, tables = _day_span_inputs(store)
     assert len(paths) == 2
     before = snapshot_files(store.root)
-    entry = store._ds.snapshot().by_date()[next(iter(store._ds.snapshot().by_date()))][0]
+    gone, kept = store._ds.snapshot().by_date()[store_module._date_name(day)]
     with store._ds.transaction() as tx:
-        tx.remove(entry)
+        tx.remove(gone)
         tx.add_span(day, day, tables, paths)
         with pytest.raises(ValueError, match="must cover the files"):
             tx.commit()
     assert snapshot_files(store.root) == before
+    left = pa.Table.from_pandas(
+        store._read_rows(kept).to_pandas()[list(store_module.queries.ROLLUP_INPUT_COLUMNS)],
+        preserve_index=False,
+    )
     with store._ds.transaction() as tx:
-        tx.add_span(day, day, tables, paths)
+        tx.remove(gone)
+        tx.add_span(day, day, store_module.queries.rollups(left), [kept.path])
         tx.commit()
     assert [(sp.first_day, sp.last_day) for sp in store._ds.snapshot().spans] == [(day, day)]
     assert_paths_agree(store, np.random.default_rng(4), windows=2)

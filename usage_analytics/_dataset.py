@@ -901,6 +901,8 @@ class Transaction:
                 for span in self.failed_spans:  # a kind that was computed may be written
                     for rel in span.all_paths:
                         _unlink_missing_ok(ds.root / rel)
+                with contextlib.suppress(FileNotFoundError):  # none may have been written
+                    _fsync_dir(ds.root / SPAN_DIR)
                 new = dataclasses.replace(
                     new, spans=tuple(sp for sp in new.spans if sp.name not in failed)
                 )

@@ -651,21 +651,22 @@ class Store:
         out: Sequence[Mapping[str, Future[pa.Table]]] | None = None,
     ) -> list[_NewSpan]:
         """Compute the ``plans`` of ``snap``; with ``out``, also set each span's tables as the
-        results of its futures (an error as the exception of every future not yet set)."""
-        by_day: dict[int, list[FileEntry]] = {}
-        for entry in snap.files:
-            by_day.setdefault(day_number(entry.date), []).append(entry)
-        have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
-        memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
-
-        def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
-            """The rollup tables of days lo..hi per kind."""
-            if (lo, hi) not in memo:
-                memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
-            return memo[(lo, hi)]
-
+        results of its futures as soon as they are computed, and any error as the exception of
+        every future not yet set (a commit waits for them: none may be left unset)."""
         new: list[_NewSpan] = []
         try:
+            by_day: dict[int, list[FileEntry]] = {}
+            for entry in snap.files:
+                by_day.setdefault(day_number(entry.date), []).append(entry)
+            have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
+            memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
+
+            def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
+                """The rollup tables of days lo..hi per kind."""
+                if (lo, hi) not in memo:
+                    memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
+                return memo[(lo, hi)]
+
             for i, plan in enumerate(plans):
                 found = parts(plan.first, plan.last)
                 tables = {kind: queries.combine_rollups(kind, found[kind]) for kind in _KINDS}
