@@ -8,8 +8,11 @@ rollups stay invisible to engines that read the folder.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
+import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from helpers import (
     snapshot_files,
 )
 
-from usage_analytics import Store
+from usage_analytics import StorageError, Store
 from usage_analytics import _dataset as dataset_layer
 from usage_analytics import store as store_module
 
@@ -506,3 +509,124 @@ def test_a_load_commits_the_spans_of_the_days_before_it_with_its_rows(tmp_path: 
             assert {(d, d) for d in range(day)} <= spans, (day, part)
             assert all(last < day for _, last in spans), (day, part)
     assert_paths_agree(store, np.random.default_rng(9))
+
+
+def _random_operations(root: Path, seed: int, steps: int) -> None:
+    """Random appends (in time order, shuffled, partly out of order, of one or several days,
+    forward or into earlier days, with repeated keys ignored), deletes and compactions, some
+    with an append's span computation failing or a disk error at one of the files a write
+    writes. After each: no journal, the files on disk are the files the manifest lists, and
+    every span equals the rollups of the rows of its days; at the end, the reports agree with
+    plain scans."""
+    rng = np.random.default_rng(seed)
+    store = Store(root)
+    store.auto_migrate()
+    combine = store_module.queries.combine_rollups
+    failing = {"spans": False}
+
+    def sometimes_failing(kind: str, parts: Any) -> pa.Table:
+        # Only spans an append computes on its second thread: compact() raises the error.
+        on_worker = threading.current_thread().name.startswith("usage-analytics-rollups")
+        if failing["spans"] and on_worker and rng.random() < 0.4:
+            raise RuntimeError("injected span failure")
+        return combine(kind, parts)
+
+    frontier = DAY0
+    for step in range(steps):
+        failing["spans"] = rng.random() < 0.15
+        fail_at = int(rng.integers(1, 7)) if rng.random() < 0.1 else None
+        op = rng.random()
+        dataset_layer.FAULT_HOOK = _disk_error_at_file(fail_at)
+        try:
+            with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
+                warnings.simplefilter("ignore", RuntimeWarning)
+                patch.setattr(store_module.queries, "combine_rollups", sometimes_failing)
+                if op < 0.8:
+                    days = int(rng.choice([1, 1, 1, 2, 3]))
+                    forward = rng.random() < 0.9
+                    start = frontier if forward else DAY0 + int(rng.integers(0, 5)) * NS_PER_DAY
+                    frame = random_usage_frame(
+                        int(rng.choice([1, 5, 20, 40, 100, 300])),
+                        int(rng.integers(0, 10**6)),
+                        start=start,
+                        days=days,
+                        tenants=TENANTS,
+                    )
+                    if rng.random() < 0.6:
+                        frame = frame.sort_values("timestamp", kind="stable")
+                        if rng.random() < 0.3 and len(frame) > 4:  # one pair out of order
+                            i = int(rng.integers(0, len(frame) - 1))
+                            order = list(range(len(frame)))
+                            order[i], order[i + 1] = order[i + 1], order[i]
+                            frame = frame.iloc[order]
+                    store.create_usage(frame.reset_index(drop=True), on_conflict="ignore")
+                    frontier += NS_PER_DAY * int(rng.random() < 0.3)
+                elif op < 0.9:
+                    when = DAY0 + int(rng.integers(0, 4 * NS_PER_DAY))
+                    store.delete_usage(when, limit=[None, 10][int(rng.integers(0, 2))])
+                else:
+                    store.compact()
+        except StorageError:
+            pass  # an injected disk error: nothing was changed
+        finally:
+            dataset_layer.FAULT_HOOK = None
+        ds = store._ds
+        assert not ds.journal_path.exists(), step
+        on_disk = {
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith("_usage_analytics.")
+        }
+        assert on_disk == set(ds.live_paths()), step
+        rows = store.find_usages()
+        day = rows["timestamp"] // NS_PER_DAY
+        for span in ds.snapshot().spans:
+            inside = rows[(day >= span.first_day) & (day <= span.last_day)]
+            expected = store_module.queries.rollups(pa.Table.from_pandas(inside))
+            for kind in span.kinds:
+                got = ds.read_summaries([span.path(kind)])[0]
+                pd.testing.assert_frame_equal(
+                    _plain(got), _plain(expected[kind]), obj=f"step {step} span {span} {kind}"
+                )
+    assert_paths_agree(store, rng)
+
+
+def _disk_error_at_file(nth: int | None) -> Callable[[str], None]:
+    """A fault hook that fails the ``nth`` file a write writes (none when ``nth`` is None)."""
+    written: list[str] = []
+
+    def hook(name: str) -> None:
+        if nth is not None and name == "data_tmp_written":
+            written.append(name)
+            if len(written) == nth:
+                raise OSError(errno.EIO, "injected EIO")
+
+    return hook
+
+
+def _plain(table: pa.Table) -> pd.DataFrame:
+    """A rollup as a frame of strings and int64 sums, whatever its encoding."""
+    frame = table.to_pandas()
+    for name in frame.columns:
+        if isinstance(frame[name].dtype, pd.CategoricalDtype):
+            frame[name] = frame[name].astype(str)
+        elif frame[name].dtype.kind in "iu":
+            frame[name] = frame[name].astype(np.int64)
+    return frame
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_operations_with_failures_keep_spans_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 16)  # small files get none
+    _random_operations(tmp_path / "usage", seed, steps=40)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3, 7))
+def test_random_operations_with_failures_keep_spans_exact_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 16)
+    _random_operations(tmp_path / "usage", seed, steps=150)
