@@ -771,7 +771,7 @@ class _Staged:
 class _NewSpan:
     span: SpanEntry
     tables: dict[str, TableOrFuture]
-    files: tuple[str, ...] | None  # the data files it covers, when they may be new
+    files: tuple[str, ...]  # the data files it covers, sorted
 
 
 #: A file a commit writes: its path, its table, the function that writes it, and the span it
@@ -837,14 +837,12 @@ class Transaction:
         first_day: int,
         last_day: int,
         tables: Mapping[str, TableOrFuture],
-        files: Sequence[str] | None = None,
+        files: Sequence[str],
     ) -> SpanEntry:
-        """Stage summary files covering every data file of ``first_day..last_day``.
-
-        Without ``files``, the caller computed them from the base snapshot's files of those
-        days, and the commit must not add or remove files in those days. With ``files``, they
-        were computed from exactly those data files, as this commit leaves those days (see
-        :meth:`pending`); the commit checks it.
+        """Stage summary files covering every data file of ``first_day..last_day``, computed
+        from exactly the data files ``files``: the commit checks that they are the files it
+        leaves in those days (see :meth:`pending`), so a span may be added by the commit that
+        changes its days.
 
         A table may be given as a future, like a data file's summaries. If computing it fails,
         the commit goes on without the span and lists it in :attr:`failed_spans`: a span only
@@ -854,9 +852,7 @@ class Transaction:
             if not _SIDECAR_KIND_RE.fullmatch(kind):
                 raise ValueError(f"not a summary kind: {kind!r}")
         span = SpanEntry(uuid.uuid4().hex, first_day, last_day, tuple(tables))
-        self._new_spans.append(
-            _NewSpan(span, dict(tables), None if files is None else tuple(sorted(files)))
-        )
+        self._new_spans.append(_NewSpan(span, dict(tables), tuple(sorted(files))))
         return span
 
     def drop_span(self, span: SpanEntry) -> None:
@@ -950,12 +946,8 @@ class Transaction:
         files = [f for f in self.base.files if f.path not in self._removed]
         files.extend(s.entry for s in self._staged)
         for new_span in self._new_spans:
-            span = new_span.span
-            days = range(span.first_day, span.last_day + 1)
-            if new_span.files is None:
-                if any(d in days for d in changed_days):
-                    raise ValueError("a span cannot be added by a commit that changes its days")
-            elif new_span.files != tuple(sorted(f.path for f in files if f.day in days)):
+            days = range(new_span.span.first_day, new_span.span.last_day + 1)
+            if new_span.files != tuple(sorted(f.path for f in files if f.day in days)):
                 raise ValueError("a span must cover the files this commit leaves in its days")
         new = Snapshot(
             version=self.base.version + 1,

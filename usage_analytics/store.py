@@ -302,12 +302,9 @@ class Store:
             while len(self._recent_rollups) > _RECENT_ROLLUPS:
                 del self._recent_rollups[next(iter(self._recent_rollups))]
             failed = {span.name for span in tx.failed_spans}
-            for span, tables in spans:
-                if span.name not in failed:
-                    # Spans are immutable: keep the latest few to build their parents from.
-                    self._recent_spans[span.name] = _resolved(tables)
-            while len(self._recent_spans) > _RECENT_SPANS:
-                del self._recent_spans[next(iter(self._recent_spans))]
+            self._remember_spans(
+                {span.name: _resolved(tables) for span, tables in spans if span.name not in failed}
+            )
         if tx.failed_spans:
             exc = next(e for _, fs in spans for f in fs.values() if (e := f.exception()))
             warnings.warn(
@@ -565,7 +562,21 @@ class Store:
         """Commit the missing span rollups of aligned blocks of whole days before
         ``before_day`` (all days when None); returns how many spans were added."""
         with self._ds.transaction(timeout=lock_timeout) as tx:
-            return self._add_spans(tx, self._compute_spans(tx.base, before_day))
+            spans = self._compute_spans(tx.base, before_day)
+            built = {
+                tx.add_span(span.first, span.last, span.tables, span.files).name: span.tables
+                for span in spans
+            }
+            tx.commit()
+        self._remember_spans(built)
+        return len(built)
+
+    def _remember_spans(self, built: Mapping[str, dict[str, pa.Table]]) -> None:
+        """Keep the tables of the latest few committed spans (spans are immutable), to build
+        their parents without reading them."""
+        self._recent_spans.update(built)
+        while len(self._recent_spans) > _RECENT_SPANS:
+            del self._recent_spans[next(iter(self._recent_spans))]
 
     def _compute_spans(
         self,
@@ -683,28 +694,6 @@ class Store:
                     if not future.done():
                         future.set_exception(exc)
         return new
-
-    def _add_spans(self, tx: Transaction, spans: list[_NewSpan]) -> int:
-        """Stage and commit the computed ``spans`` whose days still hold, in ``tx.base``, the
-        files they were computed from; returns how many were added."""
-        by_day: dict[int, list[str]] = {}
-        for entry in tx.base.files:
-            by_day.setdefault(day_number(entry.date), []).append(entry.path)
-        have = {(sp.first_day, sp.last_day) for sp in tx.base.spans}
-        built: dict[str, dict[str, pa.Table]] = {}
-        for span in spans:
-            now = tuple(
-                sorted(p for d in range(span.first, span.last + 1) for p in by_day.get(d, ()))
-            )
-            if (span.first, span.last) in have or now != span.files:
-                continue  # built by someone else, or its days changed since
-            built[tx.add_span(span.first, span.last, span.tables).name] = span.tables
-        tx.commit()
-        # Spans are immutable: keep the latest few to build their parents without reading them.
-        self._recent_spans.update(built)
-        while len(self._recent_spans) > _RECENT_SPANS:
-            del self._recent_spans[next(iter(self._recent_spans))]
-        return len(built)
 
     def _block_parts(
         self,
