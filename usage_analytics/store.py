@@ -562,7 +562,7 @@ class Store:
         """Commit the missing span rollups of aligned blocks of whole days before
         ``before_day`` (all days when None); returns how many spans were added."""
         with self._ds.transaction(timeout=lock_timeout) as tx:
-            spans = self._compute_spans(tx.base, before_day)
+            spans = self._span_tables(tx.base, self._plan_spans(tx.base, before_day), {})
             built = {
                 tx.add_span(span.first, span.last, span.tables, span.files).name: span.tables
                 for span in spans
@@ -577,18 +577,6 @@ class Store:
         self._recent_spans.update(built)
         while len(self._recent_spans) > _RECENT_SPANS:
             del self._recent_spans[next(iter(self._recent_spans))]
-
-    def _compute_spans(
-        self,
-        snap: Snapshot,
-        before_day: int | None,
-        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]] | None = None,
-        open_day: int | None = None,
-    ) -> list[_NewSpan]:
-        """The missing span rollups of ``snap``, computed (not committed); see
-        :meth:`_plan_spans` for which."""
-        plans = self._plan_spans(snap, before_day, staged, open_day)
-        return self._span_tables(snap, plans, staged or {})
 
     def _plan_spans(
         self,
