@@ -53,6 +53,7 @@ import datetime as dt
 import errno
 import functools
 import json
+import math
 import os
 import re
 import signal
@@ -62,7 +63,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias, TypeGuard, TypeVar
 
 import filelock
 import pyarrow as pa
@@ -75,8 +76,10 @@ from .errors import (
     CorruptDatasetError,
     DatasetNotInitializedError,
     IncompatibleDatasetError,
+    InvalidArgumentError,
     LockTimeoutError,
     StorageError,
+    UsageAnalyticsError,
 )
 
 __all__ = ["Dataset", "FileEntry", "Snapshot", "Transaction"]
@@ -98,6 +101,8 @@ SIDECAR_DIR: Final = "_rollups"
 SPAN_DIR: Final = "_rollups/spans"
 _SPAN_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.[a-z]+\.rollup")
 _READ_ATTEMPTS: Final = 20
+#: The last day an int64 nanosecond timestamp reaches (2262-04-11).
+_MAX_DAY: Final = (2**63 - 1) // (86_400 * 10**9)
 # Data files are in time order, or sorted by tenant then time: row groups this small let a
 # time filter, or a tenant filter, skip most of a file through its statistics.
 DATA_ROW_GROUP: Final = 32 * 1024
@@ -262,14 +267,64 @@ class FileEntry:
         return _json_bytes(self.to_json())
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> FileEntry:
-        path = str(raw["path"])
+    def from_json(
+        cls, raw: Any, *, max_schema_version: int, stats_columns: Sequence[str] = ()
+    ) -> FileEntry:
+        """An entry of the manifest, checked field by field (``CorruptDatasetError`` names the
+        first field that is missing or wrong)."""
+        if not isinstance(raw, dict):
+            raise _Damaged(f"a file entry is {type(raw).__name__}, not an object")
+        path = raw.get("path")
+        if not isinstance(path, str):
+            raise _Damaged(f"a file entry has no path ({raw!r})")
         _check_relative_path(path)
-        stats = {str(k): (int(v[0]), int(v[1])) for k, v in dict(raw.get("stats", {})).items()}
-        sidecars = tuple(str(k) for k in raw.get("sidecars", ()))
-        if not all(_SIDECAR_KIND_RE.fullmatch(k) for k in sidecars):
-            raise CorruptDatasetError(f"the manifest lists odd summary kinds {sidecars!r}")
-        return cls(path, int(raw["rows"]), int(raw["schema_version"]), stats, sidecars)
+        rows = _int_field(raw, "rows", path)
+        version = _int_field(raw, "schema_version", path)
+        if rows < 0:
+            raise _Damaged(f"{path} has {rows} rows")
+        if not 1 <= version <= max_schema_version:
+            raise _Damaged(
+                f"{path} has schema version {version}; this usage_analytics knows versions 1 "
+                f"to {max_schema_version}"
+            )
+        raw_stats = raw.get("stats", {})
+        if not isinstance(raw_stats, dict):
+            raise _Damaged(f"the stats of {path} are not an object")
+        stats: dict[str, tuple[int, int]] = {}
+        for name, bounds in raw_stats.items():
+            if (
+                not isinstance(bounds, list)
+                or len(bounds) != 2
+                or not all(_is_int(v) for v in bounds)
+                or bounds[0] > bounds[1]
+            ):
+                raise _Damaged(f"the {name!r} stats of {path} are not [min, max] ({bounds!r})")
+            stats[str(name)] = (bounds[0], bounds[1])
+        missing = [c for c in stats_columns if c not in stats]
+        if missing:
+            raise _Damaged(f"{path} has no {', '.join(map(repr, missing))} stats")
+        sidecars = raw.get("sidecars", [])
+        if not isinstance(sidecars, list) or not all(
+            isinstance(k, str) and _SIDECAR_KIND_RE.fullmatch(k) for k in sidecars
+        ):
+            raise _Damaged(f"{path} lists odd summary kinds {sidecars!r}")
+        return cls(path, rows, version, stats, tuple(sidecars))
+
+
+class _Damaged(Exception):
+    """What is wrong with a manifest or journal; the reader turns it into a
+    ``CorruptDatasetError`` that names the file."""
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_field(raw: Mapping[str, Any], name: str, what: str) -> int:
+    value = raw.get(name)
+    if not _is_int(value):
+        raise _Damaged(f"{what} has no integer {name!r} (found {value!r})")
+    return int(value)
 
 
 def _check_relative_path(path: str, *, sidecar_ok: bool = False) -> list[str]:
@@ -338,13 +393,21 @@ class SpanEntry:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> SpanEntry:
-        name, kinds = str(raw["name"]), tuple(str(k) for k in raw["kinds"])
-        if not re.fullmatch(r"[0-9a-f]{32}", name) or not all(
-            _SIDECAR_KIND_RE.fullmatch(k) for k in kinds
+    def from_json(cls, raw: Any) -> SpanEntry:
+        if not isinstance(raw, dict):
+            raise _Damaged(f"a span entry is {type(raw).__name__}, not an object")
+        name, kinds = raw.get("name"), raw.get("kinds")
+        if (
+            not isinstance(name, str)
+            or not re.fullmatch(r"[0-9a-f]{32}", name)
+            or not isinstance(kinds, list)
+            or not all(isinstance(k, str) and _SIDECAR_KIND_RE.fullmatch(k) for k in kinds)
         ):
-            raise CorruptDatasetError(f"the manifest lists an odd span {dict(raw)!r}")
-        return cls(name, int(raw["first_day"]), int(raw["last_day"]), kinds)
+            raise _Damaged(f"an odd span entry {raw!r}")
+        first, last = _int_field(raw, "first_day", "a span"), _int_field(raw, "last_day", "a span")
+        if not 0 <= first <= last <= _MAX_DAY:
+            raise _Damaged(f"a span of days {first}..{last}")
+        return cls(name, first, last, tuple(kinds))
 
 
 def day_number(date: str) -> int:
@@ -398,36 +461,45 @@ class Snapshot:
         return header[:-1] + b',"spans":[' + spans + b'],"files":[' + files + b"]}"
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any], max_schema_version: int) -> Snapshot:
+    def from_json(
+        cls, raw: Mapping[str, Any], max_schema_version: int, stats_columns: Sequence[str] = ()
+    ) -> Snapshot:
+        """A manifest's state; raises ``_Damaged`` for a missing or wrong field."""
         if raw.get("format") != FORMAT_NAME:
             raise IncompatibleDatasetError(
                 f"the manifest names format {raw.get('format')!r}, not {FORMAT_NAME!r}"
             )
         fmt = raw.get("format_version")
-        if not isinstance(fmt, int) or fmt > FORMAT_VERSION or fmt < 1:
+        if not _is_int(fmt) or fmt > FORMAT_VERSION or fmt < 1:
             raise IncompatibleDatasetError(
                 f"the dataset has format version {fmt!r}; this usage_analytics reads format "
                 f"version {FORMAT_VERSION}: upgrade usage_analytics"
             )
         schema_version = raw.get("schema_version")
-        if not isinstance(schema_version, int) or not 1 <= schema_version <= max_schema_version:
+        if not _is_int(schema_version) or not 1 <= schema_version <= max_schema_version:
             raise IncompatibleDatasetError(
                 f"the dataset has schema version {schema_version!r}; this usage_analytics knows "
                 f"versions 1 to {max_schema_version}: upgrade usage_analytics"
             )
-        try:
-            files = tuple(FileEntry.from_json(f) for f in raw["files"])
-            spans = tuple(SpanEntry.from_json(sp) for sp in raw.get("spans", ()))
-            return cls(
-                version=int(raw["version"]),
-                txid=str(raw["txid"]),
-                schema_version=schema_version,
-                next_id=int(raw["next_id"]),
-                files=files,
-                spans=spans,
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise CorruptDatasetError(f"the manifest is damaged: {exc!r}") from exc
+        files, spans = raw.get("files"), raw.get("spans", [])
+        if not isinstance(files, list) or not isinstance(spans, list):
+            raise _Damaged("its 'files' or 'spans' is not a list")
+        txid = raw.get("txid")
+        if not isinstance(txid, str):
+            raise _Damaged(f"it has no text 'txid' (found {txid!r})")
+        return cls(
+            version=_int_field(raw, "version", "it"),
+            txid=txid,
+            schema_version=schema_version,
+            next_id=_int_field(raw, "next_id", "it"),
+            files=tuple(
+                FileEntry.from_json(
+                    f, max_schema_version=max_schema_version, stats_columns=stats_columns
+                )
+                for f in files
+            ),
+            spans=tuple(SpanEntry.from_json(sp) for sp in spans),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,55 +562,141 @@ class Dataset:
         lock = filelock.FileLock(self.root / LOCK_NAME, thread_local=False)
         wait = self.lock_timeout if timeout is None else timeout
         try:
-            lock.acquire(timeout=wait)
+            lock.acquire(timeout=-1 if math.isinf(wait) else wait)
         except filelock.Timeout as exc:
             raise LockTimeoutError(
                 f"another writer held the lock on {self.root} for more than {wait:g} s; "
                 "retry later or pass a larger lock_timeout"
             ) from exc
         except OSError as exc:
-            raise CorruptDatasetError(
-                f"cannot open the lock file {self.root / LOCK_NAME} ({exc.strerror or exc}); "
-                "it must be a regular file inside the dataset root"
-            ) from exc
+            raise self._write_refused(exc) from exc
         try:
             yield
         finally:
             lock.release()
 
+    def _write_refused(self, exc: OSError) -> UsageAnalyticsError:
+        """Why a write could not start (opening the lock file, creating the root), as the
+        error a writer gets."""
+        path = self.root / LOCK_NAME
+        if exc.errno == errno.EROFS:
+            return StorageError(
+                exc.errno,
+                f"{self.root} is on a read-only filesystem: writes are impossible there (reads "
+                "work); write to a copy on a writable filesystem",
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return StorageError(
+                exc.errno,
+                f"no permission to write to {self.root} ({exc.strerror}: {exc.filename}): "
+                "writes need write access to the dataset folder; reads work without it",
+            )
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return DatasetNotInitializedError(
+                f"no usage dataset at {self.root}: call Store({str(self.root)!r}).auto_migrate() "
+                "to create it"
+            )
+        return CorruptDatasetError(
+            f"cannot open the lock file {path} ({exc.strerror or exc}); it must be a regular "
+            "file inside the dataset root"
+        )
+
     # -- reading the manifest ----------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.manifest_path.is_file()
+        """Whether something is at the manifest's path (a link there is refused on reading)."""
+        return os.path.lexists(self.manifest_path)
+
+    def _read_own_file(self, path: Path) -> bytes:
+        """The bytes of a file of the dataset itself (manifest, journal), never through a link.
+
+        Raises:
+            FileNotFoundError: there is no such file.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._read_error(path, exc) from exc
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                return fh.read()
+        except IsADirectoryError as exc:
+            raise CorruptDatasetError(f"{path} is a folder, not a file of this dataset") from exc
+        except OSError as exc:
+            raise self._read_error(path, exc) from exc
+
+    def _read_error(self, path: Path, exc: OSError) -> UsageAnalyticsError:
+        if exc.errno == errno.ELOOP:
+            return CorruptDatasetError(
+                f"{path} is a symbolic link; the store never reads through links: put the file "
+                "itself there"
+            )
+        if exc.errno == errno.ENOTDIR:
+            return InvalidArgumentError(
+                f"the dataset root {self.root} is not a folder (it, or a folder above it, is a "
+                "file): give the dataset's folder"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return StorageError(
+                exc.errno,
+                f"no permission to read {path}: reading a dataset needs read access to its files",
+            )
+        return StorageError(exc.errno or errno.EIO, f"cannot read {path} ({exc.strerror or exc})")
+
+    def _unreadable(self, exc: OSError | pa.ArrowException) -> UsageAnalyticsError:
+        """A failure to read the dataset's files as the error a caller gets. pyarrow reports
+        a file it cannot decode as an ``ArrowException``, or as an ``OSError`` without an
+        errno; the operating system's errors carry one."""
+        if isinstance(exc, UsageAnalyticsError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return self._read_error(Path(exc.filename or self.root), exc)
+        return CorruptDatasetError(
+            f"a file of the dataset at {self.root} cannot be read ({exc}); restore it from a backup"
+        )
 
     def _load_manifest(self) -> Snapshot:
         try:
-            data = self.manifest_path.read_bytes()
-            if data == self._cached[0]:
-                # The same bytes as last time: the same committed state, already parsed.
-                return self._cached[1]  # type: ignore[return-value]
-            raw = json.loads(data)
+            data = self._read_own_file(self.manifest_path)
         except FileNotFoundError:
             raise DatasetNotInitializedError(
                 f"no usage dataset at {self.root}: call Store({str(self.root)!r}).auto_migrate() "
                 "to create it"
             ) from None
+        if data == self._cached[0]:
+            # The same bytes as last time: the same committed state, already parsed.
+            return self._cached[1]  # type: ignore[return-value]
+        try:
+            raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptDatasetError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise CorruptDatasetError(f"{self.manifest_path} does not hold a JSON object")
-        snap = Snapshot.from_json(raw, self.schema_version)
+        try:
+            snap = Snapshot.from_json(raw, self.schema_version, self._stats_columns)
+        except _Damaged as exc:
+            raise CorruptDatasetError(
+                f"{self.manifest_path} is damaged: {exc}; restore it from a backup"
+            ) from None
         self._cached = (data, snap)
         return snap
 
     def snapshot(self) -> Snapshot:
-        """The latest committed state (finishing an interrupted write first, when possible)."""
+        """The latest committed state.
+
+        The manifest is always a committed state, also while a write is in flight or after one
+        was interrupted (before its commit point the manifest is the state before it; after,
+        the state it made). A reader that can take the lock finishes an interrupted write;
+        one that cannot (another writer holds it, the reader may not write, or the filesystem
+        is read-only) reads the manifest as it is.
+        """
         snap = self._load_manifest()
         if self.journal_path.exists() or self._journal_tmp.exists():
-            with contextlib.suppress(LockTimeoutError, PermissionError, OSError):
-                with self._locked(timeout=0):
-                    self._recover()
-                snap = self._load_manifest()
+            with contextlib.suppress(UsageAnalyticsError, OSError), self._locked(timeout=0):
+                self._recover()
+            snap = self._load_manifest()
         return snap
 
     def read(self, fn: Callable[[Snapshot], T]) -> T:
@@ -552,6 +710,8 @@ class Dataset:
                     raise CorruptDatasetError(
                         f"a file listed by the manifest is missing: {exc.filename}"
                     ) from exc
+            except (OSError, pa.ArrowException) as exc:
+                raise self._unreadable(exc) from exc
         raise CorruptDatasetError("the dataset kept changing under the reader; try again")
 
     def read_file(
@@ -661,7 +821,17 @@ class Dataset:
                         f"{self.root / folder} is a symbolic link; the store does not follow links"
                     )
             checked.append(self.root / rel)
-        return [_read_summary(path, first) for path in checked]
+        tables = []
+        for path in checked:
+            try:
+                tables.append(_read_summary(path, first))
+            except (pa.ArrowException, ValueError, IndexError) as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise CorruptDatasetError(
+                    f"the summary file {path} is damaged ({exc}); restore it from a backup"
+                ) from exc
+        return tables
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -670,7 +840,18 @@ class Dataset:
         upgraded."""
         if self.exists() and self.snapshot().schema_version == self.schema_version:
             return False  # also refuses unknown versions before anything is written
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidArgumentError(
+                f"the dataset root {self.root} is a file, not a folder: give a folder"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError) as exc:
+            raise InvalidArgumentError(
+                f"cannot create the dataset folder {self.root}: a file is in the way ({exc})"
+            ) from exc
+        except OSError as exc:
+            raise self._write_refused(exc) from exc
         with self._locked():
             self._recover()
             if not self.exists():
@@ -681,7 +862,16 @@ class Dataset:
                     next_id=1,
                     files=(),
                 )
-                self._write_manifest(snap)
+                try:
+                    self._write_manifest(snap)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        _unlink_missing_ok(self.root / ("." + MANIFEST_NAME + ".tmp"))
+                    raise StorageError(
+                        exc.errno or errno.EIO,
+                        f"creating the dataset at {self.root} failed ({exc.strerror or exc}); "
+                        "nothing was created",
+                    ) from exc
                 return True
             snap = self._load_manifest()
             if snap.schema_version == self.schema_version:
@@ -713,7 +903,19 @@ class Dataset:
             self._recover()
             base = self._load_manifest()
             self._check_writable(base, upgrade)
-            yield Transaction(self, base)
+            try:
+                yield Transaction(self, base)
+            except FileNotFoundError as exc:
+                # Under the lock no other writer removes files: a listed file that is gone
+                # was removed from outside.
+                raise CorruptDatasetError(
+                    f"a file listed by the manifest is missing: {exc.filename or exc}; restore "
+                    "it from a backup"
+                ) from exc
+            except (OSError, pa.ArrowException) as exc:
+                if isinstance(exc, UsageAnalyticsError):
+                    raise
+                raise self._unreadable(exc) from exc
 
     def _check_writable(self, snap: Snapshot, upgrade: bool) -> None:
         if snap.schema_version != self.schema_version and not upgrade:
@@ -723,20 +925,42 @@ class Dataset:
                 "before writing (reads work as it is)"
             )
 
+    def _read_journal(self) -> tuple[str, list[str], list[str]]:
+        """The journal's transaction id and the files it adds and removes.
+
+        Raises:
+            FileNotFoundError: there is no journal.
+            CorruptDatasetError: the journal is damaged (a journal is only ever renamed in
+                whole, so this is damage from outside).
+        """
+        data = self._read_own_file(self.journal_path)
+        try:
+            journal = json.loads(data)
+            if not isinstance(journal, dict):
+                raise _Damaged(f"it holds a JSON {type(journal).__name__}, not an object")
+            txid, adds, removes = journal.get("txid"), journal.get("adds"), journal.get("removes")
+            if not isinstance(txid, str):
+                raise _Damaged(f"it has no text 'txid' (found {txid!r})")
+            for name, paths in (("adds", adds), ("removes", removes)):
+                if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                    raise _Damaged(f"its {name!r} is not a list of paths (found {paths!r})")
+        except (ValueError, UnicodeDecodeError, _Damaged) as exc:
+            raise CorruptDatasetError(
+                f"the journal {self.journal_path} is damaged ({exc}); the committed state is "
+                "intact and reads work: remove the journal to let writes go on (files of the "
+                "interrupted write may stay behind, unused)"
+            ) from None
+        return txid, list(adds or ()), list(removes or ())
+
     def _recover(self) -> None:
         """Finish or undo an interrupted write. Call with the lock held. Idempotent."""
         _unlink_missing_ok(self._journal_tmp)
         _unlink_missing_ok(self.root / ("." + MANIFEST_NAME + ".tmp"))
         try:
-            journal = json.loads(self.journal_path.read_bytes())
+            txid, adds, removes = self._read_journal()
         except FileNotFoundError:
             return
-        except ValueError:
-            # A journal is only ever renamed in whole; an unreadable one is damage.
-            raise CorruptDatasetError(f"{self.journal_path} is damaged") from None
-        committed = self._load_manifest().txid == journal["txid"]
-        adds = [str(p) for p in journal["adds"]]
-        removes = [str(p) for p in journal["removes"]]
+        committed = self._load_manifest().txid == txid
         touched: set[str] = set()
         for rel in adds + removes:
             touched.update(_check_relative_path(rel, sidecar_ok=True))

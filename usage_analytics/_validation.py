@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -15,12 +15,13 @@ from .errors import InvalidArgumentError, ValidationError
 from .records import Usage
 from .schema import INPUT_COLUMNS, INPUT_SCHEMA, INT32_COLUMNS, STRING_COLUMNS, ZERO_VALUES
 
-__all__ = ["prepare_batch", "to_ns"]
+__all__ = ["TIME_END", "prepare_batch", "to_bound", "to_ns", "to_window"]
 
 _STORE_SET = ("id", "created_at")
 _USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
 _INT64_MAX = np.iinfo(np.int64).max
 _EXAMPLES = 5
+_NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
 def to_ns(value: object, what: str) -> int:
@@ -43,11 +44,42 @@ def to_ns(value: object, what: str) -> int:
             raise InvalidArgumentError(f"{what} is NaT; give a time")
         if ts.tzinfo is None:
             ts = ts.tz_localize("UTC")
-        return int(ts.value)
+        # In the Timestamp's own unit, then exact: far dates do not fit in int64 nanoseconds.
+        return int(ts.asm8.view("i8")) * _NS_PER_UNIT[ts.unit]
     raise InvalidArgumentError(
         f"{what} must be int nanoseconds since the epoch, a datetime, a pd.Timestamp or an ISO "
         f"string such as '2026-11-01', not {type(value).__name__} ({value!r})"
     )
+
+
+#: Every stored timestamp t has 0 <= t < TIME_END (int64 nanoseconds, never negative).
+TIME_END: Final = 2**63
+
+
+def to_bound(value: object, what: str) -> int:
+    """A time bound (see :func:`to_ns`) clamped into ``[0, TIME_END]``: a bound before every
+    possible timestamp acts as 0 and one after all of them as ``TIME_END``, so that windows of
+    any width select the same rows as the widest one that still means something.
+
+    Example:
+        >>> to_bound(-2**80, "start"), to_bound(2**80, "end") == TIME_END
+        (0, True)
+    """
+    return min(max(to_ns(value, what), 0), TIME_END)
+
+
+def to_window(start: object, end: object) -> tuple[int, int]:
+    """``start <= timestamp < end`` as clamped int bounds ``(lo, hi)``; ``lo == hi`` selects no
+    row. The time filter of the window is ``lo <= timestamp <= hi - 1``, whose bounds both fit
+    in int64 whenever ``lo < hi``.
+
+    Raises:
+        InvalidArgumentError: a bound is not a time, or ``end`` is before ``start``.
+    """
+    lo, hi = to_ns(start, "start"), to_ns(end, "end")
+    if hi < lo:
+        raise InvalidArgumentError(f"end ({end!r}) is before start ({start!r})")
+    return min(max(lo, 0), TIME_END), min(max(hi, 0), TIME_END)
 
 
 def _rows_to_frame(items: Iterable[Any]) -> pd.DataFrame:
@@ -128,9 +160,12 @@ def _mixed_to_ns(s: pd.Series) -> pd.Series:
             out[i] = int(value)
         elif isinstance(value, dt.date | np.datetime64) and not pd.isna(value):
             try:
-                out[i] = to_ns(value, "timestamp")
+                ns = to_ns(value, "timestamp")
             except InvalidArgumentError:
                 return s
+            if not -(2**63) <= ns < 2**63:
+                return s
+            out[i] = ns
         else:
             return s
     return pd.Series(out, index=s.index, name=s.name)

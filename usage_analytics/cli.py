@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
+import pyarrow as pa
 
-from .errors import UsageAnalyticsError
+from .errors import InvalidArgumentError, UsageAnalyticsError
 from .schema import STRING_COLUMNS
 from .store import Store
 
@@ -88,6 +89,8 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> None:
 
 def _show_time(value: Any) -> str:
     if isinstance(value, int):
+        if not -(2**63) < value < 2**63:
+            return str(value)  # beyond what a timestamp can show
         return str(pd.Timestamp(value, tz="UTC").isoformat())
     return str(value)
 
@@ -116,16 +119,27 @@ def _cmd_info(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _read_input(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".gz"):
+    if path.suffix not in (".parquet", ".csv", ".gz"):
+        raise InvalidArgumentError(f"{path}: give a .csv or .parquet file")
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InvalidArgumentError(f"cannot load {path}: it {what}; give a .csv or .parquet file")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
         return pd.read_csv(
             path,
             dtype={c: str for c in STRING_COLUMNS},
             keep_default_na=False,
             na_values={c: [""] for c in ("timestamp",)},
         )
-    raise UsageAnalyticsError(f"{path}: give a .csv or .parquet file")
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        # A malformed or binary CSV, a damaged Parquet file, an unreadable file.
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidArgumentError(
+            f"cannot read {path} as {kind} ({detail}); nothing was written from it"
+        ) from exc
 
 
 def _cmd_load(args: argparse.Namespace, out: TextIO) -> None:

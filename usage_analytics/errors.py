@@ -67,7 +67,8 @@ class IncompatibleDatasetError(UsageAnalyticsError):
 
 
 class CorruptDatasetError(UsageAnalyticsError):
-    """A file the dataset relies on is missing, unreadable, or points outside the root."""
+    """A file the dataset relies on is missing, damaged, a symbolic link, or points outside
+    the root; the message names the file and what is wrong with it."""
 
 
 class LockTimeoutError(UsageAnalyticsError, TimeoutError):
@@ -75,4 +76,6 @@ class LockTimeoutError(UsageAnalyticsError, TimeoutError):
 
 
 class StorageError(UsageAnalyticsError, OSError):
-    """The disk failed during a write (no space, I/O error, ...); the write was rolled back."""
+    """The filesystem refused or failed an operation: no space or an I/O error during a write
+    (the write was rolled back), a read-only filesystem, or missing permissions. ``errno``
+    holds the operating system's error number."""

@@ -12,6 +12,8 @@ from typing import Any, Self
 
 import pandas as pd
 
+from .errors import InvalidArgumentError
+
 __all__ = ["Summary", "Usage", "UsageByGroup"]
 
 
@@ -33,10 +35,16 @@ class _FromFrame:
             ...     "average_latency": [150.0]}))
             [Summary(api_method='GetFoo', total_requests=3, success_requests=2, failure_requests=1, average_latency=150.0)]
         """  # noqa: E501
+        if not isinstance(df, pd.DataFrame):
+            raise InvalidArgumentError(
+                f"{cls.__name__}.from_frame takes a DataFrame, not {type(df).__name__}"
+            )
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         missing = [n for n in names if n not in df.columns]
         if missing:
-            raise ValueError(f"{cls.__name__}.from_frame: the frame lacks columns {missing}")
+            raise InvalidArgumentError(
+                f"{cls.__name__}.from_frame: the frame lacks columns {missing}"
+            )
         columns = [df[n].tolist() for n in names]
         rows = zip(*columns, strict=True)
         return [cls(**{n: _py(v) for n, v in zip(names, row, strict=True)}) for row in rows]

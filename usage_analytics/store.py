@@ -6,7 +6,9 @@ The store validates input, asks the dataset layer (``_dataset``) to commit files
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,7 +24,7 @@ import pyarrow.compute as pc
 
 from . import queries
 from ._dataset import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, day_number
-from ._validation import prepare_batch, to_ns
+from ._validation import prepare_batch, to_bound, to_window
 from .errors import (
     DuplicateUsageError,
     InvalidArgumentError,
@@ -109,7 +111,7 @@ class Store:
     Args:
         root: the dataset's folder; ``auto_migrate()`` creates it.
         lock_timeout: seconds a write waits for another writer before raising
-            :class:`~usage_analytics.LockTimeoutError`.
+            :class:`~usage_analytics.LockTimeoutError` (``math.inf``: as long as it takes).
 
     Example:
         >>> from usage_analytics import Usage
@@ -126,8 +128,15 @@ class Store:
     def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
         if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
             raise InvalidArgumentError(f"lock_timeout must be seconds, not {lock_timeout!r}")
-        if lock_timeout < 0:
-            raise InvalidArgumentError(f"lock_timeout must be >= 0, not {lock_timeout!r}")
+        if math.isnan(lock_timeout) or lock_timeout < 0:
+            raise InvalidArgumentError(
+                f"lock_timeout must be seconds >= 0 (math.inf: wait as long as it takes), not "
+                f"{lock_timeout!r}"
+            )
+        if not isinstance(root, str | os.PathLike):
+            raise InvalidArgumentError(
+                f"root must be a path (str or os.PathLike), not {type(root).__name__} ({root!r})"
+            )
         self._root = Path(os.fspath(root))
         # Reports read the per-file rollups where a window covers a whole file; switched off
         # only by tests that compare them with plain row scans.
@@ -446,7 +455,7 @@ class Store:
             >>> store.delete_usage(3, limit=1), store.delete_usage(3)
             (1, 1)
         """
-        cutoff = to_ns(timestamp, "timestamp")
+        cutoff = to_bound(timestamp, "timestamp")
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int | np.integer):
                 raise InvalidArgumentError(f"limit must be an int or None, not {limit!r}")
@@ -481,7 +490,7 @@ class Store:
         # A limit falls inside this partition: pick the oldest rows by (timestamp, id).
         keys = pa.concat_tables(
             [
-                self._ds.read_file(e, ("timestamp", "id"), pc.field("timestamp") < cutoff)
+                self._ds.read_file(e, ("timestamp", "id"), pc.field("timestamp") <= cutoff - 1)
                 for e in candidates
             ]
         ).to_pandas()
@@ -498,7 +507,7 @@ class Store:
         """Stage ``entry`` rewritten without its rows before ``cutoff`` (and, when ``ids`` is
         given, only those among them); returns how many rows go."""
         table = self._read_rows(entry)
-        gone = pc.less(table.column("timestamp"), cutoff)
+        gone = pc.less_equal(table.column("timestamp"), cutoff - 1)  # int64 even at 2**63
         if ids is not None:
             gone = pc.and_(gone, pc.is_in(table.column("id"), value_set=ids))
         n = int(pc.sum(gone).as_py() or 0)
@@ -805,9 +814,7 @@ class Store:
         """One report: rollups for files inside the window, row scans for the others."""
         if not isinstance(tenant_id, str):
             raise InvalidArgumentError(f"tenant_id must be a str, not {tenant_id!r}")
-        lo, hi = to_ns(start, "start"), to_ns(end, "end")
-        if hi < lo:
-            raise InvalidArgumentError(f"end ({end!r}) is before start ({start!r})")
+        lo, hi = to_window(start, end)
 
         def read(snap: Snapshot) -> pd.DataFrame:
             spans = _pick_spans(snap, lo, hi, kind) if self._use_rollups else []
@@ -845,7 +852,7 @@ class Store:
         expr = (
             (pc.field("tenant") == tenant_id)
             & (pc.field("timestamp") >= lo)
-            & (pc.field("timestamp") < hi)
+            & (pc.field("timestamp") <= hi - 1)  # both in int64 range: lo < hi <= 2**63
         )
         keys = [c for c in columns if c in STRING_COLUMNS]
         yield from self._ds.scan(entries, columns, expr, dictionary=keys)
@@ -944,16 +951,18 @@ def _pick_spans(snap: Snapshot, lo: int, hi: int, kind: str) -> list[SpanEntry]:
             by_start.setdefault(span.first_day, []).append(span)
     if not by_start:
         return []
-    day, last = -(-lo // NS_PER_DAY), hi // NS_PER_DAY - 1  # whole days inside the window
+    first, last = -(-lo // NS_PER_DAY), hi // NS_PER_DAY - 1  # whole days inside the window
+    starts = sorted(by_start)
     picked = []
-    while day <= last:
-        fitting = [sp for sp in by_start.get(day, []) if sp.last_day <= last]
+    i = bisect.bisect_left(starts, first)
+    while i < len(starts) and starts[i] <= last:
+        fitting = [sp for sp in by_start[starts[i]] if sp.last_day <= last]
         if fitting:
             best = max(fitting, key=lambda sp: sp.last_day)
             picked.append(best)
-            day = best.last_day + 1
+            i = bisect.bisect_left(starts, best.last_day + 1, lo=i + 1)
         else:
-            day += 1
+            i += 1
     return picked
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from .errors import InvalidArgumentError
 from .schema import INPUT_COLUMNS, INT32_COLUMNS, NS_PER_DAY, STRING_COLUMNS
 
 __all__ = ["COLUMNS", "Profile", "StartLike", "generate", "iter_batches"]
@@ -173,19 +174,21 @@ class Profile:
     def __post_init__(self) -> None:
         """Reject inconsistent or out-of-range knobs with a ValueError."""
         if self.n_tenants < 1:
-            raise ValueError(f"n_tenants must be >= 1, got {self.n_tenants}")
+            raise InvalidArgumentError(f"n_tenants must be >= 1, got {self.n_tenants}")
         if self.n_users < self.n_tenants:
-            raise ValueError(f"n_users must be >= n_tenants ({self.n_tenants}), got {self.n_users}")
+            raise InvalidArgumentError(
+                f"n_users must be >= n_tenants ({self.n_tenants}), got {self.n_users}"
+            )
         if self.n_api_keys < self.n_users:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"n_api_keys must be >= n_users ({self.n_users}), got {self.n_api_keys}"
             )
         if self.n_methods < 1:
-            raise ValueError(f"n_methods must be >= 1, got {self.n_methods}")
+            raise InvalidArgumentError(f"n_methods must be >= 1, got {self.n_methods}")
         if self.n_models < 1:
-            raise ValueError(f"n_models must be >= 1, got {self.n_models}")
+            raise InvalidArgumentError(f"n_models must be >= 1, got {self.n_models}")
         if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate}")
+            raise InvalidArgumentError(f"error_rate must be within [0, 1], got {self.error_rate}")
 
 
 @dataclass(frozen=True)
@@ -576,34 +579,48 @@ def _start_ns(start: StartLike) -> int:
     try:
         ts = pd.Timestamp(start)
     except (TypeError, ValueError) as exc:
-        raise ValueError(message) from exc
+        raise InvalidArgumentError(message) from exc
     if pd.isna(ts):
-        raise ValueError(message)
+        raise InvalidArgumentError(message)
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     try:
         return int(ts.normalize().as_unit("ns").value)
     except (OverflowError, ValueError) as exc:
-        raise ValueError(f"start is outside the range of nanosecond timestamps: {start!r}") from exc
+        raise InvalidArgumentError(
+            f"start is outside the range of nanosecond timestamps: {start!r}"
+        ) from exc
+
+
+def _index(value: object, name: str) -> int:
+    """``value`` as an int (any integer type, not a bool or a float)."""
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be an int, not {value!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentError(
+            f"{name} must be an int, not {type(value).__name__} ({value!r})"
+        ) from None
 
 
 def _make_plan(
     n_rows: int, start: StartLike, days: int, seed: int, profile: Profile | None
 ) -> _Plan:
-    n_rows = operator.index(n_rows)
-    days = operator.index(days)
-    seed = operator.index(seed)
+    n_rows = _index(n_rows, "n_rows")
+    days = _index(days, "days")
+    seed = _index(seed, "seed")
     if n_rows < 0:
-        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+        raise InvalidArgumentError(f"n_rows must be >= 0, got {n_rows}")
     if days < 1:
-        raise ValueError(f"days must be >= 1, got {days}")
+        raise InvalidArgumentError(f"days must be >= 1, got {days}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise InvalidArgumentError(f"seed must be >= 0, got {seed}")
     start_ns = _start_ns(start)
     if start_ns < 0:
-        raise ValueError(f"start must not be before 1970-01-01, got {start!r}")
+        raise InvalidArgumentError(f"start must not be before 1970-01-01, got {start!r}")
     if start_ns + days * NS_PER_DAY > _INT64_MAX:
-        raise ValueError("start + days exceeds the range of nanosecond timestamps")
+        raise InvalidArgumentError("start + days exceeds the range of nanosecond timestamps")
     profile = Profile() if profile is None else profile
     return _Plan(
         n_rows=n_rows,
@@ -681,7 +698,7 @@ def iter_batches(
     """
     batch_size = operator.index(batch_size)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     plan = _make_plan(n_rows, start, days, seed, profile)
     return _rebatch(_iter_blocks(plan), batch_size)
 
