@@ -9,8 +9,8 @@ Command line (run as ``python tests/_workers.py COMMAND ROOT [ARGS]``)::
     delete ROOT CUTOFF [N]    delete_usage(CUTOFF, limit=N), prints "ok <rows>"
     compact ROOT              compact(), prints "ok <partitions>"
 
-The fault point of ``usage_analytics._dataset`` is armed by the caller through the environment
-variable ``USAGE_ANALYTICS_KILL_AT``.
+The fault point (``usage_analytics._storage.faults``) is armed by the caller through the
+environment variable ``USAGE_ANALYTICS_KILL_AT``.
 """
 
 from __future__ import annotations

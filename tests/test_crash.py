@@ -23,7 +23,7 @@ from _crash_worker import batch, loop_op, make_v1, run, single_row
 
 from usage_analytics import Store
 from usage_analytics import store as store_module
-from usage_analytics._dataset import FAULT_ENV, FAULT_POINTS
+from usage_analytics._storage.faults import FAULT_ENV, FAULT_POINTS
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
 BEFORE_COMMIT = (

@@ -21,7 +21,8 @@ import pyarrow as pa
 from helpers import random_usage_frame
 from hypothesis import given, settings
 
-from usage_analytics import _dataset, queries, synthetic
+from usage_analytics import queries, synthetic
+from usage_analytics._storage import files as summary_files
 from usage_analytics._validation import normalize_batch, passes_fast_checks, widened_for_checks
 from usage_analytics.schema import INPUT_SCHEMA, INT32_COLUMNS, STRING_COLUMNS
 from usage_analytics.store import _repeated_keys
@@ -154,24 +155,24 @@ def test_summary_files_read_one_value_as_a_filter_would(
     table = pa.table(
         {"tenant": pa.array(firsts, pa.string()), "n": n, "big": n * 3_000_000_000 - 7}
     )
-    _dataset._write_summary(table, path)
-    whole = _dataset._read_summary(path, None)
+    summary_files.write_summary(table, path)
+    whole = summary_files.read_summary(path, None)
     # Strings come back dictionary-encoded; integers in the narrowest type that holds them.
     small = pa.int8() if len(firsts) <= 128 else pa.int16()
     big = pa.int8() if len(firsts) <= 1 else pa.int64()  # -7, then 3e9 - 7 and more
-    assert whole.schema.types == [_dataset.SUMMARY_TEXT, small, big]
+    assert whole.schema.types == [summary_files.SUMMARY_TEXT, small, big]
     assert whole.to_pylist() == table.to_pylist()
     for value in ["t0", "t1", "t2", "t3", "zz", "", "t", "zzz"]:
-        got = _dataset._read_summary(path, value)
+        got = summary_files.read_summary(path, value)
         want = table.filter(pa.compute.equal(table.column("tenant"), value))
         assert got.to_pylist() == want.to_pylist(), value
 
 
 def test_a_value_with_many_rows_has_batches_of_its_own() -> None:
-    rows = _dataset.SUMMARY_BATCH_ROWS
+    rows = summary_files.SUMMARY_BATCH_ROWS
     firsts = ["a"] * 3 + ["b"] * (rows + 5) + ["c"] * 2 + ["d"] * (rows - 1) + ["e"]
     table = pa.table({"tenant": firsts, "n": np.arange(len(firsts))})
-    batches, index = _dataset._summary_batches(table)
+    batches, index = summary_files.summary_batches(table)
     assert index == [["a", "a"], ["b", "b"], ["c", "d"], ["e", "e"]]
     assert [b.num_rows for b in batches] == [3, rows + 5, rows + 1, 1]
 

@@ -16,7 +16,8 @@ import pytest
 from _crash_worker import DAY, T0, batch, run
 from helpers import snapshot_files
 
-from usage_analytics import LockTimeoutError, StorageError, Store, UsageAnalyticsError, _dataset
+from usage_analytics import LockTimeoutError, StorageError, Store, UsageAnalyticsError
+from usage_analytics._storage import faults
 
 BEFORE_COMMIT = (
     "journal_tmp_written",
@@ -36,10 +37,10 @@ def inject() -> Iterator[Callable[[str, int], None]]:
             if name == point:
                 raise OSError(code, f"injected {errno.errorcode[code]}")
 
-        _dataset.FAULT_HOOK = hook
+        faults.FAULT_HOOK = hook
 
     yield arm
-    _dataset.FAULT_HOOK = None
+    faults.FAULT_HOOK = None
 
 
 def make_base(root: Path) -> Store:
@@ -65,7 +66,7 @@ def test_disk_error_before_commit_changes_nothing(
     inject(point, code)
     with pytest.raises(StorageError) as info:
         run(store, op)
-    _dataset.FAULT_HOOK = None
+    faults.FAULT_HOOK = None
     assert isinstance(info.value, UsageAnalyticsError)
     assert info.value.errno == code
     assert "nothing was changed" in str(info.value)
@@ -85,7 +86,7 @@ def test_disk_error_after_commit_keeps_the_write(
     store = make_base(tmp_path / "root")
     inject(point, errno.EIO)
     run(store, op)  # committed: the error only hit the clean-up, which the next write finishes
-    _dataset.FAULT_HOOK = None
+    faults.FAULT_HOOK = None
     pd.testing.assert_frame_equal(rows(store.root), rows(expected_root))
     assert store.create_usage(batch(60, days=(4,))) == 10
     assert not (store.root / "_usage_analytics.journal").exists()
@@ -111,10 +112,10 @@ def test_interrupt_before_commit_rolls_back_and_reraises(
         if name == "data_renamed":
             raise KeyboardInterrupt
 
-    _dataset.FAULT_HOOK = hook
+    faults.FAULT_HOOK = hook
     with pytest.raises(KeyboardInterrupt):
         store.create_usage(batch(9, days=(1, 2)))
-    _dataset.FAULT_HOOK = None
+    faults.FAULT_HOOK = None
     assert snapshot_files(store.root) == before
 
 
@@ -213,12 +214,12 @@ def test_disk_error_writing_any_file_of_an_append_with_spans_changes_nothing(
             if len(written) == nth:
                 raise OSError(errno.EIO, "injected EIO")
 
-    _dataset.FAULT_HOOK = hook
+    faults.FAULT_HOOK = hook
     try:
         with pytest.raises(StorageError, match="nothing was changed"):
             store.create_usage(batch(2, days=(3,)))
     finally:
-        _dataset.FAULT_HOOK = None
+        faults.FAULT_HOOK = None
     assert snapshot_files(store.root) == before
     store.create_usage(batch(2, days=(3,)))
     assert {(s.first_day, s.last_day) for s in store._ds.snapshot().spans} == {

@@ -29,7 +29,7 @@ import pytest
 from _crash_worker import DAY, T0, batch
 
 from usage_analytics import StorageError, Store, UsageAnalyticsError
-from usage_analytics._dataset import FAULT_ENV
+from usage_analytics._storage.faults import FAULT_ENV
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
 OTHER_UID = 65534  # "nobody" on Debian; any uid other than the owner's will do

@@ -34,8 +34,10 @@ from helpers import (
 )
 
 from usage_analytics import StorageError, Store
-from usage_analytics import _dataset as dataset_layer
 from usage_analytics import store as store_module
+from usage_analytics._storage import Dataset, day_number, faults
+from usage_analytics._storage import files as summary_files
+from usage_analytics._storage.manifest import SPAN_DIR
 
 TENANTS = ("t0", "t1", "t2")
 
@@ -126,13 +128,13 @@ def test_whole_file_windows_read_no_rows(tmp_path: Path, monkeypatch: pytest.Mon
     store = load(tmp_path / "usage", 4)
     expected = both_ways(store, "t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
     scanned: list[str] = []
-    real = dataset_layer.Dataset.scan
+    real = Dataset.scan
 
-    def counting(self: dataset_layer.Dataset, entries, *a, **k):  # type: ignore[no-untyped-def]
+    def counting(self: Dataset, entries, *a, **k):  # type: ignore[no-untyped-def]
         scanned.extend(e.path for e in entries)
         return real(self, entries, *a, **k)
 
-    monkeypatch.setattr(dataset_layer.Dataset, "scan", counting)
+    monkeypatch.setattr(Dataset, "scan", counting)
     summary = store.aggregated_usage("t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
     groups = store.get_usages_by_groups("t1", DAY0 - NS_PER_DAY, DAY0 + 10 * NS_PER_DAY)
     assert scanned == []
@@ -200,16 +202,16 @@ def test_whole_window_reads_spans_not_file_rollups(
     store.compact()
     expected = both_ways(store, "t0", DAY0, DAY0 + 4 * NS_PER_DAY)
     read: list[str] = []
-    real = dataset_layer.Dataset.read_summaries
+    real = Dataset.read_summaries
 
-    def counting(self: dataset_layer.Dataset, paths, *a, **k):  # type: ignore[no-untyped-def]
+    def counting(self: Dataset, paths, *a, **k):  # type: ignore[no-untyped-def]
         read.extend(paths)
         return real(self, paths, *a, **k)
 
-    monkeypatch.setattr(dataset_layer.Dataset, "read_summaries", counting)
+    monkeypatch.setattr(Dataset, "read_summaries", counting)
     summary = store.aggregated_usage("t0", DAY0, DAY0 + 4 * NS_PER_DAY)
     assert len(read) == 2  # days 0-3 are two aligned 2-day spans, and nothing else
-    assert all(p.startswith(dataset_layer.SPAN_DIR + "/") for p in read)
+    assert all(p.startswith(SPAN_DIR + "/") for p in read)
     pd.testing.assert_frame_equal(summary, expected[0], check_exact=True)
 
 
@@ -257,9 +259,9 @@ def _as_written_by_0_1(table: pa.Table, path: Path) -> None:
 def _as_written_by_0_2(table: pa.Table, path: Path) -> None:
     """Arrow IPC with lz4-compressed buffers, strings plain, integers int64, batches by tenant
     with the same index as now."""
-    batches, index = dataset_layer._summary_batches(table)
+    batches, index = summary_files.summary_batches(table)
     schema = table.schema.with_metadata(
-        {dataset_layer.SUMMARY_INDEX_KEY: json.dumps(index).encode()}
+        {summary_files.SUMMARY_INDEX_KEY: json.dumps(index).encode()}
     )
     with pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
         for batch in batches:
@@ -276,7 +278,7 @@ def test_summaries_written_by_older_versions_are_still_read(
     rollups = sorted(p for p in (store.root / "_rollups").rglob("*.rollup"))
     assert len(rollups) > 2
     for path in rollups[::2]:  # half of them, so that reports read both formats at once
-        table = dataset_layer._read_summary(path, None)
+        table = summary_files.read_summary(path, None)
         plain = pa.table(
             {
                 # as from pandas 3 str columns
@@ -288,7 +290,7 @@ def test_summaries_written_by_older_versions_are_still_read(
         )
         path.unlink()
         write_old(plain, path)
-        again = dataset_layer._read_summary(path, None)
+        again = summary_files.read_summary(path, None)
         assert [t for t in again.schema.types if pa.types.is_dictionary(t)] == [
             t for t in table.schema.types if pa.types.is_dictionary(t)
         ]
@@ -421,7 +423,7 @@ def _day_span_inputs(store: Store) -> tuple[int, list[str], dict[str, pa.Table]]
     """The first day of ``store``, its data files, and both rollups of its rows."""
     files = store._ds.snapshot().by_date()
     date, entries = next(iter(files.items()))
-    day = dataset_layer.day_number(date)
+    day = day_number(date)
     rows = store.find_usages()
     rows = rows[rows["timestamp"] // NS_PER_DAY == day]
     tables = store_module.queries.rollups(pa.Table.from_pandas(rows, preserve_index=False))
@@ -536,7 +538,7 @@ def _random_operations(root: Path, seed: int, steps: int) -> None:
         failing["spans"] = rng.random() < 0.15
         fail_at = int(rng.integers(1, 7)) if rng.random() < 0.1 else None
         op = rng.random()
-        dataset_layer.FAULT_HOOK = _disk_error_at_file(fail_at)
+        faults.FAULT_HOOK = _disk_error_at_file(fail_at)
         try:
             with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -569,7 +571,7 @@ def _random_operations(root: Path, seed: int, steps: int) -> None:
         except StorageError:
             pass  # an injected disk error: nothing was changed
         finally:
-            dataset_layer.FAULT_HOOK = None
+            faults.FAULT_HOOK = None
         ds = store._ds
         assert not ds.journal_path.exists(), step
         on_disk = {

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import queries
-from ._dataset import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, day_number
+from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, day_number
 from ._validation import prepare_batch, to_bound, to_window
 from .errors import (
     DuplicateUsageError,

@@ -1,0 +1,29 @@
+"""The storage layer: partition paths, the manifest, atomic commits, the writer lock, recovery,
+and the file formats.
+
+Nothing else in the package touches the disk. This package knows files, dates and row
+statistics; it knows nothing of tenants, methods or what a usage row means: summary files are
+opaque tables it stores beside the data files they cover.
+
+- ``manifest``: the committed state (``Snapshot``) and its entries, checked when read;
+- ``dataset``: ``Dataset``, the lock, snapshots, reads and recovery;
+- ``transaction``: ``Transaction``, a write committed at once;
+- ``files``: Parquet data files, Arrow IPC summary files, durable writes;
+- ``faults``: the named steps where tests interrupt a write.
+"""
+
+from __future__ import annotations
+
+from .dataset import Dataset
+from .manifest import FileEntry, Snapshot, SpanEntry, day_number
+from .transaction import TableOrFuture, Transaction
+
+__all__ = [
+    "Dataset",
+    "FileEntry",
+    "Snapshot",
+    "SpanEntry",
+    "TableOrFuture",
+    "Transaction",
+    "day_number",
+]

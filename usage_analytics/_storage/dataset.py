@@ -1,0 +1,565 @@
+"""A dataset on disk: the writer lock, reading the manifest, snapshots, reads, and recovery.
+
+Layout of a dataset root::
+
+    _usage_analytics.json          the manifest: format, schema version, live files (commit point)
+    _usage_analytics.lock          the writers' advisory lock
+    _usage_analytics.journal       present only while a write is in flight (or was interrupted)
+    date=YYYY-MM-DD/<hex>.parquet  immutable data files, never modified after they are renamed in
+    date=YYYY-MM-DD/.<hex>.parquet.tmp  a data file being written (readers skip dot files)
+    _rollups/date=YYYY-MM-DD/<hex>.<kind>.rollup  summary files of one data file ("sidecars")
+    _rollups/spans/<hex>.<kind>.rollup  summary files of every data file of a block of days
+
+Summary files and their format are described in ``files``.
+
+A write (a *transaction*) goes through these steps, all under the lock:
+
+1. the journal, naming every file the write adds and removes, is written and fsynced;
+2. each new file (data, sidecar, span) is written under a temporary name, fsynced, and renamed
+   to its final name (a span staged as a future whose computation failed is not written, and
+   those of its files already written are removed: the commit goes on without it);
+3. the manifest is replaced by a new one that lists the new set of files: **the commit point**;
+4. the files the write removes are unlinked and emptied partition folders removed;
+5. the journal is removed.
+
+Recovery, run at the start of the next write (and opportunistically by readers when no writer
+holds the lock), reads the journal: when the manifest carries the journal's transaction id the
+write committed and steps 4-5 are finished (roll forward); otherwise the files of step 2 are
+removed (roll back). Both are idempotent, so an interrupted recovery is simply run again.
+
+Readers load the manifest (always whole: it is replaced atomically) and read exactly the files it
+lists. Files are immutable, so a file that opens has the contents the manifest promised; a file
+removed by a later commit while a reader was on its way to it raises ``FileNotFoundError``, and
+:meth:`Dataset.read` starts the read again on the newer manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Final, TypeVar
+
+import filelock
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from ..errors import (
+    CorruptDatasetError,
+    DatasetNotInitializedError,
+    IncompatibleDatasetError,
+    InvalidArgumentError,
+    LockTimeoutError,
+    StorageError,
+    UsageAnalyticsError,
+)
+from .faults import fault
+from .files import (
+    check_partition_folder,
+    fsync_dir,
+    read_summary,
+    replace_bytes,
+    rmdir_if_empty,
+    unlink_missing_ok,
+    write_parquet,
+)
+from .manifest import (
+    JOURNAL_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    PARTITION_PREFIX,
+    Damaged,
+    FileEntry,
+    Snapshot,
+    check_relative_path,
+    valid_date,
+)
+from .transaction import Transaction
+
+__all__ = ["Dataset"]
+
+_READ_ATTEMPTS: Final = 20
+
+T = TypeVar("T")
+
+
+class Dataset:
+    """A date-partitioned Parquet dataset under ``root`` with atomic, serialized writes."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        schema_version: int,
+        columns_for_version: Callable[[int], Sequence[str]],
+        fill_values: Mapping[str, pa.Scalar],
+        stats_columns: Sequence[str],
+        pruned_by: Sequence[str] = (),
+        lock_timeout: float,
+    ) -> None:
+        """Args:
+        stats_columns: int columns whose min and max the manifest keeps for each data file.
+        pruned_by: the columns readers filter data files by, which files keep in order (by
+            time, or by tenant and then time): they, and the stats columns, get Parquet
+            statistics (the others' would not prune: they are in no order).
+        """
+        self.root = root
+        self.schema_version = schema_version
+        self._columns_for_version = columns_for_version
+        self._fill_values = dict(fill_values)
+        self._stats_columns = tuple(stats_columns)
+        self._write_data = functools.partial(
+            write_parquet, statistics=tuple(dict.fromkeys((*pruned_by, *stats_columns)))
+        )
+        self.lock_timeout = lock_timeout
+        self._cached: tuple[bytes | None, Snapshot | None] = (None, None)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / JOURNAL_NAME
+
+    def partition_dir(self, date: str) -> Path:
+        if not valid_date(date) or len(date) != 10:
+            raise ValueError(f"not a partition date: {date!r}")
+        return self.root / f"{PARTITION_PREFIX}{date}"
+
+    def path_of(self, entry: FileEntry) -> Path:
+        return self.root / entry.path
+
+    # -- locking -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float | None = None) -> Iterator[None]:
+        lock = filelock.FileLock(self.root / LOCK_NAME, thread_local=False)
+        wait = self.lock_timeout if timeout is None else timeout
+        try:
+            lock.acquire(timeout=-1 if math.isinf(wait) else wait)
+        except filelock.Timeout as exc:
+            raise LockTimeoutError(
+                f"another writer held the lock on {self.root} for more than {wait:g} s; "
+                "retry later or pass a larger lock_timeout"
+            ) from exc
+        except OSError as exc:
+            raise self._write_refused(exc) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _write_refused(self, exc: OSError) -> UsageAnalyticsError:
+        """Why a write could not start (opening the lock file, creating the root), as the
+        error a writer gets."""
+        path = self.root / LOCK_NAME
+        if exc.errno == errno.EROFS:
+            return StorageError(
+                exc.errno,
+                f"{self.root} is on a read-only filesystem: writes are impossible there (reads "
+                "work); write to a copy on a writable filesystem",
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return StorageError(
+                exc.errno,
+                f"no permission to write to {self.root} ({exc.strerror}: {exc.filename}): "
+                "writes need write access to the dataset folder; reads work without it",
+            )
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return DatasetNotInitializedError(
+                f"no usage dataset at {self.root}: call Store({str(self.root)!r}).auto_migrate() "
+                "to create it"
+            )
+        return CorruptDatasetError(
+            f"cannot open the lock file {path} ({exc.strerror or exc}); it must be a regular "
+            "file inside the dataset root"
+        )
+
+    # -- reading the manifest ----------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether something is at the manifest's path (a link there is refused on reading)."""
+        return os.path.lexists(self.manifest_path)
+
+    def _read_own_file(self, path: Path) -> bytes:
+        """The bytes of a file of the dataset itself (manifest, journal), never through a link.
+
+        Raises:
+            FileNotFoundError: there is no such file.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._read_error(path, exc) from exc
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                return fh.read()
+        except IsADirectoryError as exc:
+            raise CorruptDatasetError(f"{path} is a folder, not a file of this dataset") from exc
+        except OSError as exc:
+            raise self._read_error(path, exc) from exc
+
+    def _read_error(self, path: Path, exc: OSError) -> UsageAnalyticsError:
+        if exc.errno == errno.ELOOP:
+            return CorruptDatasetError(
+                f"{path} is a symbolic link; the store never reads through links: put the file "
+                "itself there"
+            )
+        if exc.errno == errno.ENOTDIR:
+            return InvalidArgumentError(
+                f"the dataset root {self.root} is not a folder (it, or a folder above it, is a "
+                "file): give the dataset's folder"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return StorageError(
+                exc.errno,
+                f"no permission to read {path}: reading a dataset needs read access to its files",
+            )
+        return StorageError(exc.errno or errno.EIO, f"cannot read {path} ({exc.strerror or exc})")
+
+    def _unreadable(self, exc: OSError | pa.ArrowException) -> UsageAnalyticsError:
+        """A failure to read the dataset's files as the error a caller gets. pyarrow reports
+        a file it cannot decode as an ``ArrowException``, or as an ``OSError`` without an
+        errno; the operating system's errors carry one."""
+        if isinstance(exc, UsageAnalyticsError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return self._read_error(Path(exc.filename or self.root), exc)
+        return CorruptDatasetError(
+            f"a file of the dataset at {self.root} cannot be read ({exc}); restore it from a backup"
+        )
+
+    def _load_manifest(self) -> Snapshot:
+        try:
+            data = self._read_own_file(self.manifest_path)
+        except FileNotFoundError:
+            raise DatasetNotInitializedError(
+                f"no usage dataset at {self.root}: call Store({str(self.root)!r}).auto_migrate() "
+                "to create it"
+            ) from None
+        if data == self._cached[0]:
+            # The same bytes as last time: the same committed state, already parsed.
+            return self._cached[1]  # type: ignore[return-value]
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptDatasetError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise CorruptDatasetError(f"{self.manifest_path} does not hold a JSON object")
+        try:
+            snap = Snapshot.from_json(raw, self.schema_version, self._stats_columns)
+        except Damaged as exc:
+            raise CorruptDatasetError(
+                f"{self.manifest_path} is damaged: {exc}; restore it from a backup"
+            ) from None
+        self._cached = (data, snap)
+        return snap
+
+    def snapshot(self) -> Snapshot:
+        """The latest committed state.
+
+        The manifest is always a committed state, also while a write is in flight or after one
+        was interrupted (before its commit point the manifest is the state before it; after,
+        the state it made). A reader that can take the lock finishes an interrupted write;
+        one that cannot (another writer holds it, the reader may not write, or the filesystem
+        is read-only) reads the manifest as it is.
+        """
+        snap = self._load_manifest()
+        if self.journal_path.exists() or self._journal_tmp.exists():
+            with contextlib.suppress(UsageAnalyticsError, OSError), self._locked(timeout=0):
+                self._recover()
+            snap = self._load_manifest()
+        return snap
+
+    def read(self, fn: Callable[[Snapshot], T]) -> T:
+        """Run ``fn`` on a snapshot, again on a newer one if a file vanished under it."""
+        for _ in range(_READ_ATTEMPTS):
+            snap = self.snapshot()
+            try:
+                return fn(snap)
+            except FileNotFoundError as exc:
+                if self._load_manifest().version == snap.version:
+                    raise CorruptDatasetError(
+                        f"a file listed by the manifest is missing: {exc.filename}"
+                    ) from exc
+            except (OSError, pa.ArrowException) as exc:
+                raise self._unreadable(exc) from exc
+        raise CorruptDatasetError("the dataset kept changing under the reader; try again")
+
+    def read_file(
+        self,
+        entry: FileEntry,
+        columns: Sequence[str],
+        filter: pc.Expression | None = None,
+        *,
+        dictionary: Sequence[str] = (),
+    ) -> pa.Table:
+        """Read ``columns`` of one data file, filling columns it predates with their defaults."""
+        path = self._checked_path(entry)
+        present = set(self._columns_for_version(entry.schema_version))
+        wanted = [c for c in columns if c in present]
+        missing = [c for c in columns if c not in present]
+        if filter is not None and missing:
+            # A filter on a column the file predates would fail; such filters are evaluated
+            # after filling in the defaults.
+            table = pq.read_table(path, columns=wanted, read_dictionary=dictionary or None)
+            return self._fill(table, columns).filter(filter)
+        table = pq.read_table(
+            path, columns=wanted, filters=filter, read_dictionary=dictionary or None
+        )
+        return self._fill(table, columns)
+
+    def scan(
+        self,
+        entries: Sequence[FileEntry],
+        columns: Sequence[str],
+        filter: pc.Expression,
+        *,
+        dictionary: Sequence[str] = (),
+        chunk_rows: int = 1 << 20,
+    ) -> Iterator[pa.Table]:
+        """Stream the filtered ``columns`` of many data files, in tables of about
+        ``chunk_rows`` rows, so that memory stays bounded whatever the number of files.
+
+        The filter may only name columns every schema version has.
+        """
+        by_version: dict[int, list[FileEntry]] = {}
+        for entry in entries:
+            by_version.setdefault(entry.schema_version, []).append(entry)
+        for version, group in sorted(by_version.items()):
+            present = set(self._columns_for_version(version))
+            wanted = [c for c in columns if c in present]
+            paths = [str(self._checked_path(e)) for e in group]
+            fmt = pads.ParquetFileFormat(
+                read_options=pads.ParquetReadOptions(
+                    dictionary_columns=[c for c in dictionary if c in present]
+                )
+            )
+            batches: list[pa.RecordBatch] = []
+            rows = 0
+            for batch in pads.dataset(paths, format=fmt).to_batches(columns=wanted, filter=filter):
+                if batch.num_rows:
+                    batches.append(batch)
+                    rows += batch.num_rows
+                if rows >= chunk_rows:
+                    yield self._fill(pa.Table.from_batches(batches), columns)
+                    batches, rows = [], 0
+            if batches:
+                yield self._fill(pa.Table.from_batches(batches), columns)
+
+    def _fill(self, table: pa.Table, columns: Sequence[str]) -> pa.Table:
+        """``table`` with the columns it predates added as their defaults, in order."""
+        for name in columns:
+            if name not in table.column_names:
+                table = table.append_column(
+                    name, pa.repeat(self._fill_values[name], table.num_rows)
+                )
+        return table.select(list(columns))
+
+    def _checked_path(self, entry: FileEntry) -> Path:
+        path = self.path_of(entry)
+        if path.is_symlink() or path.parent.is_symlink():
+            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
+        return path
+
+    def live_paths(self) -> list[str]:
+        """Every file of the latest commit (data and summary files), relative to the root."""
+        snap = self.snapshot()
+        paths = [p for f in snap.files for p in f.all_paths]
+        return sorted(paths + [p for sp in snap.spans for p in sp.all_paths])
+
+    def read_sidecars(
+        self, entries: Sequence[FileEntry], kind: str, first: str | None = None
+    ) -> list[pa.Table]:
+        """The ``kind`` summary files of ``entries``, one table each; with ``first``, only the
+        rows whose first column equals it."""
+        for entry in entries:
+            if (self.root / entry.path.split("/")[0]).is_symlink():
+                raise CorruptDatasetError(
+                    f"{self.root / entry.path} is in a linked folder; the store does not follow "
+                    "links"
+                )
+        return self.read_summaries([e.sidecar_path(kind) for e in entries], first)
+
+    def read_summaries(self, paths: Sequence[str], first: str | None = None) -> list[pa.Table]:
+        """Summary files (rollups of data files or of spans) by relative path, one table each
+        (their integer columns may differ in width); with ``first``, only the rows whose first
+        column equals it."""
+        checked = []
+        for rel in paths:
+            for folder in check_relative_path(rel, sidecar_ok=True):
+                if (self.root / folder).is_symlink():
+                    raise CorruptDatasetError(
+                        f"{self.root / folder} is a symbolic link; the store does not follow links"
+                    )
+            checked.append(self.root / rel)
+        tables = []
+        for path in checked:
+            try:
+                tables.append(read_summary(path, first))
+            except (pa.ArrowException, ValueError, IndexError) as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise CorruptDatasetError(
+                    f"the summary file {path} is damaged ({exc}); restore it from a backup"
+                ) from exc
+        return tables
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def create(self) -> bool:
+        """Create the dataset, or check the one there; True when something was created or
+        upgraded."""
+        if self.exists() and self.snapshot().schema_version == self.schema_version:
+            return False  # also refuses unknown versions before anything is written
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidArgumentError(
+                f"the dataset root {self.root} is a file, not a folder: give a folder"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError) as exc:
+            raise InvalidArgumentError(
+                f"cannot create the dataset folder {self.root}: a file is in the way ({exc})"
+            ) from exc
+        except OSError as exc:
+            raise self._write_refused(exc) from exc
+        with self._locked():
+            self._recover()
+            if not self.exists():
+                snap = Snapshot(
+                    version=0,
+                    txid=uuid.uuid4().hex,
+                    schema_version=self.schema_version,
+                    next_id=1,
+                    files=(),
+                )
+                try:
+                    self._write_manifest(snap)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        unlink_missing_ok(self.root / ("." + MANIFEST_NAME + ".tmp"))
+                    raise StorageError(
+                        exc.errno or errno.EIO,
+                        f"creating the dataset at {self.root} failed ({exc.strerror or exc}); "
+                        "nothing was created",
+                    ) from exc
+                return True
+            snap = self._load_manifest()
+            if snap.schema_version == self.schema_version:
+                return False
+        with self.transaction(upgrade=True) as tx:
+            tx.schema_version = self.schema_version
+            tx.commit()
+        return True
+
+    def _write_manifest(self, snap: Snapshot) -> None:
+        data = replace_bytes(self.manifest_path, snap.to_bytes(), "manifest_tmp_written")
+        self._cached = (data, snap)
+
+    @property
+    def _journal_tmp(self) -> Path:
+        return self.root / ("." + JOURNAL_NAME + ".tmp")
+
+    @contextlib.contextmanager
+    def transaction(
+        self, *, upgrade: bool = False, timeout: float | None = None
+    ) -> Iterator[Transaction]:
+        """Hold the writer lock, recover any interrupted write, and yield a transaction.
+
+        Writes need the dataset at the current schema version; reads do not. ``timeout``
+        overrides the dataset's lock timeout.
+        """
+        self._check_writable(self._load_manifest(), upgrade)  # fail early, before the lock
+        with self._locked(timeout):
+            self._recover()
+            base = self._load_manifest()
+            self._check_writable(base, upgrade)
+            try:
+                yield Transaction(self, base)
+            except FileNotFoundError as exc:
+                # Under the lock no other writer removes files: a listed file that is gone
+                # was removed from outside.
+                raise CorruptDatasetError(
+                    f"a file listed by the manifest is missing: {exc.filename or exc}; restore "
+                    "it from a backup"
+                ) from exc
+            except (OSError, pa.ArrowException) as exc:
+                if isinstance(exc, UsageAnalyticsError):
+                    raise
+                raise self._unreadable(exc) from exc
+
+    def _check_writable(self, snap: Snapshot, upgrade: bool) -> None:
+        if snap.schema_version != self.schema_version and not upgrade:
+            raise IncompatibleDatasetError(
+                f"the dataset at {self.root} has schema version {snap.schema_version}; "
+                f"call auto_migrate() to upgrade it to version {self.schema_version} "
+                "before writing (reads work as it is)"
+            )
+
+    def _read_journal(self) -> tuple[str, list[str], list[str]]:
+        """The journal's transaction id and the files it adds and removes.
+
+        Raises:
+            FileNotFoundError: there is no journal.
+            CorruptDatasetError: the journal is damaged (a journal is only ever renamed in
+                whole, so this is damage from outside).
+        """
+        data = self._read_own_file(self.journal_path)
+        try:
+            journal = json.loads(data)
+            if not isinstance(journal, dict):
+                raise Damaged(f"it holds a JSON {type(journal).__name__}, not an object")
+            txid, adds, removes = journal.get("txid"), journal.get("adds"), journal.get("removes")
+            if not isinstance(txid, str):
+                raise Damaged(f"it has no text 'txid' (found {txid!r})")
+            for name, paths in (("adds", adds), ("removes", removes)):
+                if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                    raise Damaged(f"its {name!r} is not a list of paths (found {paths!r})")
+        except (ValueError, UnicodeDecodeError, Damaged) as exc:
+            raise CorruptDatasetError(
+                f"the journal {self.journal_path} is damaged ({exc}); the committed state is "
+                "intact and reads work: remove the journal to let writes go on (files of the "
+                "interrupted write may stay behind, unused)"
+            ) from None
+        return txid, list(adds or ()), list(removes or ())
+
+    def _recover(self) -> None:
+        """Finish or undo an interrupted write. Call with the lock held. Idempotent."""
+        unlink_missing_ok(self._journal_tmp)
+        unlink_missing_ok(self.root / ("." + MANIFEST_NAME + ".tmp"))
+        try:
+            txid, adds, removes = self._read_journal()
+        except FileNotFoundError:
+            return
+        committed = self._load_manifest().txid == txid
+        touched: set[str] = set()
+        for rel in adds + removes:
+            touched.update(check_relative_path(rel, sidecar_ok=True))
+        for folder in sorted(touched):
+            check_partition_folder(self.root / folder)
+        for rel in removes if committed else adds:
+            path = self.root / rel
+            removed = unlink_missing_ok(path)
+            removed = unlink_missing_ok(path.with_name("." + path.name + ".tmp")) or removed
+            if removed:
+                fault("recovery_file_removed")
+        for folder in sorted(touched, reverse=True):  # sub-folders before their parent
+            rmdir_if_empty(self.root / folder)
+        fsync_dir(self.root)
+        self.journal_path.unlink()
+        fsync_dir(self.root)
+        fault("recovery_done")

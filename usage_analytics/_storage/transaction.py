@@ -1,0 +1,353 @@
+"""A transaction: the files a write adds and removes, committed at once (see ``dataset``)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import errno
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import StorageError
+from .faults import fault
+from .files import (
+    check_partition_folder,
+    fsync_dir,
+    replace_bytes,
+    rmdir_if_empty,
+    unlink_missing_ok,
+    write_summary,
+)
+from .manifest import (
+    PARTITION_PREFIX,
+    SIDECAR_DIR,
+    SIDECAR_KIND_RE,
+    SPAN_DIR,
+    FileEntry,
+    Snapshot,
+    SpanEntry,
+    check_relative_path,
+    day_number,
+    json_bytes,
+)
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+
+__all__ = ["TableOrFuture", "Transaction"]
+
+#: A table to write, or the future of one still being computed on another thread.
+TableOrFuture: TypeAlias = "pa.Table | Future[pa.Table]"
+
+
+@dataclass
+class _Staged:
+    entry: FileEntry
+    table: pa.Table
+    sidecars: dict[str, TableOrFuture]
+
+
+@dataclass
+class _NewSpan:
+    span: SpanEntry
+    tables: dict[str, TableOrFuture]
+    files: tuple[str, ...]  # the data files it covers, sorted
+
+
+#: A file a commit writes: its path, its table, the function that writes it, and the span it
+#: belongs to (None for the files of data files).
+_Out: TypeAlias = "tuple[str, TableOrFuture, Callable[[pa.Table, Path], None], _NewSpan | None]"
+
+
+class Transaction:
+    """A set of file additions and removals committed at once. Use via Dataset.transaction()."""
+
+    def __init__(self, dataset: Dataset, base: Snapshot) -> None:
+        self._ds = dataset
+        self.base = base
+        self.schema_version = base.schema_version
+        self.next_id = base.next_id
+        self._staged: list[_Staged] = []
+        self._removed: dict[str, FileEntry] = {}
+        self._new_spans: list[_NewSpan] = []
+        self._dropped_spans: set[str] = set()
+        self._done = False
+        #: Spans staged as futures whose computation failed: the commit left them out.
+        self.failed_spans: list[SpanEntry] = []
+
+    def reserve_ids(self, n: int) -> int:
+        """Reserve ``n`` consecutive row ids; returns the first."""
+        first = self.next_id
+        self.next_id += n
+        return first
+
+    def add(
+        self, date: str, table: pa.Table, sidecars: Mapping[str, TableOrFuture] | None = None
+    ) -> FileEntry:
+        """Stage ``table`` as a new data file in partition ``date``, with its summary files.
+
+        A summary may be given as a future: the commit writes the data files first, so a
+        summary computed on another thread meanwhile is waited for only after them.
+        """
+        self._ds.partition_dir(date)  # validates the date
+        stats: dict[str, tuple[int, int]] = {}
+        for name in self._ds._stats_columns:
+            mm = pc.min_max(table.column(name))
+            stats[name] = (int(mm["min"].as_py()), int(mm["max"].as_py()))
+        sidecars = dict(sidecars or {})
+        for kind in sidecars:
+            if not SIDECAR_KIND_RE.fullmatch(kind):
+                raise ValueError(f"not a summary kind: {kind!r}")
+        entry = FileEntry(
+            path=f"{PARTITION_PREFIX}{date}/{uuid.uuid4().hex}.parquet",
+            rows=table.num_rows,
+            schema_version=self.schema_version,
+            stats=stats,
+            sidecars=tuple(sidecars),
+        )
+        self._staged.append(_Staged(entry, table, sidecars))
+        return entry
+
+    def remove(self, entry: FileEntry) -> None:
+        """Stage the removal of a live data file."""
+        self._removed[entry.path] = entry
+
+    def add_span(
+        self,
+        first_day: int,
+        last_day: int,
+        tables: Mapping[str, TableOrFuture],
+        files: Sequence[str],
+    ) -> SpanEntry:
+        """Stage summary files covering every data file of ``first_day..last_day``, computed
+        from exactly the data files ``files``: the commit checks that they are the files it
+        leaves in those days (see :meth:`pending`), so a span may be added by the commit that
+        changes its days.
+
+        A table may be given as a future, like a data file's summaries. If computing it fails,
+        the commit goes on without the span and lists it in :attr:`failed_spans`: a span only
+        speeds up reports over rows the commit holds anyway.
+        """
+        for kind in tables:
+            if not SIDECAR_KIND_RE.fullmatch(kind):
+                raise ValueError(f"not a summary kind: {kind!r}")
+        span = SpanEntry(uuid.uuid4().hex, first_day, last_day, tuple(tables))
+        self._new_spans.append(_NewSpan(span, dict(tables), tuple(sorted(files))))
+        return span
+
+    def drop_span(self, span: SpanEntry) -> None:
+        """Stage the removal of a span."""
+        self._dropped_spans.add(span.name)
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self._staged
+            or self._removed
+            or self._new_spans
+            or self._dropped_spans
+            or self.schema_version != self.base.schema_version
+        )
+
+    def commit(self) -> None:
+        """Apply every staged change at once, durably; on failure leave the dataset as it was."""
+        if self._done:
+            raise RuntimeError("this transaction was already committed")
+        self._done = True
+        if not self.changed:
+            return
+        ds = self._ds
+        new, dropped_spans = self._next(uuid.uuid4().hex)
+        txid = new.txid
+        adds = [p for s in self._staged for p in s.entry.all_paths]
+        adds += [p for new_span in self._new_spans for p in new_span.span.all_paths]
+        removes = [p for e in self._removed.values() for p in e.all_paths]
+        removes += [p for span in dropped_spans for p in span.all_paths]
+        for rel in {*adds, *removes}:
+            for folder in check_relative_path(rel, sidecar_ok=True):
+                check_partition_folder(ds.root / folder)
+        committed = False
+        try:
+            journal = {"txid": txid, "adds": adds, "removes": removes}
+            replace_bytes(ds.journal_path, json_bytes(journal), "journal_tmp_written")
+            fault("journal_written")
+            self._write_files()
+            if self.failed_spans:
+                failed = {span.name for span in self.failed_spans}
+                for span in self.failed_spans:  # a kind that was computed may be written
+                    for rel in span.all_paths:
+                        unlink_missing_ok(ds.root / rel)
+                with contextlib.suppress(FileNotFoundError):  # none may have been written
+                    fsync_dir(ds.root / SPAN_DIR)
+                new = dataclasses.replace(
+                    new, spans=tuple(sp for sp in new.spans if sp.name not in failed)
+                )
+            ds._write_manifest(new)
+            committed = True
+        except BaseException as exc:
+            if not committed:
+                with contextlib.suppress(BaseException):
+                    ds._recover()
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | StorageError):
+                raise StorageError(
+                    exc.errno or errno.EIO,
+                    f"writing to {ds.root} failed ({exc.strerror or exc}); "
+                    + (
+                        "the write was committed, but may not be durable"
+                        if committed
+                        else "nothing was changed"
+                    ),
+                ) from exc
+            raise
+        # Past the commit point: failures only leave garbage that the next recovery removes.
+        with contextlib.suppress(OSError):
+            self._cleanup(removes)
+
+    def pending(self) -> Snapshot:
+        """The state this transaction would commit, as staged so far (its txid is empty)."""
+        return self._next("")[0]
+
+    def staged_summaries(self) -> dict[str, dict[str, TableOrFuture]]:
+        """The summary tables (or their futures) of the data files staged so far, by path."""
+        return {s.entry.path: dict(s.sidecars) for s in self._staged}
+
+    def _next(self, txid: str) -> tuple[Snapshot, list[SpanEntry]]:
+        """The snapshot this transaction commits, and the spans it drops."""
+        # A span stays only while no data file of its days changes.
+        changed_days = {day_number(s.entry.date) for s in self._staged}
+        changed_days |= {day_number(e.date) for e in self._removed.values()}
+        kept_spans, dropped_spans = [], []
+        for span in self.base.spans:
+            stale = any(span.first_day <= d <= span.last_day for d in changed_days)
+            if stale or span.name in self._dropped_spans:
+                dropped_spans.append(span)
+            else:
+                kept_spans.append(span)
+        files = [f for f in self.base.files if f.path not in self._removed]
+        files.extend(s.entry for s in self._staged)
+        for new_span in self._new_spans:
+            days = range(new_span.span.first_day, new_span.span.last_day + 1)
+            if new_span.files != tuple(sorted(f.path for f in files if f.day in days)):
+                raise ValueError("a span must cover the files this commit leaves in its days")
+        new = Snapshot(
+            version=self.base.version + 1,
+            txid=txid,
+            schema_version=self.schema_version,
+            next_id=self.next_id,
+            files=tuple(files),
+            spans=tuple(kept_spans) + tuple(new_span.span for new_span in self._new_spans),
+        )
+        return new, dropped_spans
+
+    def _write_files(self) -> None:
+        """Write every new file: the data files on this thread, meanwhile the summary files
+        (waiting for those still being computed) on another; pyarrow releases the GIL."""
+        dirs: set[Path] = set()
+        new_dirs: set[Path] = set()
+        data: list[_Out] = [
+            (staged.entry.path, staged.table, self._ds._write_data, None) for staged in self._staged
+        ]
+        summaries: list[_Out] = [
+            (staged.entry.sidecar_path(k), t, write_summary, None)
+            for staged in self._staged
+            for k, t in staged.sidecars.items()
+        ]
+        summaries += [
+            (new_span.span.path(k), t, write_summary, new_span)
+            for new_span in self._new_spans
+            for k, t in new_span.tables.items()
+        ]
+        if data and summaries:
+            summary_dirs: set[Path] = set()
+            summary_new_dirs: set[Path] = set()
+            # The pool's exit waits for the summaries even when the data files fail, so that
+            # nothing is still being written when recovery looks at the folders.
+            with ThreadPoolExecutor(1, "usage-analytics-writer") as pool:
+                job = pool.submit(self._write, summaries, summary_dirs, summary_new_dirs)
+                try:
+                    self._write(data, dirs, new_dirs)
+                finally:
+                    _join(job)
+                job.result()
+            dirs |= summary_dirs
+            new_dirs |= summary_new_dirs
+        else:
+            self._write(data + summaries, dirs, new_dirs)
+        for written in dirs | {d.parent for d in new_dirs}:
+            fsync_dir(written)
+
+    def _write(
+        self,
+        files: list[_Out],
+        dirs: set[Path],
+        new_dirs: set[Path],
+    ) -> None:
+        """Write each (path, table, writer) under a temporary name, then rename it."""
+        root = self._ds.root
+        for rel, table, writer, of_span in files:
+            if of_span is not None and isinstance(table, Future):
+                # A span whose computation failed is left out (see add_span).
+                if of_span.span in self.failed_spans:
+                    continue
+                try:
+                    table = table.result()
+                except Exception:
+                    self.failed_spans.append(of_span.span)
+                    continue
+            elif isinstance(table, Future):
+                table = table.result()
+            final = root / rel
+            for folder in check_relative_path(rel, sidecar_ok=True):
+                path = root / folder
+                check_partition_folder(path)
+                if not path.exists():
+                    path.mkdir()
+                    new_dirs.add(path)
+            dirs.add(final.parent)
+            tmp = final.with_name("." + final.name + ".tmp")
+            writer(table, tmp)
+            fault("data_tmp_written")
+            os.replace(tmp, final)
+            fault("data_renamed")
+
+    def _cleanup(self, removes: Iterable[str]) -> None:
+        ds = self._ds
+        fault("committed")
+        folders: set[str] = set()
+        for rel in removes:
+            unlink_missing_ok(ds.root / rel)
+            folders.add(rel.rsplit("/", 1)[0])
+            fault("file_removed")
+        if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
+            folders.add(SIDECAR_DIR)
+        for folder in sorted(folders, reverse=True):  # sub-folders before their parent
+            rmdir_if_empty(ds.root / folder)
+            with contextlib.suppress(FileNotFoundError):
+                fsync_dir(ds.root / folder)
+        fsync_dir(ds.root)
+        fault("cleanup_done")
+        ds.journal_path.unlink()
+        fsync_dir(ds.root)
+
+
+def _join(job: Future[Any]) -> None:
+    """Wait until ``job`` is done, even through a KeyboardInterrupt (raised again after), so
+    that recovery never runs while the job's thread still writes files."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            concurrent.futures.wait([job])
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
