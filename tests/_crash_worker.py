@@ -18,8 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from usage_analytics import Store
-from usage_analytics import store as store_module
+from usage_analytics import Store, _layout
 from usage_analytics.schema import arrow_schema, columns_for_version
 
 DAY = 86_400 * 1_000_000_000
@@ -128,7 +127,7 @@ def loop_op(store: Store, i: int) -> None:
 
 def main() -> None:
     # Small batches get rollups and spans here, so that kills also land inside their writes.
-    store_module.ROLLUP_MIN_ROWS = 1  # type: ignore[misc]
+    _layout.ROLLUP_MIN_ROWS = 1
     root, op = Path(sys.argv[1]), sys.argv[2]
     store = Store(root)
     if op == "loop":

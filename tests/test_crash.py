@@ -21,8 +21,7 @@ import pandas as pd
 import pytest
 from _crash_worker import batch, loop_op, make_v1, run, single_row
 
-from usage_analytics import Store
-from usage_analytics import store as store_module
+from usage_analytics import Store, _layout
 from usage_analytics._storage.faults import FAULT_ENV, FAULT_POINTS
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
@@ -103,7 +102,7 @@ def run_child(root: Path, op: str, kill_at: str | None) -> int:
 def rollups_for_small_files() -> Iterator[None]:
     """As in the worker: small batches get rollups and spans, so kills land in their writes."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+        mp.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
         yield
 
 
@@ -115,7 +114,7 @@ def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, pd
         base = tmp_path_factory.mktemp(op) / "base"
         make_v1(base) if op == "upgrade" else make_base(base)
         if op == "append_merge":
-            for i in range(store_module.MERGE_FANOUT - 1):
+            for i in range(_layout.MERGE_FANOUT - 1):
                 Store(base).create_usage(single_row(i))
         after = base.parent / "after"
         shutil.copytree(base, after)

@@ -21,11 +21,12 @@ import pyarrow as pa
 from helpers import random_usage_frame
 from hypothesis import given, settings
 
-from usage_analytics import queries, synthetic
+from usage_analytics import synthetic
 from usage_analytics._storage import files as summary_files
 from usage_analytics._validation import normalize_batch, passes_fast_checks, widened_for_checks
+from usage_analytics._writes import repeated_keys as _repeated_keys
+from usage_analytics.reports import kernels
 from usage_analytics.schema import INPUT_SCHEMA, INT32_COLUMNS, STRING_COLUMNS
-from usage_analytics.store import _repeated_keys
 
 INT_VALUES = st.one_of(
     st.integers(-(2**40), 2**40),
@@ -113,12 +114,12 @@ def keyed_frames(draw: st.DrawFn) -> pd.DataFrame:
 @given(keyed_frames(), st.booleans())
 def test_group_sums_equal_a_plain_groupby(frame: pd.DataFrame, tiny_radix: bool) -> None:
     keys = ["k1", "k2", "k3"]
-    old = queries._MAX_RADIX
-    queries._MAX_RADIX = 4 if tiny_radix else old  # forces the renumbering of partial keys
+    old = kernels._MAX_RADIX
+    kernels._MAX_RADIX = 4 if tiny_radix else old  # forces the renumbering of partial keys
     try:
-        got = queries._group_sums(frame, keys, {"v": frame["v"].to_numpy()}).to_pandas()
+        got = kernels.group_sums(frame, keys, {"v": frame["v"].to_numpy()}).to_pandas()
     finally:
-        queries._MAX_RADIX = old
+        kernels._MAX_RADIX = old
     want = frame.groupby(keys, sort=True, as_index=False)["v"].sum()
     assert got[keys].astype(str).values.tolist() == want[keys].astype(str).values.tolist()
     assert got["v"].tolist() == want["v"].tolist()
@@ -126,7 +127,7 @@ def test_group_sums_equal_a_plain_groupby(frame: pd.DataFrame, tiny_radix: bool)
 
 def test_group_sums_leave_out_missing_keys_as_groupby_does() -> None:
     frame = pd.DataFrame({"k": pd.Series(["a", None, "a", "b"], dtype="str"), "v": [1, 2, 3, 4]})
-    got = queries._group_sums(frame, ["k"], {"v": frame["v"].to_numpy(dtype=np.int64)})
+    got = kernels.group_sums(frame, ["k"], {"v": frame["v"].to_numpy(dtype=np.int64)})
     got = got.to_pandas()
     assert got["k"].tolist() == ["a", "b"] and got["v"].tolist() == [4, 4]
 
@@ -187,8 +188,8 @@ def test_group_sums_of_categorical_keys_sort_as_strings(frame: pd.DataFrame) -> 
         values = frame[k].tolist()
         categories = list(dict.fromkeys(reversed(values)))  # deliberately not sorted
         as_categories[k] = pd.Categorical(values, categories=categories)
-    got = queries._group_sums(as_categories, keys, {"v": frame["v"].to_numpy()})
-    want = queries._group_sums(frame, keys, {"v": frame["v"].to_numpy()})
+    got = kernels.group_sums(as_categories, keys, {"v": frame["v"].to_numpy()})
+    want = kernels.group_sums(frame, keys, {"v": frame["v"].to_numpy()})
     assert got.to_pylist() == want.to_pylist()
 
 
@@ -197,5 +198,5 @@ def test_group_sums_of_dictionaries_that_repeat_a_value_or_hold_a_null() -> None
     keys = pa.DictionaryArray.from_arrays(
         pa.array([0, 1, 2, 3, 1], pa.int32()), pa.array(["b", "a", None, "a"])
     )
-    got = queries._group_sums(pa.table({"k": keys}), ["k"], {"v": np.array([1, 2, 4, 8, 16])})
+    got = kernels.group_sums(pa.table({"k": keys}), ["k"], {"v": np.array([1, 2, 4, 8, 16])})
     assert got.to_pylist() == [{"k": "a", "v": 26}, {"k": "b", "v": 1}]

@@ -18,6 +18,7 @@ from helpers import snapshot_files
 
 from usage_analytics import LockTimeoutError, StorageError, Store, UsageAnalyticsError
 from usage_analytics._storage import faults
+from usage_analytics.reports import grains
 
 BEFORE_COMMIT = (
     "journal_tmp_written",
@@ -103,9 +104,9 @@ def test_interrupt_before_commit_rolls_back_and_reraises(
 ) -> None:
     store = make_base(tmp_path / "root")
     if with_rollups:  # the summaries are computed and written on other threads meanwhile
-        from usage_analytics import store as store_module
+        from usage_analytics import _layout
 
-        monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+        monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
     before = snapshot_files(store.root)
 
     def hook(name: str) -> None:
@@ -133,16 +134,16 @@ def test_failed_span_build_in_an_append_is_only_a_warning(
 ) -> None:
     """Spans go into the same commit as the rows; when computing one fails, the rows and the
     spans computed before it are committed without it, and a warning says so."""
-    from usage_analytics import store as store_module
+    from usage_analytics import _layout
 
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
     store = Store(tmp_path / "root")
     store.auto_migrate()
     for seed in (1, 2):  # two files on each of days 0 and 1, no span yet (day 1 may be loading)
         assert store.create_usage(batch(seed, days=(0, 1))) == 20
     assert store._ds.snapshot().spans == ()
     version = store._ds.snapshot().version
-    combine = store_module.queries.combine_rollups
+    combine = grains.combine
     calls: list[str] = []
 
     def fails_from_the_third_span(kind: str, parts: Any) -> Any:
@@ -153,7 +154,7 @@ def test_failed_span_build_in_an_append_is_only_a_warning(
 
     day0 = T0 // DAY
     with monkeypatch.context() as patch:
-        patch.setattr(store_module.queries, "combine_rollups", fails_from_the_third_span)
+        patch.setattr(grains, "combine", fails_from_the_third_span)
         with pytest.warns(RuntimeWarning, match="rows were written.*injected failure"):
             assert store.create_usage(batch(3, days=(3,))) == 10
     snap = store._ds.snapshot()
@@ -174,9 +175,9 @@ def test_failed_span_build_after_an_import_of_several_days_is_only_a_warning(
 ) -> None:
     """A batch of several days too small for rollups of its own gets the spans of its whole
     days from their rows, in a commit after its own; when that fails, the rows stay."""
-    from usage_analytics import store as store_module
+    from usage_analytics import _layout
 
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 40)  # the batch, not each day
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 40)  # the batch, not each day
     store = Store(tmp_path / "root")
     store.auto_migrate()
 
@@ -184,7 +185,7 @@ def test_failed_span_build_after_an_import_of_several_days_is_only_a_warning(
         raise RuntimeError("injected failure")
 
     with monkeypatch.context() as patch:
-        patch.setattr(store_module.queries, "combine_rollups", broken)
+        patch.setattr(grains, "combine", broken)
         with pytest.warns(RuntimeWarning, match="rows were written.*injected failure"):
             assert store.create_usage(batch(1, days=(0, 1, 2, 3))) == 40
     assert len(store.find_usages()) == 40
@@ -199,9 +200,9 @@ def test_disk_error_writing_any_file_of_an_append_with_spans_changes_nothing(
 ) -> None:
     """An append that carries spans writes five files (its data file, its two rollups, a
     span's two); a disk error at any of them fails the append and leaves every file as it was."""
-    from usage_analytics import store as store_module
+    from usage_analytics import _layout
 
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
     store = Store(tmp_path / "root", lock_timeout=0)
     store.auto_migrate()
     store.create_usage(batch(1, days=(0, 1)))

@@ -31,9 +31,9 @@ from usage_analytics import (
     Usage,
     UsageAnalyticsError,
     UsageByGroup,
+    _layout,
     synthetic,
 )
-from usage_analytics import store as store_module
 from usage_analytics.cli import main
 
 #: A call that takes longer than this is taken to hang (the calls here take milliseconds).
@@ -79,7 +79,7 @@ def outcome(what: str, call: Callable[[], Any]) -> Any:
 def with_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     """Three days of rows, with file rollups and span rollups, plus a row at the last
     timestamp int64 can hold."""
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
     store = Store(tmp_path / "spans")
     store.auto_migrate()
     store.create_usage(batch(1))

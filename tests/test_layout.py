@@ -210,9 +210,9 @@ def test_rows_in_time_order_keep_it_others_are_sorted_by_tenant_and_time(
     """An append keeps rows that come in time order as they came (each day's rows are a slice
     of the batch, not a copy); other rows are sorted by tenant, then time. Either way the
     reports, from the files' rollups or from their rows, are those of the same rows."""
-    from usage_analytics import store as store_module
+    from usage_analytics import _layout
 
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 50)  # rollups for each day's file
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 50)  # rollups for each day's file
     frame = random_usage_frame(400, 17, days=3)
     if in_time_order:
         frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)

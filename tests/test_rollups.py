@@ -33,11 +33,11 @@ from helpers import (
     snapshot_files,
 )
 
-from usage_analytics import StorageError, Store
-from usage_analytics import store as store_module
-from usage_analytics._storage import Dataset, day_number, faults
+from usage_analytics import StorageError, Store, _layout, _reads
+from usage_analytics._storage import Dataset, FileEntry, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
+from usage_analytics.reports import grains
 
 TENANTS = ("t0", "t1", "t2")
 
@@ -48,7 +48,7 @@ def rollups_for_small_files(
 ) -> None:
     """These tests use small files; give them rollups as large files get them."""
     if "default" not in request.node.name:
-        monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+        monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
 
 
 def both_ways(store: Store, tenant: str, start: int, end: int) -> tuple[pd.DataFrame, ...]:
@@ -146,7 +146,7 @@ def test_whole_file_windows_read_no_rows(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_small_files_get_no_rollups_by_default(tmp_path: Path) -> None:
-    assert store_module.ROLLUP_MIN_ROWS == 1024
+    assert _layout.ROLLUP_MIN_ROWS == 1024
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     store.create_usage(random_usage_frame(50, 3, days=1))
@@ -184,7 +184,7 @@ def test_a_write_into_a_spanned_day_drops_exactly_the_spans_over_it(tmp_path: Pa
     store = load(tmp_path / "usage", 12)
     store.compact()
     before = store._ds.snapshot().spans
-    day = store_module.day_number("2026-11-02")
+    day = day_number("2026-11-02")
     over = {sp.name for sp in before if sp.first_day <= day <= sp.last_day}
     assert over
     store.create_usage({"user_id": "late", "tenant": "t1", "timestamp": DAY0 + NS_PER_DAY + 5})
@@ -219,7 +219,7 @@ def test_a_day_of_small_files_gets_a_span_from_their_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Files too small for rollups of their own are summarized from their rows into spans."""
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1024)  # these files get no rollups
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1024)  # these files get no rollups
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     for i in range(3):
@@ -227,7 +227,7 @@ def test_a_day_of_small_files_gets_a_span_from_their_rows(
     assert all(not e.sidecars for e in store._ds.snapshot().files)
     store.compact()  # one file per day, still without rollups
     store.create_usage(random_usage_frame(60, 40, start=DAY0 + 2 * NS_PER_DAY, days=1))
-    store._build_spans()
+    store._summaries.build_spans()
     assert all(not e.sidecars for e in store._ds.snapshot().files)
     day0 = DAY0 // NS_PER_DAY
     spans = store._ds.snapshot().spans
@@ -238,7 +238,7 @@ def test_a_day_of_small_files_gets_a_span_from_their_rows(
 def test_no_span_repeats_its_only_half_with_data(tmp_path: Path) -> None:
     store = load(tmp_path / "usage", 14)
     store.compact()
-    by_day = {store_module.day_number(e.date) for e in store._ds.snapshot().files}
+    by_day = {day_number(e.date) for e in store._ds.snapshot().files}
     for span in store._ds.snapshot().spans:
         if span.first_day == span.last_day:
             continue
@@ -330,7 +330,7 @@ def test_a_forward_load_summarizes_each_day_once_the_next_one_starts(tmp_path: P
 def test_rollups_match_scans_after_appends_merge_small_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "MERGE_FANOUT", 4)
+    monkeypatch.setattr(_layout, "MERGE_FANOUT", 4)
     store = load(tmp_path / "usage", 17, batches=1)
     rows = random_usage_frame(40, 170, days=5, tenants=TENANTS)
     for i in range(len(rows)):
@@ -345,14 +345,14 @@ def test_compact_cuts_large_partitions_by_time(
     """Compaction writes files of at most COMPACT_FILE_ROWS rows, each a range of time sorted
     by (tenant, timestamp) inside, keeps every row, and a window cutting a day scans only the
     file it cuts."""
-    monkeypatch.setattr(store_module, "COMPACT_FILE_ROWS", 128)
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "COMPACT_FILE_ROWS", 128)
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
     store = load(tmp_path / "usage", 23, batches=6)
     before = store.find_usages()
     assert store.compact() > 0
     after = store.find_usages()
     pd.testing.assert_frame_equal(after, before)
-    by_date: dict[str, list[store_module.FileEntry]] = {}
+    by_date: dict[str, list[FileEntry]] = {}
     for entry in store._ds.snapshot().files:
         by_date.setdefault(entry.date, []).append(entry)
     assert any(len(entries) > 1 for entries in by_date.values())
@@ -362,7 +362,7 @@ def test_compact_cuts_large_partitions_by_time(
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start  # time ranges do not overlap (they may touch)
         for entry in entries:
-            rows = store._read_rows(entry).to_pandas()
+            rows = _reads.read_rows(store._ds, entry).to_pandas()
             order = rows.sort_values(["tenant", "timestamp"], kind="stable")
             assert rows["id"].tolist() == order["id"].tolist()
     # Partitions whose files are all large enough are left alone.
@@ -374,13 +374,13 @@ def test_compact_cuts_large_partitions_by_time(
     middle = entries[len(entries) // 2]
     start = (middle.min("timestamp") + middle.max("timestamp")) // 2
     scanned: list[list[str]] = []
-    real_scan = store._scan
+    real_scan = Dataset.scan
 
-    def counting(entries_: Any, *args: Any) -> Any:
+    def counting(self: Dataset, entries_: Any, *args: Any, **kwargs: Any) -> Any:
         scanned.append([e.path for e in entries_])
-        return real_scan(entries_, *args)
+        return real_scan(self, entries_, *args, **kwargs)
 
-    monkeypatch.setattr(store, "_scan", counting)
+    monkeypatch.setattr(Dataset, "scan", counting)
     store.get_usages_by_groups(TENANTS[0], start, entries[-1].max("timestamp") + 1)
     assert scanned == [[middle.path]]
 
@@ -390,7 +390,7 @@ def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_d
 ) -> None:
     """The batch is large enough for the second thread, but none of its days is: the days
     before its last still get spans (from their rows)."""
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 64)
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 64)
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     store.create_usage(random_usage_frame(200, 41, days=5, tenants=TENANTS))
@@ -404,7 +404,7 @@ def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_d
 def test_a_day_still_loading_gets_a_span_at_4_and_8_files(tmp_path: Path) -> None:
     """The last day of a load gets a span of its own once it holds OPEN_DAY_FILES files with
     rollups, and again at twice as many; a write into it in between drops the span."""
-    assert store_module.OPEN_DAY_FILES == 4
+    assert _layout.OPEN_DAY_FILES == 4
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     day = DAY0 // NS_PER_DAY
@@ -426,7 +426,7 @@ def _day_span_inputs(store: Store) -> tuple[int, list[str], dict[str, pa.Table]]
     day = day_number(date)
     rows = store.find_usages()
     rows = rows[rows["timestamp"] // NS_PER_DAY == day]
-    tables = store_module.queries.rollups(pa.Table.from_pandas(rows, preserve_index=False))
+    tables = grains.rollups(pa.Table.from_pandas(rows, preserve_index=False))
     return day, [e.path for e in entries], tables
 
 
@@ -470,7 +470,7 @@ def test_a_span_must_cover_the_files_its_commit_leaves(tmp_path: Path) -> None:
     day, paths, tables = _day_span_inputs(store)
     assert len(paths) == 2
     before = snapshot_files(store.root)
-    gone, kept = store._ds.snapshot().by_date()[store_module._date_name(day)]
+    gone, kept = store._ds.snapshot().by_date()[str(np.datetime64(day, "D"))]
     with store._ds.transaction() as tx:
         tx.remove(gone)
         tx.add_span(day, day, tables, paths)
@@ -478,12 +478,12 @@ def test_a_span_must_cover_the_files_its_commit_leaves(tmp_path: Path) -> None:
             tx.commit()
     assert snapshot_files(store.root) == before
     left = pa.Table.from_pandas(
-        store._read_rows(kept).to_pandas()[list(store_module.queries.ROLLUP_INPUT_COLUMNS)],
+        _reads.read_rows(store._ds, kept).to_pandas()[list(grains.INPUT_COLUMNS)],
         preserve_index=False,
     )
     with store._ds.transaction() as tx:
         tx.remove(gone)
-        tx.add_span(day, day, store_module.queries.rollups(left), [kept.path])
+        tx.add_span(day, day, grains.rollups(left), [kept.path])
         tx.commit()
     assert [(sp.first_day, sp.last_day) for sp in store._ds.snapshot().spans] == [(day, day)]
     assert_paths_agree(store, np.random.default_rng(4), windows=2)
@@ -523,7 +523,7 @@ def _random_operations(root: Path, seed: int, steps: int) -> None:
     rng = np.random.default_rng(seed)
     store = Store(root)
     store.auto_migrate()
-    combine = store_module.queries.combine_rollups
+    combine = grains.combine
     failing = {"spans": False}
 
     def sometimes_failing(kind: str, parts: Any) -> pa.Table:
@@ -542,7 +542,7 @@ def _random_operations(root: Path, seed: int, steps: int) -> None:
         try:
             with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
                 warnings.simplefilter("ignore", RuntimeWarning)
-                patch.setattr(store_module.queries, "combine_rollups", sometimes_failing)
+                patch.setattr(grains, "combine", sometimes_failing)
                 if op < 0.8:
                     days = int(rng.choice([1, 1, 1, 2, 3]))
                     forward = rng.random() < 0.9
@@ -584,7 +584,7 @@ def _random_operations(root: Path, seed: int, steps: int) -> None:
         day = rows["timestamp"] // NS_PER_DAY
         for span in ds.snapshot().spans:
             inside = rows[(day >= span.first_day) & (day <= span.last_day)]
-            expected = store_module.queries.rollups(pa.Table.from_pandas(inside))
+            expected = grains.rollups(pa.Table.from_pandas(inside))
             for kind in span.kinds:
                 got = ds.read_summaries([span.path(kind)])[0]
                 pd.testing.assert_frame_equal(
@@ -621,7 +621,7 @@ def _plain(table: pa.Table) -> pd.DataFrame:
 def test_random_operations_with_failures_keep_spans_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 16)  # small files get none
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 16)  # small files get none
     _random_operations(tmp_path / "usage", seed, steps=40)
 
 
@@ -630,5 +630,5 @@ def test_random_operations_with_failures_keep_spans_exact(
 def test_random_operations_with_failures_keep_spans_exact_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    monkeypatch.setattr(store_module, "ROLLUP_MIN_ROWS", 16)
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 16)
     _random_operations(tmp_path / "usage", seed, steps=150)

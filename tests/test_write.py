@@ -729,9 +729,9 @@ def _append_one_by_one(store: Store, rows: pd.DataFrame) -> None:
 def test_single_row_appends_merge_their_files_and_keep_every_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from usage_analytics import store as store_module
+    from usage_analytics import _layout
 
-    monkeypatch.setattr(store_module, "MERGE_FANOUT", 4)  # size classes 1-3, 4-15, 16-63, ...
+    monkeypatch.setattr(_layout, "MERGE_FANOUT", 4)  # size classes 1-3, 4-15, 16-63, ...
     store = new_store(tmp_path)
     rows = random_usage_frame(65, 71, days=1, tenants=("t0", "t1"))
     bulk = random_usage_frame(1500, 72, days=1, users=500)  # never merged: too large
@@ -757,10 +757,10 @@ def test_single_row_appends_merge_their_files_and_keep_every_row(
 def test_files_at_the_merge_cutoff_are_never_merged_on_append(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from usage_analytics import store as store_module
+    from usage_analytics import _layout
 
-    monkeypatch.setattr(store_module, "MERGE_FANOUT", 4)
-    monkeypatch.setattr(store_module, "MERGE_BELOW_ROWS", 16)
+    monkeypatch.setattr(_layout, "MERGE_FANOUT", 4)
+    monkeypatch.setattr(_layout, "MERGE_BELOW_ROWS", 16)
     store = new_store(tmp_path)
     rows = random_usage_frame(64, 73, days=1, tenants=("t0", "t1"))
     _append_one_by_one(store, rows)

@@ -35,16 +35,19 @@ if _version_tuple(_pa.__version__) < _MIN_PYARROW:  # pragma: no cover - install
 
 from .errors import (  # noqa: E402
     CorruptDatasetError,
+    DatasetChangedError,
     DatasetNotInitializedError,
     DuplicateUsageError,
     IncompatibleDatasetError,
     InvalidArgumentError,
     LockTimeoutError,
+    MissingPriceError,
     StorageError,
     UsageAnalyticsError,
     ValidationError,
 )
 from .records import Summary, Usage, UsageByGroup  # noqa: E402
+from .reports import DIMENSIONS, Not, Prices  # noqa: E402
 from .schema import COLUMNS, SCHEMA_VERSION, UsageSchema  # noqa: E402
 from .store import DatasetInfo, Store  # noqa: E402
 
@@ -52,14 +55,19 @@ __version__ = "0.3.0"
 
 __all__ = [
     "COLUMNS",
+    "DIMENSIONS",
     "SCHEMA_VERSION",
     "CorruptDatasetError",
+    "DatasetChangedError",
     "DatasetInfo",
     "DatasetNotInitializedError",
     "DuplicateUsageError",
     "IncompatibleDatasetError",
     "InvalidArgumentError",
     "LockTimeoutError",
+    "MissingPriceError",
+    "Not",
+    "Prices",
     "StorageError",
     "Store",
     "Summary",

@@ -268,7 +268,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         args.run(args, out)
     except UsageAnalyticsError as exc:
-        print(f"usage-analytics: error: {exc}", file=sys.stderr)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        print(f"usage-analytics: error: {'; '.join(lines)}", file=sys.stderr)
         return 1
     return 0
 

@@ -13,11 +13,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CorruptDatasetError",
+    "DatasetChangedError",
     "DatasetNotInitializedError",
     "DuplicateUsageError",
     "IncompatibleDatasetError",
     "InvalidArgumentError",
     "LockTimeoutError",
+    "MissingPriceError",
     "StorageError",
     "UsageAnalyticsError",
     "ValidationError",
@@ -58,6 +60,11 @@ class DuplicateUsageError(UsageAnalyticsError, ValueError):
         self.keys = keys
 
 
+class DatasetChangedError(UsageAnalyticsError):
+    """A later write removed a file that a streaming read had not reached yet; start the read
+    again (it then reads the newest state)."""
+
+
 class DatasetNotInitializedError(UsageAnalyticsError):
     """The root holds no dataset yet: call ``Store.auto_migrate()`` first."""
 
@@ -79,3 +86,15 @@ class StorageError(UsageAnalyticsError, OSError):
     """The filesystem refused or failed an operation: no space or an I/O error during a write
     (the write was rolled back), a read-only filesystem, or missing permissions. ``errno``
     holds the operating system's error number."""
+
+
+class MissingPriceError(UsageAnalyticsError, ValueError):
+    """A cost report met tokens of models that the price table has no price in force for.
+
+    Attributes:
+        models: the model ids without a price, sorted.
+    """
+
+    def __init__(self, message: str, models: list[str]) -> None:
+        super().__init__(message)
+        self.models = models

@@ -1,67 +1,36 @@
 """``Store``: the usage store on a date-partitioned Parquet dataset.
 
-The store validates input, asks the dataset layer (``_dataset``) to commit files, and asks
-``queries`` to aggregate what it reads. It never touches the disk itself.
+The store validates arguments, asks storage (``_storage``) for a snapshot or a transaction, and
+asks the report engine (``reports``) for reports. It never touches the disk itself: the write
+paths are in ``_writes``, summary maintenance in ``_summaries``, reads in ``_reads``.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import math
 import os
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from . import queries
-from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, day_number
-from ._validation import prepare_batch, to_bound, to_window
-from .errors import (
-    DuplicateUsageError,
-    InvalidArgumentError,
-    LockTimeoutError,
-)
-from .schema import (
-    ADDED_IN_V2,
-    COLUMNS,
-    CREATED_AT_DTYPE,
-    INT32_COLUMNS,
-    KEY_COLUMNS,
-    NS_PER_DAY,
-    SCHEMA_VERSION,
-    STRING_COLUMNS,
-    arrow_schema,
-    columns_for_version,
-)
+from . import _reads
+from ._storage import Dataset
+from ._summaries import Summaries
+from ._validation import TIME_END, prepare_batch, to_bound, to_window
+from ._writes import Writer, duplicate_error, repeated_keys
+from .errors import InvalidArgumentError
+from .reports import presets
+from .reports.engine import Report
+from .reports.prices import Prices
+from .reports.spec import Filter, Not, parse_spec, parse_where
+from .schema import ADDED_IN_V2, COLUMNS, SCHEMA_VERSION, arrow_schema, columns_for_version
 
 __all__ = ["DatasetInfo", "Store"]
-
-_DUPLICATES_SHOWN: Final = 10
-ROLLUP_MIN_ROWS: Final = 1024
-#: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.
-MAX_SPAN_LEVEL: Final = 10
-_KINDS: Final = ("summary", "groups")
-#: Small files of a partition are merged on append once this many share a size class.
-MERGE_FANOUT: Final = 32
-#: Files of this many rows or more are never merged on append (compact() rewrites them along
-#: with the small files of their partition).
-MERGE_BELOW_ROWS: Final = MERGE_FANOUT * MERGE_FANOUT
-#: compact() writes files of at most this many rows, each a range of time.
-COMPACT_FILE_ROWS: Final = 1 << 17
-#: A day still being loaded gets spans once it holds this many files with rollups (and again
-#: at twice, four times ... as many).
-OPEN_DAY_FILES: Final = 4
-_RECENT_SPANS: Final = 16
-_RECENT_ROLLUPS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -75,34 +44,6 @@ class DatasetInfo:
     partitions: int
     first_timestamp: int | None
     last_timestamp: int | None
-
-
-def _date_name(day: int) -> str:
-    """The partition date of a day number (days since the epoch)."""
-    return str(np.datetime64(day, "D"))
-
-
-def _day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
-    """Row positions per day, days ascending; ``order`` (sorted by day first) is kept within."""
-    if order is None:
-        if len(days) and days.min() == days.max():  # the common case: one day
-            return [(int(days[0]), np.arange(len(days)))]
-        order = np.argsort(days, kind="stable")
-    sorted_days = days[order]
-    bounds = np.flatnonzero(sorted_days[1:] != sorted_days[:-1]) + 1
-    return [(int(days[chunk[0]]), chunk) for chunk in np.split(order, bounds) if len(chunk)]
-
-
-def _to_frame(table: pa.Table) -> pd.DataFrame:
-    df = table.to_pandas()
-    for name in df.columns:
-        if name in STRING_COLUMNS:
-            df[name] = df[name].astype("str")
-        elif name in INT32_COLUMNS:
-            df[name] = df[name].astype(np.int32)
-        elif name == "created_at":
-            df[name] = df[name].astype(CREATED_AT_DTYPE)
-    return df
 
 
 class Store:
@@ -138,13 +79,9 @@ class Store:
                 f"root must be a path (str or os.PathLike), not {type(root).__name__} ({root!r})"
             )
         self._root = Path(os.fspath(root))
-        # Reports read the per-file rollups where a window covers a whole file; switched off
-        # only by tests that compare them with plain row scans.
+        # Reports read summaries wherever they cover a part of the window; switched off only
+        # by tests that compare them with plain row scans.
         self._use_rollups = True
-        self._recent_spans: dict[str, dict[str, pa.Table]] = {}
-        # The rollups of the files this store wrote last, by path: a load summarizes each
-        # day into a span right after it, from these rather than from the disk.
-        self._recent_rollups: dict[str, dict[str, pa.Table]] = {}
         self._ds = Dataset(
             self._root,
             schema_version=SCHEMA_VERSION,
@@ -154,6 +91,8 @@ class Store:
             pruned_by=("tenant", "timestamp"),
             lock_timeout=float(lock_timeout),
         )
+        self._summaries = Summaries(self._ds)
+        self._writer = Writer(self._ds, self._summaries)
 
     @property
     def root(self) -> Path:
@@ -247,193 +186,17 @@ class Store:
             >>> store.create_usage(row, on_conflict="ignore")
             0
         """
-        if on_conflict not in ("error", "ignore"):
+        if not isinstance(on_conflict, str) or on_conflict not in ("error", "ignore"):
             raise InvalidArgumentError(
                 f"on_conflict must be 'error' or 'ignore', not {on_conflict!r}"
             )
         batch = prepare_batch(usages)
-        repeated = _repeated_keys(batch)
+        repeated = repeated_keys(batch)
         if repeated.any():
             if on_conflict == "error":
-                raise _duplicate_error(batch.loc[repeated], "inside the batch")
+                raise duplicate_error(batch.loc[repeated], "inside the batch")
             batch = batch.loc[~repeated]
-        with contextlib.ExitStack() as stack:
-            tx = stack.enter_context(self._ds.transaction())
-            if batch.empty:
-                return 0
-            batch = batch.reset_index(drop=True)
-            days = batch["timestamp"].to_numpy() // NS_PER_DAY
-            stored = self._stored_keys(tx.base, batch, days)
-            if stored.any():
-                if on_conflict == "error":
-                    raise _duplicate_error(batch.loc[stored], "already stored")
-                batch = batch.loc[~stored].reset_index(drop=True)
-                days = days[~stored]
-                if batch.empty:
-                    return 0
-            first = tx.reserve_ids(len(batch))
-            batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
-            batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
-            table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
-            rollups: dict[int, dict[str, Future[pa.Table]]] = {}
-            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table]]]] = []
-            if len(batch) >= ROLLUP_MIN_ROWS:
-                # A second thread summarizes while this one stages and writes the rows (pyarrow
-                # releases the GIL): first the rollups of the new files, then the spans the
-                # commit can add. The pool is shut down only after the commit.
-                pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
-                rollups = _submit_rollups(pool, table, days)
-                staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
-                # Spans go into the same commit: those of the days before this batch (loads
-                # run forward in time, so those days are taken as loaded), and that of the day
-                # still loading when it is due. They are planned on the state the commit will
-                # leave and computed while this thread writes the data files; the commit
-                # writes them as they come, and leaves out any whose computation fails.
-                after = tx.pending()
-                last_day = int(days.max())
-                summaries = tx.staged_summaries()
-                plans = self._plan_spans(
-                    after,
-                    int(days.min()),
-                    summaries,
-                    last_day if _open_day_is_due(after, last_day) else None,
-                )
-                for plan in plans:
-                    tables: dict[str, Future[pa.Table]] = {kind: Future() for kind in _KINDS}
-                    spans.append((tx.add_span(plan.first, plan.last, tables, plan.files), tables))
-                if plans:
-                    pool.submit(self._span_tables, after, plans, summaries, [f for _, f in spans])
-            else:
-                staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
-            tx.commit()
-            for path, futures in staged.items():  # all resolved by the commit
-                self._recent_rollups[path] = _resolved(futures)
-            while len(self._recent_rollups) > _RECENT_ROLLUPS:
-                del self._recent_rollups[next(iter(self._recent_rollups))]
-            failed = {span.name for span in tx.failed_spans}
-            self._remember_spans(
-                {span.name: _resolved(tables) for span, tables in spans if span.name not in failed}
-            )
-        if tx.failed_spans:
-            exc = next(e for _, fs in spans for f in fs.values() if (e := f.exception()))
-            warnings.warn(
-                f"the rows were written, but summarizing their days failed ({exc}); "
-                f"compact() or the next load builds those summaries",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if len(batch) >= ROLLUP_MIN_ROWS and days.max() - days.min() >= 2:
-            # A batch of several days (an import of history) brought whole days of its own;
-            # those of them without rollups are summarized from their rows, which can be read
-            # only now. They are committed apart, skipped when another writer holds the lock,
-            # and a failure to build them is only a warning (compact() builds them later).
-            try:
-                self._build_spans(before_day=int(days.max()), lock_timeout=0)
-            except LockTimeoutError:
-                pass
-            except Exception as exc:  # the rows are committed: nothing here may undo that
-                warnings.warn(
-                    f"the rows were written, but summarizing the days before them failed "
-                    f"({exc}); compact() builds those summaries later",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        return len(batch)
-
-    def _stage_by_date(
-        self,
-        tx: Transaction,
-        table: pa.Table,
-        days: np.ndarray,
-        tenant: pd.Series,
-        rollups: Mapping[int, Mapping[str, Future[pa.Table]]],
-    ) -> dict[str, Mapping[str, Future[pa.Table]]]:
-        """Stage one file per day, with the rollups of each day's rows when ``rollups`` has them
-        (being computed); returns those rollups by the path of their file.
-
-        Rows already in time order (as loads usually are) keep it: each day's rows are then a
-        slice of ``table``, not a copy, and statistics prune them by time. Other rows are
-        sorted by (tenant, timestamp), so that statistics prune them by tenant as well.
-        """
-        staged: dict[str, Mapping[str, Future[pa.Table]]] = {}
-        timestamps = table.column("timestamp").to_numpy()
-        order: np.ndarray | None = None
-        ordered = table
-        if not (timestamps[1:] >= timestamps[:-1]).all():
-            tenant_codes = pd.factorize(tenant, sort=True)[0]
-            order = np.lexsort((timestamps, tenant_codes, days))
-            ordered = table.take(pa.array(order))
-        start = 0
-        for day, chunk in _day_groups(days, order):
-            rows = ordered.slice(start, len(chunk))
-            merged = self._merge_small(tx, _date_name(day), rows)
-            if merged is not None:
-                self._add(tx, _date_name(day), merged)
-            elif day in rollups:
-                staged[tx.add(_date_name(day), rows, rollups[day]).path] = rollups[day]
-            else:
-                self._add(tx, _date_name(day), rows)
-            start += len(chunk)
-        return staged
-
-    def _merge_small(self, tx: Transaction, date: str, rows: pa.Table) -> pa.Table | None:
-        """When ``rows`` would be the ``MERGE_FANOUT``-th small file of its size class in
-        partition ``date``, stage the removal of the others and return all their rows with
-        ``rows``, sorted, to be written as one file (and so on up the size classes); None when
-        there is nothing to merge.
-
-        Single-row appends would otherwise leave a file each, and every report over their day
-        would open them all: with merges, a day of n such appends holds O(log n) files, and
-        each row is rewritten at most once per size class.
-        """
-        if _size_class(rows.num_rows) is None:
-            return None  # a large file, as bulk loads write: nothing to look at
-        peers_of = {e.path: e for e in tx.base.by_date().get(date, [])}
-        merged: pa.Table | None = None
-        current = rows
-        while (size_class := _size_class(current.num_rows)) is not None:
-            peers = [e for e in peers_of.values() if _size_class(e.rows) == size_class]
-            if len(peers) + 1 < MERGE_FANOUT:
-                break
-            for entry in peers:
-                tx.remove(entry)
-                del peers_of[entry.path]
-            current = pa.concat_tables([*(self._read_rows(e) for e in peers), current])
-            current = current.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
-            merged = current
-        return merged
-
-    def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
-        """A mask of the batch rows whose key is already stored.
-
-        Only files whose timestamp range overlaps the batch's in the same partition are read,
-        and only their key columns within that range.
-        """
-        found = np.zeros(len(batch), dtype=bool)
-        by_date = snap.by_date()
-        timestamps = batch["timestamp"].to_numpy()
-        for day, idx in _day_groups(days):
-            lo, hi = int(timestamps[idx].min()), int(timestamps[idx].max())
-            tables = [
-                self._ds.read_file(
-                    entry,
-                    KEY_COLUMNS,
-                    (pc.field("timestamp") >= lo) & (pc.field("timestamp") <= hi),
-                )
-                for entry in by_date.get(_date_name(day), [])
-                if entry.max("timestamp") >= lo and entry.min("timestamp") <= hi
-            ]
-            tables = [t for t in tables if t.num_rows]
-            if not tables:
-                continue
-            existing = pa.concat_tables(tables).to_pandas()
-            candidates = idx[np.isin(timestamps[idx], existing["timestamp"].to_numpy())]
-            if not len(candidates):
-                continue
-            stored_index = pd.MultiIndex.from_frame(existing[list(KEY_COLUMNS)].astype(object))
-            keys = pd.MultiIndex.from_frame(batch.loc[candidates, list(KEY_COLUMNS)].astype(object))
-            found[candidates[keys.isin(stored_index)]] = True
-        return found
+        return self._writer.append(batch, on_conflict)
 
     def delete_usage(self, timestamp: Any, limit: int | None = None) -> int:
         """Delete rows with ``timestamp`` before the cutoff, oldest first; all or nothing.
@@ -461,72 +224,18 @@ class Store:
                 raise InvalidArgumentError(f"limit must be an int or None, not {limit!r}")
             if limit < 0:
                 raise InvalidArgumentError(f"limit must be >= 0, not {limit}")
-        remaining = None if limit is None else int(limit)
-        deleted = 0
-        with self._ds.transaction() as tx:
-            for entries in tx.base.by_date().values():
-                if remaining == 0:
-                    break
-                candidates = [e for e in entries if e.min("timestamp") < cutoff]
-                if not candidates:
-                    break  # later partitions hold only later rows
-                n = self._delete_in_partition(tx, candidates, cutoff, remaining)
-                deleted += n
-                if remaining is not None:
-                    remaining -= n
-            tx.commit()
-        return deleted
-
-    def _delete_in_partition(
-        self, tx: Transaction, candidates: list[FileEntry], cutoff: int, limit: int | None
-    ) -> int:
-        whole = [e for e in candidates if e.max("timestamp") < cutoff]
-        partial = [e for e in candidates if e.max("timestamp") >= cutoff]
-        whole_rows = sum(e.rows for e in whole)
-        if limit is None or (not partial and whole_rows <= limit):
-            for entry in whole:
-                tx.remove(entry)
-            return whole_rows + sum(self._rewrite_without(tx, e, cutoff, None) for e in partial)
-        # A limit falls inside this partition: pick the oldest rows by (timestamp, id).
-        keys = pa.concat_tables(
-            [
-                self._ds.read_file(e, ("timestamp", "id"), pc.field("timestamp") <= cutoff - 1)
-                for e in candidates
-            ]
-        ).to_pandas()
-        keys = keys.sort_values(["timestamp", "id"], kind="stable").iloc[:limit]
-        doomed = pa.array(keys["id"].to_numpy())
-        total = 0
-        for entry in candidates:
-            total += self._rewrite_without(tx, entry, cutoff, doomed)
-        return total
-
-    def _rewrite_without(
-        self, tx: Transaction, entry: FileEntry, cutoff: int, ids: pa.Array | None
-    ) -> int:
-        """Stage ``entry`` rewritten without its rows before ``cutoff`` (and, when ``ids`` is
-        given, only those among them); returns how many rows go."""
-        table = self._read_rows(entry)
-        gone = pc.less_equal(table.column("timestamp"), cutoff - 1)  # int64 even at 2**63
-        if ids is not None:
-            gone = pc.and_(gone, pc.is_in(table.column("id"), value_set=ids))
-        n = int(pc.sum(gone).as_py() or 0)
-        if n == 0:
-            return 0
-        tx.remove(entry)
-        if n < table.num_rows:
-            self._add(tx, entry.date, table.filter(pc.invert(gone)))
-        return n
+        return self._writer.delete(cutoff, None if limit is None else int(limit))
 
     def compact(self) -> int:
         """Merge the files of each partition that holds several, some of them small, into
-        files of at most ``COMPACT_FILE_ROWS`` rows; returns how many partitions were rewritten.
-        Each partition is committed on its own, all or nothing, and keeps every row exactly.
+        files of at most 131,072 rows; returns how many partitions were rewritten. Each
+        partition is committed on its own, all or nothing, and keeps every row exactly.
 
         The rows are cut into files by time (each file sorted by tenant and time inside), so
         that a report whose window starts or ends inside the day reads the summaries of the
         files within the window and scans only the file it cuts, as after a bulk load.
         Partitions whose files all hold at least half that many rows are left as they are.
+        Missing span summaries are built.
 
         Example:
             >>> store = Store(tmp / "small"); store.auto_migrate()
@@ -534,227 +243,202 @@ class Store:
             >>> store.compact(), len(store.files())
             (1, 1)
         """
-        done = 0
-        for date in self._ds.snapshot().dates():
-            with self._ds.transaction() as tx:
-                entries = tx.base.by_date().get(date, [])
-                if len(entries) < 2 or all(e.rows >= COMPACT_FILE_ROWS // 2 for e in entries):
-                    continue
-                merged = pa.concat_tables([self._read_rows(e) for e in entries])
-                merged = merged.sort_by([("timestamp", "ascending"), ("id", "ascending")])
-                pieces = -(-merged.num_rows // COMPACT_FILE_ROWS)
-                size = -(-merged.num_rows // pieces)
-                for entry in entries:
-                    tx.remove(entry)
-                for start in range(0, merged.num_rows, size):
-                    piece = merged.slice(start, size)
-                    piece = piece.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
-                    self._add(tx, date, piece)
-                tx.commit()
-                done += 1
-        self._build_spans()
-        return done
+        return self._writer.compact()
 
-    def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
-        """Stage a data file with its rollups, computed from the same rows.
-
-        Files smaller than ``ROLLUP_MIN_ROWS`` get none: their rollups would be about as large
-        as their rows, so reports scan them, and ``compact()`` later merges them into a file
-        that has rollups.
-        """
-        if table.num_rows < ROLLUP_MIN_ROWS:
-            tx.add(date, table)
-            return
-        tx.add(date, table, queries.rollups(table))
-
-    def _build_spans(self, before_day: int | None = None, lock_timeout: float | None = None) -> int:
-        """Commit the missing span rollups of aligned blocks of whole days before
-        ``before_day`` (all days when None); returns how many spans were added."""
-        with self._ds.transaction(timeout=lock_timeout) as tx:
-            spans = self._span_tables(tx.base, self._plan_spans(tx.base, before_day), {})
-            built = {
-                tx.add_span(span.first, span.last, span.tables, span.files).name: span.tables
-                for span in spans
-            }
-            tx.commit()
-        self._remember_spans(built)
-        return len(built)
-
-    def _remember_spans(self, built: Mapping[str, dict[str, pa.Table]]) -> None:
-        """Keep the tables of the latest few committed spans (spans are immutable), to build
-        their parents without reading them."""
-        self._recent_spans.update(built)
-        while len(self._recent_spans) > _RECENT_SPANS:
-            del self._recent_spans[next(iter(self._recent_spans))]
-
-    def _plan_spans(
-        self,
-        snap: Snapshot,
-        before_day: int | None,
-        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]] | None = None,
-        open_day: int | None = None,
-    ) -> list[_SpanPlan]:
-        """The missing span rollups of ``snap``, smallest first (each combined from spans
-        before it in the list, or from file rollups).
-
-        A block of 2**k days starting at a multiple of 2**k gets one summary file per report,
-        combined from its two halves (single days, when they have several files, from their
-        files' rollups), so that a window of whole days reads a few spans instead of every
-        file's rollups. Only blocks that end before ``before_day`` are built (a load passes the
-        first day it writes: it may still be loading that day and those after it), and only
-        blocks with data in both halves: otherwise the half with data says it all. The day
-        ``open_day`` gets a span of its own all the same (see :func:`_open_day_is_due`).
-
-        ``snap`` may be the state a write is about to commit: ``staged`` then holds the
-        rollups (or their futures) of its new files, which are not on disk yet.
-        """
-        by_day: dict[int, list[str]] = {}
-        for entry in snap.files:
-            by_day.setdefault(day_number(entry.date), []).append(entry.path)
-        if not by_day:
-            return []
-        first, last = min(by_day), max(by_day)
-        if open_day is not None and open_day not in by_day:
-            open_day = None
-        if before_day is not None:
-            last = min(last, before_day - 1)
-        # A file of the write being committed is not on disk yet: its day can be summarized
-        # only from its rollups.
-        staged = staged or {}
-        without = [
-            day_number(e.date)
-            for e in snap.files
-            if e.path in staged and not all(k in staged[e.path] for k in _KINDS)
-        ]
-        if without:
-            last = min(last, min(without) - 1)
-            if open_day is not None and open_day >= min(without):
-                open_day = None
-        have = {(sp.first_day, sp.last_day) for sp in snap.spans}
-        plans: list[_SpanPlan] = []
-        for level in range(MAX_SPAN_LEVEL + 1):
-            size = 1 << level
-            top = last if open_day is None else max(last, open_day)
-            for start in range(first - first % size, top + 1, size):
-                end = start + size - 1
-                if (end > last and not (size == 1 and start == open_day)) or (start, end) in have:
-                    continue
-                if size == 1 and len(by_day.get(start, ())) < 2:
-                    continue  # a single file's own rollups already cover its day
-                half = size // 2
-                if size > 1 and not (
-                    any(d in by_day for d in range(start, start + half))
-                    and any(d in by_day for d in range(start + half, end + 1))
-                ):
-                    continue
-                files = tuple(sorted(p for d in range(start, end + 1) for p in by_day.get(d, ())))
-                plans.append(_SpanPlan(start, end, files))
-        return plans
-
-    def _span_tables(
-        self,
-        snap: Snapshot,
-        plans: Sequence[_SpanPlan],
-        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]],
-        out: Sequence[Mapping[str, Future[pa.Table]]] | None = None,
-    ) -> list[_NewSpan]:
-        """Compute the ``plans`` of ``snap``; with ``out``, also set each span's tables as the
-        results of its futures as soon as they are computed, and any error as the exception of
-        every future not yet set (a commit waits for them: none may be left unset)."""
-        new: list[_NewSpan] = []
-        try:
-            by_day: dict[int, list[FileEntry]] = {}
-            for entry in snap.files:
-                by_day.setdefault(day_number(entry.date), []).append(entry)
-            have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
-            memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
-
-            def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
-                """The rollup tables of days lo..hi per kind."""
-                if (lo, hi) not in memo:
-                    memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
-                return memo[(lo, hi)]
-
-            for i, plan in enumerate(plans):
-                found = parts(plan.first, plan.last)
-                tables = {kind: queries.combine_rollups(kind, found[kind]) for kind in _KINDS}
-                memo[(plan.first, plan.last)] = {k: [t] for k, t in tables.items()}
-                new.append(_NewSpan(plan.first, plan.last, plan.files, tables))
-                if out is not None:
-                    for kind, future in out[i].items():
-                        future.set_result(tables[kind])
-        except BaseException as exc:
-            if out is None:
-                raise
-            for futures in out:
-                for future in futures.values():
-                    if not future.done():
-                        future.set_exception(exc)
-        return new
-
-    def _block_parts(
-        self,
-        lo: int,
-        hi: int,
-        by_day: dict[int, list[FileEntry]],
-        have: dict[tuple[int, int], SpanEntry],
-        parts: Callable[[int, int], dict[str, list[pa.Table]]],
-        staged: Mapping[str, Mapping[str, pa.Table | Future[pa.Table]]],
-    ) -> dict[str, list[pa.Table]]:
-        if (lo, hi) in have:
-            span = have[(lo, hi)]
-            cached = self._recent_spans.get(span.name)
-            if cached is not None:
-                return {k: [cached[k]] for k in _KINDS}
-            return {k: self._ds.read_summaries([span.path(k)]) for k in _KINDS}
-        if lo == hi:
-            files = by_day.get(lo, [])
-            with_rollups = [f for f in files if all(k in f.sidecars for k in _KINDS)]
-            found: dict[str, list[pa.Table]] = {k: [] for k in _KINDS}
-            # One lookup per file: the writing thread may drop old entries meanwhile. Files
-            # of the write being committed have theirs in ``staged`` (computed by now).
-            recent = {
-                f.path: self._recent_rollups.get(f.path)
-                or (_resolved(staged[f.path]) if f.path in staged else None)
-                for f in with_rollups
-            }
-            unread = [f for f in with_rollups if recent[f.path] is None]
-            for k in _KINDS:
-                found[k] = [r[k] for r in recent.values() if r is not None]
-                if unread:
-                    found[k] += self._ds.read_sidecars(unread, k)
-            for entry in files:
-                if entry not in with_rollups:  # a small file: summarize its rows here
-                    columns = list(queries.ROLLUP_INPUT_COLUMNS)
-                    rows = self._read_rows(entry).select(columns)
-                    for k, table in queries.rollups(rows).items():
-                        found[k].append(table)
-            return found
-        half = (hi - lo + 1) // 2
-        left, right = parts(lo, lo + half - 1), parts(lo + half, hi)
-        return {k: left[k] + right[k] for k in _KINDS}
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def _read_rows(self, entry: FileEntry) -> pa.Table:
-        """Every column of one file, in the current schema (columns it predates are zeros)."""
-        return self._ds.read_file(entry, COLUMNS).cast(arrow_schema())
+    # -- reading rows ------------------------------------------------------------------------
 
     def find_usages(self) -> pd.DataFrame:
         """Every stored row, columns as in :class:`UsageSchema`, sorted by ``id``.
+
+        For the rows of a window, or some columns only, :meth:`scan` reads less.
 
         Example:
             >>> Store("data/sample").find_usages().columns[:4].tolist()
             ['id', 'created_at', 'user_id', 'tenant']
         """
 
-        def read(snap: Snapshot) -> pd.DataFrame:
-            tables = [self._read_rows(e) for e in snap.files]
+        def read(snap: Any) -> pd.DataFrame:
+            tables = [_reads.read_rows(self._ds, e) for e in snap.files]
             if not tables:
-                return _to_frame(arrow_schema().empty_table())
-            return _to_frame(pa.concat_tables(tables).sort_by("id"))
+                return _reads.to_frame(arrow_schema().empty_table())
+            return _reads.to_frame(pa.concat_tables(tables).sort_by("id"))
 
         return self._ds.read(read).reset_index(drop=True)
+
+    def _scan_args(
+        self, tenant_id: object, start: object, end: object, columns: object, where: object
+    ) -> tuple[str | None, int, int, list[str], tuple[Filter, ...]]:
+        if tenant_id is not None and not isinstance(tenant_id, str):
+            raise InvalidArgumentError(
+                f"tenant_id must be a str, or None for every tenant, not {tenant_id!r}"
+            )
+        lo, hi = to_window(0 if start is None else start, TIME_END if end is None else end)
+        if columns is None:
+            names = list(COLUMNS)
+        elif isinstance(columns, str) or not isinstance(columns, Sequence):
+            raise InvalidArgumentError(
+                f"columns must be a list of column names, not {columns!r}; e.g. "
+                "['timestamp', 'model_id', 'latency_ms']"
+            )
+        else:
+            names = list(columns)
+            unknown = [c for c in names if c not in COLUMNS]
+            if unknown:
+                raise InvalidArgumentError(
+                    f"unknown column(s) {unknown}; the columns are {', '.join(COLUMNS)}"
+                )
+            if len(set(names)) != len(names):
+                raise InvalidArgumentError(f"columns repeat a name: {names}")
+        return tenant_id, lo, hi, names, parse_where(where)
+
+    def scan(
+        self,
+        tenant_id: str | None = None,
+        start: Any = None,
+        end: Any = None,
+        *,
+        columns: Sequence[str] | None = None,
+        where: Any = None,
+    ) -> pd.DataFrame:
+        """The rows of a window, from one consistent snapshot, sorted by time (then ``id``).
+
+        Reads only the requested columns, and only the files and row groups that the window
+        and the filters can touch.
+
+        Args:
+            tenant_id: one tenant, or None for every tenant.
+            start, end: the window, ``start <= timestamp < end`` (None: unbounded).
+            columns: the columns to return (default: all, as in :class:`UsageSchema`).
+            where: ``{dimension: value, [values] or Not(values)}`` as in :meth:`report`.
+
+        Example:
+            >>> rows = Store("data/sample").scan("tenant-000", "2026-11-02", "2026-11-03",
+            ...                                  columns=["timestamp", "model_id"])
+            >>> rows.shape, rows["timestamp"].is_monotonic_increasing
+            ((691, 2), True)
+        """
+        tenant, lo, hi, names, filters = self._scan_args(tenant_id, start, end, columns, where)
+        return _reads.scan_frame(self._ds, tenant, lo, hi, names, filters)
+
+    def scan_batches(
+        self,
+        tenant_id: str | None = None,
+        start: Any = None,
+        end: Any = None,
+        *,
+        columns: Sequence[str] | None = None,
+        where: Any = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The rows of :meth:`scan` as pyarrow RecordBatches of at most 65,536 rows, file by
+        file in time order, in bounded memory: for windows larger than memory.
+
+        The snapshot is taken when iteration starts. A later delete or compaction that
+        removes a file the iteration has not reached raises ``DatasetChangedError``.
+
+        Example:
+            >>> batches = Store("data/sample").scan_batches(columns=["tenant"])
+            >>> sum(b.num_rows for b in batches)
+            40000
+        """
+        tenant, lo, hi, names, filters = self._scan_args(tenant_id, start, end, columns, where)
+        return _reads.scan_batches(self._ds, tenant, lo, hi, names, filters)
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def report(
+        self,
+        tenant_id: str | None,
+        start: Any,
+        end: Any,
+        *,
+        by: str | Sequence[str] = (),
+        every: str | None = None,
+        tz: str = "UTC",
+        where: Any = None,
+        metrics: Sequence[str] | None = None,
+        prices: Prices | None = None,
+        top: int | None = None,
+        order_by: str | None = None,
+        explain: bool = False,
+    ) -> pd.DataFrame:
+        """Any report over the usage of a window: grouped, bucketed, filtered, exact.
+
+        Args:
+            tenant_id: one tenant, or None for every tenant.
+            start, end: the window, ``start <= timestamp < end``: int ns since the epoch,
+                datetime, pd.Timestamp or ISO string (naive values are UTC).
+            by: a dimension or a sequence of them: ``tenant``, ``organization``, ``project``,
+                ``user_id``, ``api_key_id``, ``api_method``, ``model_id``, ``status_code``,
+                ``status_class`` (``"1xx"`` ... ``"5xx"``, ``"other"``).
+            every: bucket width, ``"1min"``, ``"5min"``, ``"15min"``, ``"1h"``, ``"1d"``,
+                ``"1w"`` or ``"1mo"``; None: the whole window.
+            tz: the IANA zone whose wall clock the buckets follow.
+            where: ``{dimension: value or list of values}``, ANDed; ``Not(values)`` negates
+                one (``{"model_id": Not("")}``: rows with a model).
+            metrics: metric names (None: requests, success_requests, failure_requests,
+                prompt_tokens, completion_tokens, latency_ms_mean). Counts: ``requests``,
+                ``success_requests`` (status 200), ``failure_requests``, ``error_rate``;
+                sums: ``prompt_tokens``, ``completion_tokens``, ``total_tokens``; ``<col>_mean``
+                and exact percentiles ``<col>_p<q>`` (e.g. ``latency_ms_p95``) of
+                ``latency_ms``, ``time_to_first_token_ms``, ``runtime_latency_ms``,
+                ``runtime_time_to_first_token_ms``; distinct ``users``, ``api_keys``;
+                ``completion_tokens_per_s``; with ``prices``, ``prompt_cost``,
+                ``completion_cost``, ``cost``.
+            prices: a :class:`Prices` table, for the cost metrics.
+            top, order_by: keep the ``top`` groups with the largest window total of the
+                metric ``order_by`` (ties broken by the dimension values).
+            explain: return the plan instead: each file or span the report would read, whether
+                from a summary or as rows, and the rows it holds.
+
+        Returns:
+            ``bucket`` (with ``every``: the tz-aware start of each bucket), the ``by``
+            dimensions, then the metrics, sorted by bucket and dimensions. Counts and sums are
+            int64, the rest float64 (NaN where a mean or percentile has no rows). With
+            ``every`` the result is dense: every bucket the window touches, for every group
+            with rows in the window, zero-filled.
+
+        Raises:
+            InvalidArgumentError: an argument is not one the report takes.
+            MissingPriceError: a cost metric met tokens of a model the prices lack.
+
+        Example:
+            >>> store = Store("data/sample")
+            >>> store.report("tenant-000", "2026-11-02T00:00-05:00", "2026-11-04T00:00-05:00",
+            ...              by="model_id", every="1d", tz="America/New_York",
+            ...              metrics=["requests", "latency_ms_p95"]).head(3)
+                                 bucket     model_id  requests  latency_ms_p95
+            0 2026-11-02 00:00:00-05:00                     44           78.70
+            1 2026-11-02 00:00:00-05:00       gpt-4o       102         7073.75
+            2 2026-11-02 00:00:00-05:00  gpt-4o-mini       284         5938.50
+        """
+        if not isinstance(explain, bool):
+            raise InvalidArgumentError(f"explain must be True or False, not {explain!r}")
+        spec = parse_spec(
+            tenant_id,
+            start,
+            end,
+            by=by,
+            every=every,
+            tz=tz,
+            where=where,
+            metrics=metrics,
+            prices=prices,
+            top=top,
+            order_by=order_by,
+        )
+        return _reads.run_report(
+            self._ds, Report.of(spec), use_summaries=self._use_rollups, explain=explain
+        )
+
+    def _preset(
+        self, preset: presets.Preset, tenant_id: object, start: Any, end: Any, **args: Any
+    ) -> pd.DataFrame:
+        """A preset report, its columns named as the preset names them."""
+        if not isinstance(tenant_id, str):
+            raise InvalidArgumentError(f"tenant_id must be a str, not {tenant_id!r}")
+        spec = parse_spec(tenant_id, start, end, **preset.report_args(**args))
+        report = Report.of(spec, preset.names)
+        return _reads.run_report(self._ds, report, use_summaries=self._use_rollups)
 
     def aggregated_usage(self, tenant_id: str, start: Any, end: Any) -> pd.DataFrame:
         """Requests per API method for ``tenant_id`` with ``start <= timestamp < end``.
@@ -768,18 +452,16 @@ class Store:
             ...                                       "2026-11-02").columns.tolist()[:2]
             ['api_method', 'total_requests']
         """
-        return self._report(
-            tenant_id,
-            start,
-            end,
-            "summary",
-            queries.SUMMARY_INPUT_COLUMNS,
-            queries.summary_partial,
-            queries.finish_summary,
-        )
+        return self._preset(presets.SUMMARY, tenant_id, start, end)
 
-    def get_usages_by_groups(self, tenant_id: str, start: Any, end: Any) -> pd.DataFrame:
+    def get_usages_by_groups(
+        self, tenant_id: str, start: Any, end: Any, *, exclude_empty_model: bool = False
+    ) -> pd.DataFrame:
         """Usage per (API key, user, model) for ``tenant_id`` with ``start <= timestamp < end``.
+
+        Args:
+            exclude_empty_model: leave out rows with an empty ``model_id``, as later versions
+                of the source system do.
 
         Returns:
             Columns ``api_key_id, user_id, model_id, total_requests, total_prompt_tokens,
@@ -791,211 +473,44 @@ class Store:
             ...                                           "2026-11-02").columns.tolist()[:3]
             ['api_key_id', 'user_id', 'model_id']
         """
-        return self._report(
-            tenant_id,
-            start,
-            end,
-            "groups",
-            queries.GROUP_INPUT_COLUMNS,
-            queries.groups_partial,
-            queries.finish_groups,
-        )
+        if not isinstance(exclude_empty_model, bool):
+            raise InvalidArgumentError(
+                f"exclude_empty_model must be True or False, not {exclude_empty_model!r}"
+            )
+        where = {"model_id": Not("")} if exclude_empty_model else None
+        return self._preset(presets.GROUPS, tenant_id, start, end, where=where)
 
-    def _report(
+    def model_usage_summaries(
         self,
         tenant_id: str,
         start: Any,
         end: Any,
-        kind: Literal["summary", "groups"],
-        columns: tuple[str, ...],
-        partial: Callable[[pa.Table], pa.Table],
-        finish: Callable[[Iterable[pa.Table]], pd.DataFrame],
+        *,
+        every: str = "1h",
+        status_code: int | Sequence[int] | None = None,
+        tz: str = "UTC",
     ) -> pd.DataFrame:
-        """One report: rollups for files inside the window, row scans for the others."""
-        if not isinstance(tenant_id, str):
-            raise InvalidArgumentError(f"tenant_id must be a str, not {tenant_id!r}")
-        lo, hi = to_window(start, end)
+        """Requests and tokens per model per bucket (the source system's
+        ``ListModelUsageSummaries``).
 
-        def read(snap: Snapshot) -> pd.DataFrame:
-            spans = _pick_spans(snap, lo, hi, kind) if self._use_rollups else []
-            span_days = {d for sp in spans for d in range(sp.first_day, sp.last_day + 1)}
-            covered, scanned = [], []
-            for entry in snap.files:
-                first, last = entry.min("timestamp"), entry.max("timestamp")
-                if last < lo or first >= hi or day_number(entry.date) in span_days:
-                    continue
-                inside = lo <= first and last < hi
-                if inside and self._use_rollups and kind in entry.sidecars:
-                    covered.append(entry)
-                else:
-                    scanned.append(entry)
-            parts = [partial(rows) for rows in self._scan(scanned, tenant_id, lo, hi, columns)]
-            summaries = [sp.path(kind) for sp in spans]
-            summaries += [entry.sidecar_path(kind) for entry in covered]
-            for table in self._ds.read_summaries(summaries, tenant_id):
-                parts.append(table.drop_columns(["tenant"]))
-            return finish(parts)
+        Rows with an empty model are left out; every model seen in the window appears in
+        every bucket, zero-filled; counts are summed over all users of a model.
 
-        return self._ds.read(read)
+        Args:
+            every: the bucket width (see :meth:`report`).
+            status_code: only rows with this status code (or one of these).
+            tz: the zone whose wall clock the buckets follow.
 
-    def _scan(
-        self,
-        entries: Sequence[FileEntry],
-        tenant_id: str,
-        lo: int,
-        hi: int,
-        columns: tuple[str, ...],
-    ) -> Iterator[pa.Table]:
-        """The rows of one tenant in [lo, hi) from ``entries``, streamed in bounded chunks."""
-        if not entries:
-            return
-        expr = (
-            (pc.field("tenant") == tenant_id)
-            & (pc.field("timestamp") >= lo)
-            & (pc.field("timestamp") <= hi - 1)  # both in int64 range: lo < hi <= 2**63
-        )
-        keys = [c for c in columns if c in STRING_COLUMNS]
-        yield from self._ds.scan(entries, columns, expr, dictionary=keys)
+        Returns:
+            Columns ``bucket, model_id, total_requests, total_prompt_tokens,
+            total_completion_tokens``.
 
-
-@dataclass(frozen=True)
-class _SpanPlan:
-    """A span rollup to compute: days first..last, from exactly the data files ``files``."""
-
-    first: int
-    last: int
-    files: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class _NewSpan:
-    """A span rollup computed from a snapshot, not yet committed."""
-
-    first: int
-    last: int
-    files: tuple[str, ...]  # the data files of its days it was computed from
-    tables: dict[str, pa.Table]
-
-
-def _size_class(rows: int) -> int | None:
-    """The size class small files are merged within: rows below ``MERGE_FANOUT``, below its
-    square, ...; None from ``MERGE_BELOW_ROWS`` rows up (never merged on append)."""
-    if rows >= MERGE_BELOW_ROWS:
-        return None
-    size_class, bound = 0, MERGE_FANOUT
-    while rows >= bound:
-        size_class, bound = size_class + 1, bound * MERGE_FANOUT
-    return size_class
-
-
-def _submit_rollups(
-    pool: ThreadPoolExecutor, batch: pa.Table, days: np.ndarray
-) -> dict[int, dict[str, Future[pa.Table]]]:
-    """Start computing, on ``pool``, the rollups of the file each day of ``batch`` becomes
-    (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none); returns their futures."""
-    futures: dict[int, dict[str, Future[pa.Table]]] = {}
-    parts: list[tuple[dict[str, Future[pa.Table]], np.ndarray | None]] = []
-    groups = _day_groups(days)
-    for day, idx in groups:
-        if len(idx) >= ROLLUP_MIN_ROWS:
-            futures[day] = {kind: Future() for kind in _KINDS}
-            parts.append((futures[day], None if len(groups) == 1 else idx))
-    inputs = batch.select(list(queries.ROLLUP_INPUT_COLUMNS))
-
-    def compute() -> None:
-        for out, idx in parts:
-            try:
-                if idx is None:
-                    rows = inputs
-                elif idx[-1] - idx[0] + 1 == len(idx):  # the day's rows are in one run
-                    rows = inputs.slice(int(idx[0]), len(idx))
-                else:
-                    rows = inputs.take(pa.array(idx))
-                rows = queries.encode_keys(rows)  # once for both kinds
-                for future_kind, future in out.items():
-                    future.set_result(queries.rollup(future_kind, rows))
-            except BaseException as exc:  # raised in the commit that waits for it
-                for future in out.values():
-                    if not future.done():
-                        future.set_exception(exc)
-
-    pool.submit(compute)
-    return futures
-
-
-def _resolved(tables: Mapping[str, pa.Table | Future[pa.Table]]) -> dict[str, pa.Table]:
-    """``tables`` with each future replaced by its result."""
-    return {k: t.result() if isinstance(t, Future) else t for k, t in tables.items()}
-
-
-def _open_day_is_due(snap: Snapshot, day: int) -> bool:
-    """Whether ``day``, which a load may still be writing, gets a span of its own now: when it
-    holds ``OPEN_DAY_FILES`` files with rollups, or twice, four times ... as many. A report
-    over the day then reads one summary instead of theirs; if more rows come, the span is
-    dropped, and rebuilding at doubling counts keeps the work linear in the files."""
-    files = snap.by_date().get(_date_name(day), [])
-    n = sum(1 for f in files if all(k in f.sidecars for k in _KINDS))
-    return (
-        n >= OPEN_DAY_FILES and n % OPEN_DAY_FILES == 0 and (n // OPEN_DAY_FILES).bit_count() == 1
-    )
-
-
-def _pick_spans(snap: Snapshot, lo: int, hi: int, kind: str) -> list[SpanEntry]:
-    """The fewest spans that tile the whole days inside [lo, hi), largest first, left to right.
-
-    Days no span starts at are left to the per-file rollups and scans.
-    """
-    by_start: dict[int, list[SpanEntry]] = {}
-    for span in snap.spans:
-        if kind in span.kinds:
-            by_start.setdefault(span.first_day, []).append(span)
-    if not by_start:
-        return []
-    first, last = -(-lo // NS_PER_DAY), hi // NS_PER_DAY - 1  # whole days inside the window
-    starts = sorted(by_start)
-    picked = []
-    i = bisect.bisect_left(starts, first)
-    while i < len(starts) and starts[i] <= last:
-        fitting = [sp for sp in by_start[starts[i]] if sp.last_day <= last]
-        if fitting:
-            best = max(fitting, key=lambda sp: sp.last_day)
-            picked.append(best)
-            i = bisect.bisect_left(starts, best.last_day + 1, lo=i + 1)
-        else:
-            i += 1
-    return picked
-
-
-def _repeated_keys(batch: pd.DataFrame) -> np.ndarray:
-    """A mask of the rows whose ``(user_id, timestamp)`` key an earlier row of the batch has.
-
-    Keys can repeat only among rows with equal timestamps, which are few in real data: only
-    those rows are hashed, so that a large batch costs one sort of its timestamps.
-    """
-    timestamps = batch["timestamp"].to_numpy()
-    order = np.argsort(timestamps, kind="stable")
-    ordered = timestamps[order]
-    same = ordered[1:] == ordered[:-1]
-    repeated = np.zeros(len(batch), dtype=bool)
-    if not same.any():
-        return repeated
-    tied = np.zeros(len(batch), dtype=bool)
-    tied[1:] |= same
-    tied[:-1] |= same
-    rows = np.sort(order[tied])  # batch order, so that the first of each key is kept
-    keys = batch.iloc[rows][list(KEY_COLUMNS)]
-    repeated[rows] = keys.duplicated(keep="first").to_numpy()
-    return repeated
-
-
-def _duplicate_error(rows: pd.DataFrame, where: str) -> DuplicateUsageError:
-    keys = rows[list(KEY_COLUMNS)].drop_duplicates().reset_index(drop=True)
-    shown = ", ".join(
-        f"({u!r}, {t})" for u, t in keys.head(_DUPLICATES_SHOWN).itertuples(index=False)
-    )
-    more = f" and {len(keys) - _DUPLICATES_SHOWN} more" if len(keys) > _DUPLICATES_SHOWN else ""
-    return DuplicateUsageError(
-        f"{len(keys)} (user_id, timestamp) key(s) {where}: {shown}{more}; nothing was written. "
-        "Pass on_conflict='ignore' to skip rows whose key is already there.",
-        keys,
-    )
+        Example:
+            >>> Store("data/sample").model_usage_summaries(
+            ...     "tenant-000", "2026-11-01", "2026-11-03", every="1d").shape
+            (12, 5)
+        """
+        where: dict[str, Any] = {"model_id": Not("")}
+        if status_code is not None:
+            where["status_code"] = status_code
+        return self._preset(presets.MODELS, tenant_id, start, end, every=every, tz=tz, where=where)

@@ -203,16 +203,16 @@ class Dataset:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise self._read_error(path, exc) from exc
+            raise self._os_error(path, exc) from exc
         try:
             with os.fdopen(fd, "rb") as fh:
                 return fh.read()
         except IsADirectoryError as exc:
             raise CorruptDatasetError(f"{path} is a folder, not a file of this dataset") from exc
         except OSError as exc:
-            raise self._read_error(path, exc) from exc
+            raise self._os_error(path, exc) from exc
 
-    def _read_error(self, path: Path, exc: OSError) -> UsageAnalyticsError:
+    def _os_error(self, path: Path, exc: OSError) -> UsageAnalyticsError:
         if exc.errno == errno.ELOOP:
             return CorruptDatasetError(
                 f"{path} is a symbolic link; the store never reads through links: put the file "
@@ -230,16 +230,18 @@ class Dataset:
             )
         return StorageError(exc.errno or errno.EIO, f"cannot read {path} ({exc.strerror or exc})")
 
-    def _unreadable(self, exc: OSError | pa.ArrowException) -> UsageAnalyticsError:
+    def read_error(self, exc: OSError | pa.ArrowException) -> UsageAnalyticsError:
         """A failure to read the dataset's files as the error a caller gets. pyarrow reports
         a file it cannot decode as an ``ArrowException``, or as an ``OSError`` without an
         errno; the operating system's errors carry one."""
         if isinstance(exc, UsageAnalyticsError):
             return exc
         if isinstance(exc, OSError) and exc.errno is not None:
-            return self._read_error(Path(exc.filename or self.root), exc)
+            return self._os_error(Path(exc.filename or self.root), exc)
+        detail = " ".join(str(exc).split())  # pyarrow's messages may span lines
         return CorruptDatasetError(
-            f"a file of the dataset at {self.root} cannot be read ({exc}); restore it from a backup"
+            f"a file of the dataset at {self.root} cannot be read ({detail}); restore it from "
+            "a backup"
         )
 
     def _load_manifest(self) -> Snapshot:
@@ -296,7 +298,7 @@ class Dataset:
                         f"a file listed by the manifest is missing: {exc.filename}"
                     ) from exc
             except (OSError, pa.ArrowException) as exc:
-                raise self._unreadable(exc) from exc
+                raise self.read_error(exc) from exc
         raise CorruptDatasetError("the dataset kept changing under the reader; try again")
 
     def read_file(
@@ -500,7 +502,7 @@ class Dataset:
             except (OSError, pa.ArrowException) as exc:
                 if isinstance(exc, UsageAnalyticsError):
                     raise
-                raise self._unreadable(exc) from exc
+                raise self.read_error(exc) from exc
 
     def _check_writable(self, snap: Snapshot, upgrade: bool) -> None:
         if snap.schema_version != self.schema_version and not upgrade:

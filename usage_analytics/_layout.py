@@ -1,0 +1,28 @@
+"""How the store lays out data files and summaries: the sizes its writes aim for.
+
+Module attributes, read when they are used, so that tests can set smaller ones.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Data files of at least this many rows get summary files of every grain; smaller ones are
+#: scanned (their summaries would be about as large as their rows), and merged later.
+ROLLUP_MIN_ROWS = 1024
+#: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.
+MAX_SPAN_LEVEL = 10
+#: Small files of a partition are merged on append once this many share a size class.
+MERGE_FANOUT = 32
+#: Files of this many rows or more are never merged on append (compact() rewrites them along
+#: with the small files of their partition).
+MERGE_BELOW_ROWS = MERGE_FANOUT * MERGE_FANOUT
+#: compact() writes files of at most this many rows, each a range of time.
+COMPACT_FILE_ROWS = 1 << 17
+#: A day still being loaded gets spans once it holds this many files with summaries (and
+#: again at twice, four times ... as many).
+OPEN_DAY_FILES = 4
+#: How many recently written spans and file summaries a store keeps in memory, to build the
+#: next spans from them instead of reading them back.
+RECENT_SPANS: Final = 16
+RECENT_ROLLUPS: Final = 8

@@ -1,0 +1,193 @@
+"""Reading: rows of a snapshot, and reports run as their plans say (summary reads and scans).
+
+Every read runs on one committed snapshot (``Dataset.read`` starts again on a newer one when a
+later commit removed a file on the way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._storage import Dataset, FileEntry, Snapshot
+from .errors import CorruptDatasetError, DatasetChangedError
+from .reports import planner
+from .reports.engine import Report
+from .reports.planner import Piece
+from .reports.spec import Filter
+from .schema import (
+    COLUMNS,
+    CREATED_AT_DTYPE,
+    INT32_COLUMNS,
+    NS_PER_DAY,
+    STRING_COLUMNS,
+    arrow_schema,
+)
+
+__all__ = ["pieces", "read_rows", "run_report", "scan_batches", "scan_frame", "to_frame"]
+
+#: Rows per record batch that ``scan_batches`` yields at most.
+BATCH_ROWS: Final = 1 << 16
+
+
+def read_rows(ds: Dataset, entry: FileEntry) -> pa.Table:
+    """Every column of one file, in the current schema (columns it predates are zeros)."""
+    return ds.read_file(entry, COLUMNS).cast(arrow_schema())
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """Rows as a frame with the stored dtypes (str, int32, UTC timestamps)."""
+    df = table.to_pandas()
+    for name in df.columns:
+        if name in STRING_COLUMNS:
+            df[name] = df[name].astype("str")
+        elif name in INT32_COLUMNS:
+            df[name] = df[name].astype(np.int32)
+        elif name == "created_at":
+            df[name] = df[name].astype(CREATED_AT_DTYPE)
+    return df
+
+
+def pieces(snap: Snapshot) -> tuple[list[Piece], list[Piece]]:
+    """The data files and the spans of a snapshot, as the planner sees them."""
+    files = [
+        Piece(e, e.min("timestamp"), e.max("timestamp"), e.rows, frozenset(e.sidecars))
+        for e in snap.files
+    ]
+    if not snap.spans:
+        return files, []
+    rows_by_day: dict[int, int] = {}
+    for entry in snap.files:
+        rows_by_day[entry.day] = rows_by_day.get(entry.day, 0) + entry.rows
+    spans = [
+        Piece(
+            span,
+            span.first_day * NS_PER_DAY,
+            (span.last_day + 1) * NS_PER_DAY - 1,
+            sum(rows_by_day.get(d, 0) for d in range(span.first_day, span.last_day + 1)),
+            frozenset(span.kinds),
+            (span.first_day, span.last_day),
+        )
+        for span in snap.spans
+    ]
+    return files, spans
+
+
+def _summary_path(piece: Piece, kind: str) -> str:
+    if piece.days is not None:
+        return str(piece.ref.path(kind))
+    return str(piece.ref.sidecar_path(kind))
+
+
+def run_report(
+    ds: Dataset, report: Report, *, use_summaries: bool = True, explain: bool = False
+) -> pd.DataFrame:
+    """The report's frame (or, with ``explain``, its plan) on one snapshot."""
+
+    def read(snap: Snapshot) -> pd.DataFrame:
+        files, spans = pieces(snap)
+        plan = planner.plan(report.spec, report.buckets, files, spans, use_summaries=use_summaries)
+        if explain:
+            return plan.frame()
+        partials = []
+        if plan.scans:
+            columns = report.scan_columns
+            strings = [c for c in columns if c in STRING_COLUMNS]
+            entries = [p.ref for p in plan.scans]
+            for rows in ds.scan(entries, columns, report.scan_filter(), dictionary=strings):
+                partials.append(report.from_rows(rows))
+        if plan.summaries:
+            paths = [_summary_path(piece, grain.name) for piece, grain in plan.summaries]
+            tables = ds.read_summaries(paths, report.spec.tenant)
+            for (piece, grain), table in zip(plan.summaries, tables, strict=True):
+                partials.append(report.from_summary(grain, table, piece))
+        return report.finish(partials)
+
+    return ds.read(read)
+
+
+def _row_filter(tenant: str | None, lo: int, hi: int, where: Sequence[Filter]) -> pc.Expression:
+    expr = (pc.field("timestamp") >= lo) & (pc.field("timestamp") <= hi - 1)
+    if tenant is not None:
+        expr = (pc.field("tenant") == tenant) & expr
+    for condition in where:
+        expr = expr & condition.expression()
+    return expr
+
+
+def _window_files(snap: Snapshot, lo: int, hi: int) -> list[FileEntry]:
+    """The files that may hold rows of [lo, hi), in time order."""
+    if lo >= hi:
+        return []
+    inside = [e for e in snap.files if e.max("timestamp") >= lo and e.min("timestamp") < hi]
+    return sorted(inside, key=lambda e: (e.min("timestamp"), e.min("id")))
+
+
+def scan_frame(
+    ds: Dataset,
+    tenant: str | None,
+    lo: int,
+    hi: int,
+    columns: Sequence[str],
+    where: Sequence[Filter],
+) -> pd.DataFrame:
+    """The rows of a window as a frame sorted by (timestamp, id), ``columns`` only."""
+    wanted = list(dict.fromkeys([*columns, "timestamp", "id"]))
+
+    def read(snap: Snapshot) -> pd.DataFrame:
+        entries = _window_files(snap, lo, hi)
+        tables = (
+            list(ds.scan(entries, wanted, _row_filter(tenant, lo, hi, where))) if entries else []
+        )
+        if not tables:
+            table = arrow_schema().empty_table().select(wanted)
+        else:
+            table = pa.concat_tables(tables).cast(
+                pa.schema([arrow_schema().field(c) for c in wanted])
+            )
+        table = table.sort_by([("timestamp", "ascending"), ("id", "ascending")])
+        return to_frame(table.select(list(columns)))
+
+    return ds.read(read).reset_index(drop=True)
+
+
+def scan_batches(
+    ds: Dataset,
+    tenant: str | None,
+    lo: int,
+    hi: int,
+    columns: Sequence[str],
+    where: Sequence[Filter],
+) -> Iterator[pa.RecordBatch]:
+    """The rows of a window as record batches of at most ``BATCH_ROWS`` rows, file by file in
+    time order, from one snapshot, in bounded memory.
+
+    Raises:
+        DatasetChangedError: a later delete or compaction removed a file of the snapshot
+            after the first batch was yielded (a scan cannot start again from where it was).
+    """
+    snap = ds.snapshot()
+    entries = _window_files(snap, lo, hi)
+    schema = pa.schema([arrow_schema().field(c) for c in columns])
+    expr = _row_filter(tenant, lo, hi, where)
+    for entry in entries:
+        try:
+            chunks = list(ds.scan([entry], list(columns), expr, chunk_rows=BATCH_ROWS))
+        except FileNotFoundError as exc:
+            if ds.snapshot().version == snap.version:
+                raise CorruptDatasetError(
+                    f"a file listed by the manifest is missing: {exc.filename or exc}"
+                ) from exc
+            raise DatasetChangedError(
+                f"a later write removed {entry.path} while it was being scanned; start the "
+                "scan again (it reads the newest state)"
+            ) from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise ds.read_error(exc) from exc
+        for chunk in chunks:
+            yield from chunk.cast(schema).to_batches(max_chunksize=BATCH_ROWS)

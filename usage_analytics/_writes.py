@@ -1,0 +1,370 @@
+"""Writing: appends, deletes and compaction, each one transaction of ``_storage``.
+
+The caller (``Store``) validates arguments; this module lays out the files. An append writes one
+data file per day of its batch, with the summaries of each grain for large ones, merges a
+day's small files as they accumulate, and commits the spans of the days before the batch with
+its rows. A delete unlinks whole files and rewrites the files it cuts; compaction rewrites
+each partition with small files as files cut by time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import _layout
+from ._reads import read_rows
+from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction
+from ._summaries import (
+    KINDS,
+    Summaries,
+    day_groups,
+    open_day_is_due,
+    resolved,
+    submit_rollups,
+    summaries_of,
+)
+from .errors import DuplicateUsageError, LockTimeoutError
+from .schema import KEY_COLUMNS, NS_PER_DAY, arrow_schema
+
+__all__ = ["Writer", "repeated_keys"]
+
+_DUPLICATES_SHOWN: Final = 10
+
+
+def _date_name(day: int) -> str:
+    """The partition date of a day number (days since the epoch)."""
+    return str(np.datetime64(day, "D"))
+
+
+def _size_class(rows: int) -> int | None:
+    """The size class small files are merged within: rows below ``MERGE_FANOUT``, below its
+    square, ...; None from ``MERGE_BELOW_ROWS`` rows up (never merged on append)."""
+    if rows >= _layout.MERGE_BELOW_ROWS:
+        return None
+    size_class, bound = 0, _layout.MERGE_FANOUT
+    while rows >= bound:
+        size_class, bound = size_class + 1, bound * _layout.MERGE_FANOUT
+    return size_class
+
+
+class Writer:
+    """The write paths of one store."""
+
+    def __init__(self, ds: Dataset, summaries: Summaries) -> None:
+        self._ds = ds
+        self._summaries = summaries
+
+    # -- appends -----------------------------------------------------------------------------
+
+    def append(self, batch: pd.DataFrame, on_conflict: str) -> int:
+        """Append a validated batch (stored dtypes, no repeated keys); returns rows written."""
+        summaries = self._summaries
+        with contextlib.ExitStack() as stack:
+            tx = stack.enter_context(self._ds.transaction())
+            if batch.empty:
+                return 0
+            batch = batch.reset_index(drop=True)
+            days = batch["timestamp"].to_numpy() // NS_PER_DAY
+            stored = self._stored_keys(tx.base, batch, days)
+            if stored.any():
+                if on_conflict == "error":
+                    raise duplicate_error(batch.loc[stored], "already stored")
+                batch = batch.loc[~stored].reset_index(drop=True)
+                days = days[~stored]
+                if batch.empty:
+                    return 0
+            first = tx.reserve_ids(len(batch))
+            batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
+            batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
+            table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
+            rollups: dict[int, dict[str, Future[pa.Table]]] = {}
+            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table]]]] = []
+            if len(batch) >= _layout.ROLLUP_MIN_ROWS:
+                # A second thread summarizes while this one stages and writes the rows (pyarrow
+                # releases the GIL): first the summaries of the new files, then the spans the
+                # commit can add. The pool is shut down only after the commit.
+                pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
+                rollups = submit_rollups(pool, table, days)
+                staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
+                # Spans go into the same commit: those of the days before this batch (loads
+                # run forward in time, so those days are taken as loaded), and that of the day
+                # still loading when it is due. They are planned on the state the commit will
+                # leave and computed while this thread writes the data files; the commit
+                # writes them as they come, and leaves out any whose computation fails.
+                after = tx.pending()
+                last_day = int(days.max())
+                pending = tx.staged_summaries()
+                plans = summaries.plan_spans(
+                    after,
+                    int(days.min()),
+                    pending,
+                    last_day if open_day_is_due(after, last_day) else None,
+                )
+                for plan in plans:
+                    tables: dict[str, Future[pa.Table]] = {kind: Future() for kind in KINDS}
+                    spans.append((tx.add_span(plan.first, plan.last, tables, plan.files), tables))
+                if plans:
+                    pool.submit(summaries.span_tables, after, plans, pending, [f for _, f in spans])
+            else:
+                staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
+            tx.commit()
+            summaries.remember_rollups(staged)  # all resolved by the commit
+            failed = {span.name for span in tx.failed_spans}
+            summaries.remember_spans(
+                {span.name: resolved(tables) for span, tables in spans if span.name not in failed}
+            )
+        if tx.failed_spans:
+            exc = next(e for _, fs in spans for f in fs.values() if (e := f.exception()))
+            warnings.warn(
+                f"the rows were written, but summarizing their days failed ({exc}); "
+                f"compact() or the next load builds those summaries",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if len(batch) >= _layout.ROLLUP_MIN_ROWS and days.max() - days.min() >= 2:
+            # A batch of several days (an import of history) brought whole days of its own;
+            # those of them without summaries are summarized from their rows, which can be
+            # read only now. They are committed apart, skipped when another writer holds the
+            # lock, and a failure to build them is only a warning (compact() builds them).
+            try:
+                summaries.build_spans(before_day=int(days.max()), lock_timeout=0)
+            except LockTimeoutError:
+                pass
+            except Exception as exc:  # the rows are committed: nothing here may undo that
+                warnings.warn(
+                    f"the rows were written, but summarizing the days before them failed "
+                    f"({exc}); compact() builds those summaries later",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return len(batch)
+
+    def _stage_by_date(
+        self,
+        tx: Transaction,
+        table: pa.Table,
+        days: np.ndarray,
+        tenant: pd.Series,
+        rollups: Mapping[int, Mapping[str, Future[pa.Table]]],
+    ) -> dict[str, Mapping[str, Future[pa.Table]]]:
+        """Stage one file per day, with the summaries of each day's rows when ``rollups`` has
+        them (being computed); returns those summaries by the path of their file.
+
+        Rows already in time order (as loads usually are) keep it: each day's rows are then a
+        slice of ``table``, not a copy, and statistics prune them by time. Other rows are
+        sorted by (tenant, timestamp), so that statistics prune them by tenant as well.
+        """
+        staged: dict[str, Mapping[str, Future[pa.Table]]] = {}
+        timestamps = table.column("timestamp").to_numpy()
+        order: np.ndarray | None = None
+        ordered = table
+        if not (timestamps[1:] >= timestamps[:-1]).all():
+            tenant_codes = pd.factorize(tenant, sort=True)[0]
+            order = np.lexsort((timestamps, tenant_codes, days))
+            ordered = table.take(pa.array(order))
+        start = 0
+        for day, chunk in day_groups(days, order):
+            rows = ordered.slice(start, len(chunk))
+            merged = self._merge_small(tx, _date_name(day), rows)
+            if merged is not None:
+                self._add(tx, _date_name(day), merged)
+            elif day in rollups:
+                staged[tx.add(_date_name(day), rows, rollups[day]).path] = rollups[day]
+            else:
+                self._add(tx, _date_name(day), rows)
+            start += len(chunk)
+        return staged
+
+    def _merge_small(self, tx: Transaction, date: str, rows: pa.Table) -> pa.Table | None:
+        """When ``rows`` would be the ``MERGE_FANOUT``-th small file of its size class in
+        partition ``date``, stage the removal of the others and return all their rows with
+        ``rows``, sorted, to be written as one file (and so on up the size classes); None when
+        there is nothing to merge.
+
+        Single-row appends would otherwise leave a file each, and every report over their day
+        would open them all: with merges, a day of n such appends holds O(log n) files, and
+        each row is rewritten at most once per size class.
+        """
+        if _size_class(rows.num_rows) is None:
+            return None  # a large file, as bulk loads write: nothing to look at
+        peers_of = {e.path: e for e in tx.base.by_date().get(date, [])}
+        merged: pa.Table | None = None
+        current = rows
+        while (size_class := _size_class(current.num_rows)) is not None:
+            peers = [e for e in peers_of.values() if _size_class(e.rows) == size_class]
+            if len(peers) + 1 < _layout.MERGE_FANOUT:
+                break
+            for entry in peers:
+                tx.remove(entry)
+                del peers_of[entry.path]
+            current = pa.concat_tables([*(read_rows(self._ds, e) for e in peers), current])
+            current = current.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
+            merged = current
+        return merged
+
+    def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
+        """A mask of the batch rows whose key is already stored.
+
+        Only files whose timestamp range overlaps the batch's in the same partition are read,
+        and only their key columns within that range.
+        """
+        found = np.zeros(len(batch), dtype=bool)
+        by_date = snap.by_date()
+        timestamps = batch["timestamp"].to_numpy()
+        for day, idx in day_groups(days):
+            lo, hi = int(timestamps[idx].min()), int(timestamps[idx].max())
+            tables = [
+                self._ds.read_file(
+                    entry,
+                    KEY_COLUMNS,
+                    (pc.field("timestamp") >= lo) & (pc.field("timestamp") <= hi),
+                )
+                for entry in by_date.get(_date_name(day), [])
+                if entry.max("timestamp") >= lo and entry.min("timestamp") <= hi
+            ]
+            tables = [t for t in tables if t.num_rows]
+            if not tables:
+                continue
+            existing = pa.concat_tables(tables).to_pandas()
+            candidates = idx[np.isin(timestamps[idx], existing["timestamp"].to_numpy())]
+            if not len(candidates):
+                continue
+            stored_index = pd.MultiIndex.from_frame(existing[list(KEY_COLUMNS)].astype(object))
+            keys = pd.MultiIndex.from_frame(batch.loc[candidates, list(KEY_COLUMNS)].astype(object))
+            found[candidates[keys.isin(stored_index)]] = True
+        return found
+
+    def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
+        """Stage a data file with its summaries, computed from the same rows."""
+        tx.add(date, table, summaries_of(table))
+
+    # -- deletes -----------------------------------------------------------------------------
+
+    def delete(self, cutoff: int, limit: int | None) -> int:
+        """Delete rows before ``cutoff`` (clamped), oldest first, at most ``limit``."""
+        remaining = limit
+        deleted = 0
+        with self._ds.transaction() as tx:
+            for entries in tx.base.by_date().values():
+                if remaining == 0:
+                    break
+                candidates = [e for e in entries if e.min("timestamp") < cutoff]
+                if not candidates:
+                    break  # later partitions hold only later rows
+                n = self._delete_in_partition(tx, candidates, cutoff, remaining)
+                deleted += n
+                if remaining is not None:
+                    remaining -= n
+            tx.commit()
+        return deleted
+
+    def _delete_in_partition(
+        self, tx: Transaction, candidates: list[FileEntry], cutoff: int, limit: int | None
+    ) -> int:
+        whole = [e for e in candidates if e.max("timestamp") < cutoff]
+        partial = [e for e in candidates if e.max("timestamp") >= cutoff]
+        whole_rows = sum(e.rows for e in whole)
+        if limit is None or (not partial and whole_rows <= limit):
+            for entry in whole:
+                tx.remove(entry)
+            return whole_rows + sum(self._rewrite_without(tx, e, cutoff, None) for e in partial)
+        # A limit falls inside this partition: pick the oldest rows by (timestamp, id).
+        keys = pa.concat_tables(
+            [
+                self._ds.read_file(e, ("timestamp", "id"), pc.field("timestamp") <= cutoff - 1)
+                for e in candidates
+            ]
+        ).to_pandas()
+        keys = keys.sort_values(["timestamp", "id"], kind="stable").iloc[:limit]
+        doomed = pa.array(keys["id"].to_numpy())
+        total = 0
+        for entry in candidates:
+            total += self._rewrite_without(tx, entry, cutoff, doomed)
+        return total
+
+    def _rewrite_without(
+        self, tx: Transaction, entry: FileEntry, cutoff: int, ids: pa.Array | None
+    ) -> int:
+        """Stage ``entry`` rewritten without its rows before ``cutoff`` (and, when ``ids`` is
+        given, only those among them); returns how many rows go."""
+        table = read_rows(self._ds, entry)
+        gone = pc.less_equal(table.column("timestamp"), cutoff - 1)  # int64 even at 2**63
+        if ids is not None:
+            gone = pc.and_(gone, pc.is_in(table.column("id"), value_set=ids))
+        n = int(pc.sum(gone).as_py() or 0)
+        if n == 0:
+            return 0
+        tx.remove(entry)
+        if n < table.num_rows:
+            self._add(tx, entry.date, table.filter(pc.invert(gone)))
+        return n
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Rewrite each partition with small files as files cut by time; returns how many."""
+        done = 0
+        for date in self._ds.snapshot().dates():
+            with self._ds.transaction() as tx:
+                entries = tx.base.by_date().get(date, [])
+                target = _layout.COMPACT_FILE_ROWS
+                if len(entries) < 2 or all(e.rows >= target // 2 for e in entries):
+                    continue
+                merged = pa.concat_tables([read_rows(self._ds, e) for e in entries])
+                merged = merged.sort_by([("timestamp", "ascending"), ("id", "ascending")])
+                pieces = -(-merged.num_rows // target)
+                size = -(-merged.num_rows // pieces)
+                for entry in entries:
+                    tx.remove(entry)
+                for start in range(0, merged.num_rows, size):
+                    piece = merged.slice(start, size)
+                    piece = piece.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
+                    self._add(tx, date, piece)
+                tx.commit()
+                done += 1
+        self._summaries.build_spans()
+        return done
+
+
+def repeated_keys(batch: pd.DataFrame) -> np.ndarray:
+    """A mask of the rows whose ``(user_id, timestamp)`` key an earlier row of the batch has.
+
+    Keys can repeat only among rows with equal timestamps, which are few in real data: only
+    those rows are hashed, so that a large batch costs one sort of its timestamps.
+    """
+    timestamps = batch["timestamp"].to_numpy()
+    order = np.argsort(timestamps, kind="stable")
+    ordered = timestamps[order]
+    same = ordered[1:] == ordered[:-1]
+    repeated = np.zeros(len(batch), dtype=bool)
+    if not same.any():
+        return repeated
+    tied = np.zeros(len(batch), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    rows = np.sort(order[tied])  # batch order, so that the first of each key is kept
+    keys = batch.iloc[rows][list(KEY_COLUMNS)]
+    repeated[rows] = keys.duplicated(keep="first").to_numpy()
+    return repeated
+
+
+def duplicate_error(rows: pd.DataFrame, where: str) -> DuplicateUsageError:
+    keys = rows[list(KEY_COLUMNS)].drop_duplicates().reset_index(drop=True)
+    shown = ", ".join(
+        f"({u!r}, {t})" for u, t in keys.head(_DUPLICATES_SHOWN).itertuples(index=False)
+    )
+    more = f" and {len(keys) - _DUPLICATES_SHOWN} more" if len(keys) > _DUPLICATES_SHOWN else ""
+    return DuplicateUsageError(
+        f"{len(keys)} (user_id, timestamp) key(s) {where}: {shown}{more}; nothing was written. "
+        "Pass on_conflict='ignore' to skip rows whose key is already there.",
+        keys,
+    )

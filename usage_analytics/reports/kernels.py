@@ -1,0 +1,471 @@
+"""The pandas kernels: group sums over coded keys, and the exact combination of partials.
+
+A *partial* holds, per group of rows it has seen, exact integer pieces of every metric a report
+asks for, in up to four kinds of table (*components*):
+
+- ``base``: the group keys and int sums (``requests``, ``sum_latency_ms``, ...);
+- ``hist:<column>``: the keys, a ``value`` of the column and its ``count`` (an exact
+  distribution, for percentiles);
+- ``distinct:<column>``: the keys and each distinct ``value`` of the column (for distinct counts);
+- ``cost``: the keys, ``model_id``, the ``price`` row in force, and the token sums of the rows
+  priced by it.
+
+Partials of disjoint sets of rows combine exactly: sums and counts add up, distributions add
+their counts, value sets unite. Nothing here knows about files or what a column means.
+
+Keys are strings, dictionary-encoded (``KEY_TYPE``), or integers. Sums are taken by one pandas
+group-by on an integer key built from the keys' codes: each key column's distinct values are
+sorted once and the codes are combined in mixed radix, so the combined key sorts as the tuples
+of keys do and combining partials costs a sort of each distinct key value, not a hash of every
+row's strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "KEY_TYPE",
+    "Combined",
+    "Partial",
+    "as_table",
+    "combine",
+    "encode_groups",
+    "group_sums",
+    "ints",
+    "partial_of_rows",
+    "with_key_type",
+]
+
+_MAX_RADIX: Final = 1 << 62
+#: Histogram values are int32 and never negative: a group id and a value share one int64.
+_VALUE_BITS: Final = 31
+
+#: Key columns of partials and summaries: strings, dictionary-encoded with 32-bit indices.
+KEY_TYPE: Final = pa.dictionary(pa.int32(), pa.string())
+
+#: What a partial is computed from: a DataFrame, or a pyarrow Table (as files are read).
+Rows: TypeAlias = "pd.DataFrame | pa.Table"
+#: A partial: its component tables by name ("base", "hist:latency_ms", ...).
+Partial: TypeAlias = "dict[str, pa.Table]"
+
+
+def as_table(rows: Rows, columns: Sequence[str]) -> pa.Table:
+    """The ``columns`` of ``rows`` as a pyarrow Table (no copy for pyarrow-backed columns)."""
+    if isinstance(rows, pa.Table):
+        return rows.select(list(columns))
+    return pa.Table.from_pandas(rows[list(columns)], preserve_index=False)
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_dictionary(data_type)
+    )
+
+
+def with_key_type(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """``table`` with its string ``keys`` columns cast to ``KEY_TYPE`` (integers stay)."""
+    for name in keys:
+        i = table.schema.get_field_index(name)
+        column = table.column(i)
+        if column.type == KEY_TYPE or not _is_text(column.type):
+            continue
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        table = table.set_column(i, name, column.cast(KEY_TYPE))
+    return table
+
+
+def ints(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An integer column as an int64 array."""
+    return np.asarray(column.to_numpy(), dtype=np.int64)
+
+
+def _key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes of a key column and the distinct values they index, in ascending order
+    (missing values get -1). String keys must be ``KEY_TYPE`` with one dictionary for every
+    chunk; integer keys are coded by their sorted distinct values.
+
+    Only the distinct values are sorted, not the rows: this is what makes combining cheap.
+    """
+    if not pa.types.is_dictionary(column.type):
+        values = column.to_numpy() if not column.null_count else None
+        if values is None:
+            filled = pc.fill_null(column, 0).to_numpy()
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+            found, codes = np.unique(filled[valid], return_inverse=True)
+            out = np.full(len(filled), -1, dtype=np.int64)
+            out[valid] = codes
+            return out, pa.array(found, column.type)
+        found, codes = np.unique(values, return_inverse=True)
+        return codes.astype(np.int64, copy=False), pa.array(found, column.type)
+    chunks = column.chunks
+    dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
+    if dictionary.null_count or pc.count_distinct(dictionary).as_py() != len(dictionary):
+        # A dictionary that holds a null or repeats a value (the store writes none such, but
+        # callers may pass one): encode the values afresh, so that equal keys get one code.
+        fresh = pc.dictionary_encode(column.cast(pa.string()).combine_chunks())
+        return _key_codes(pa.chunked_array([fresh.cast(KEY_TYPE)]))
+    order = pc.array_sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    parts = [
+        (c.indices if not c.null_count else pc.fill_null(c.indices, -1)).to_numpy() for c in chunks
+    ]
+    indices = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    codes = rank[indices] if len(rank) else np.zeros(len(indices), dtype=np.int64)
+    if column.null_count:
+        codes = np.where(indices >= 0, codes, -1)
+    return codes, dictionary.take(pa.array(order))
+
+
+@dataclass
+class _Coded:
+    """Rows coded by their key tuples: ``combined`` sorts as the tuples do."""
+
+    combined: np.ndarray
+    missing: np.ndarray | None  # rows with a missing key (left out), None when there are none
+    codes: list[np.ndarray]
+    uniques: list[pa.Array]
+    renumbered: bool
+
+
+def _code(rows: Rows, keys: Sequence[str]) -> _Coded:
+    table = with_key_type(as_table(rows, keys), keys).unify_dictionaries()
+    n = table.num_rows
+    combined = np.zeros(n, dtype=np.int64)
+    missing = np.zeros(n, dtype=bool)
+    has_missing = False
+    radix = 1
+    renumbered = False
+    all_codes: list[np.ndarray] = []
+    uniques: list[pa.Array] = []
+    for name in keys:
+        codes, found = _key_codes(table.column(name))
+        all_codes.append(codes)
+        uniques.append(found)
+        width = max(len(found), 1)
+        if radix * width >= _MAX_RADIX:
+            # Renumber the groups so far, in order, to keep the combined key in range.
+            combined, seen = pd.factorize(combined, sort=True)
+            radix, renumbered = max(len(seen), 1), True
+        if len(codes) and codes.min() < 0:
+            has_missing = True
+            missing |= codes < 0
+            codes = np.maximum(codes, 0)
+        combined *= width
+        combined += codes
+        radix *= width
+    return _Coded(
+        combined, missing if has_missing and missing.any() else None, all_codes, uniques, renumbered
+    )
+
+
+def _key_columns(
+    coded: _Coded, keys: Sequence[str], group_keys: np.ndarray, first_rows: np.ndarray | None
+) -> dict[str, pa.Array]:
+    """The key columns of the groups whose combined keys are ``group_keys`` (ascending)."""
+    group_codes: dict[str, np.ndarray] = {}
+    if coded.renumbered:  # the key no longer splits by radix: take each group's first row's codes
+        assert first_rows is not None
+        for name, codes in zip(keys, coded.codes, strict=True):
+            group_codes[name] = codes[first_rows]
+    else:
+        group = group_keys.astype(np.int64, copy=True)
+        for name, found in zip(reversed(keys), reversed(coded.uniques), strict=True):
+            group, group_codes[name] = np.divmod(group, max(len(found), 1))
+    columns: dict[str, pa.Array] = {}
+    for name, found in zip(keys, coded.uniques, strict=True):
+        if _is_text(found.type) or pa.types.is_null(found.type):
+            columns[name] = pa.DictionaryArray.from_arrays(
+                pa.array(group_codes[name].astype(np.int32), pa.int32()), found.cast(pa.string())
+            )
+        else:
+            columns[name] = found.take(pa.array(group_codes[name]))
+    return columns
+
+
+def group_sums(rows: Rows, keys: Sequence[str], sums: Mapping[str, np.ndarray]) -> pa.Table:
+    """Per distinct combination of ``keys``, sorted by them, the sum of each of ``sums``.
+
+    One pandas group-by on a single integer key (see the module docstring); several times
+    faster than grouping by the string columns themselves. Rows with a missing key are left
+    out, as ``groupby`` does by default. The result has ``KEY_TYPE`` string keys, integer keys
+    as they came, and int64 sums.
+
+    Example:
+        >>> t = pa.table({"a": ["y", "x", "y"], "b": ["p", "q", "p"]})
+        >>> group_sums(t, ["a", "b"], {"n": np.array([1, 2, 3])}).to_pandas()
+           a  b  n
+        0  x  q  2
+        1  y  p  4
+    """
+    coded = _code(rows, keys)
+    combined = coded.combined
+    names = list(sums)
+    values = pd.DataFrame(
+        {k: np.asarray(sums[k], dtype=np.int64) for k in names}, index=None, copy=False
+    )
+    kept = None
+    if coded.missing is not None:
+        kept = np.flatnonzero(~coded.missing)
+        values, combined = values.iloc[kept], combined[kept]
+    # An Index as the key: pandas then skips looking the array up as a column label.
+    out = values.groupby(pd.Index(combined, copy=False), sort=True).sum()
+    first = None
+    if coded.renumbered:
+        first = np.unique(combined, return_index=True)[1]
+        if kept is not None:
+            first = kept[first]
+    columns = _key_columns(coded, keys, out.index.to_numpy(dtype=np.int64), first)
+    totals = out.to_numpy(dtype=np.int64)
+    columns.update((name, pa.array(totals[:, i], pa.int64())) for i, name in enumerate(names))
+    return pa.table(columns)
+
+
+def encode_groups(rows: Rows, keys: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
+    """The group of each row (0, 1, ... in the sorted order of the key tuples; -1 for rows with
+    a missing key) and the groups' key tuples, as a table sorted by ``keys``.
+
+    Example:
+        >>> gid, groups = encode_groups(pa.table({"k": ["b", "a", "b"]}), ["k"])
+        >>> gid.tolist(), groups.column("k").to_pylist()
+        ([1, 0, 1], ['a', 'b'])
+    """
+    coded = _code(rows, keys)
+    combined = coded.combined
+    if coded.missing is not None:
+        combined = np.where(coded.missing, -1, combined)
+    gid, group_keys = pd.factorize(combined, sort=True)
+    gid = gid.astype(np.int64, copy=False)
+    first = None
+    if coded.missing is not None and len(group_keys) and group_keys[0] == -1:
+        gid -= 1  # the missing group (-1 sorts first) is no group
+        group_keys = group_keys[1:]
+    if coded.renumbered:
+        valid = np.flatnonzero(gid >= 0)
+        first = valid[np.unique(gid[valid], return_index=True)[1]]
+    columns = _key_columns(coded, keys, np.asarray(group_keys, dtype=np.int64), first)
+    return gid, pa.table(columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Partials of rows.
+
+
+def _take_keys(groups: pa.Table, keys: Sequence[str], at: np.ndarray) -> dict[str, pa.Array]:
+    taken = pa.array(at)
+    return {k: groups.column(k).take(taken) for k in keys}
+
+
+def partial_of_rows(
+    rows: pa.Table,
+    keys: Sequence[str],
+    measures: Mapping[str, np.ndarray],
+    hists: Mapping[str, np.ndarray] | None = None,
+    distinct: Mapping[str, pa.ChunkedArray | pa.Array] | None = None,
+    cost: tuple[pa.ChunkedArray | pa.Array, np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Partial:
+    """The partial of ``rows`` grouped by ``keys`` (columns of ``rows``).
+
+    Args:
+        measures: per base measure, its value in each row (summed per group).
+        hists: per column, its non-negative int values, whose distribution each group keeps.
+        distinct: per column, its values, whose distinct set each group keeps.
+        cost: (model ids, price rows, prompt tokens, completion tokens) per row, rows priced
+            by no price row having -1; rows without tokens are left out.
+    """
+    if not (hists or distinct or cost):  # sums only: one group-by
+        return {"base": group_sums(rows, keys, measures)}
+    gid, groups = encode_groups(rows, keys)
+    n_groups = groups.num_rows
+    out: Partial = {}
+    sums = pd.DataFrame({k: np.asarray(v, dtype=np.int64) for k, v in measures.items()})
+    totals = sums.groupby(pd.Index(gid, copy=False), sort=True).sum()
+    base = {k: groups.column(k) for k in keys}
+    if len(totals) != n_groups:  # pragma: no cover - every group has rows
+        raise AssertionError("a group without rows")
+    base.update((k, pa.array(totals[k].to_numpy(dtype=np.int64))) for k in measures)
+    out["base"] = pa.table(base)
+    for column, values in (hists or {}).items():
+        composite = (gid << _VALUE_BITS) | np.asarray(values, dtype=np.int64)
+        found, counts = np.unique(composite, return_counts=True)
+        table = _take_keys(groups, keys, found >> _VALUE_BITS)
+        table["value"] = pa.array((found & ((1 << _VALUE_BITS) - 1)).astype(np.int32))
+        table["count"] = pa.array(counts.astype(np.int64))
+        out[f"hist:{column}"] = pa.table(table)
+    for column, values in (distinct or {}).items():
+        value_table = with_key_type(pa.table({"value": values}), ["value"])
+        codes, found_values = _key_codes(value_table.column("value"))
+        width = max(len(found_values), 1)
+        composite = np.unique(gid * width + codes)
+        table = _take_keys(groups, keys, composite // width)
+        table["value"] = pa.DictionaryArray.from_arrays(
+            pa.array((composite % width).astype(np.int32)), found_values.cast(pa.string())
+        )
+        out[f"distinct:{column}"] = pa.table(table)
+    if cost is not None:
+        model, price, prompt, completion = cost
+        used = np.flatnonzero((np.asarray(prompt) > 0) | (np.asarray(completion) > 0))
+        priced = pa.table(
+            {
+                "_gid": pa.array(gid[used]),
+                "model_id": model.take(pa.array(used)),
+                "price": pa.array(np.asarray(price, dtype=np.int32)[used]),
+            }
+        )
+        summed = group_sums(
+            priced,
+            ["_gid", "model_id", "price"],
+            {
+                "prompt_tokens": np.asarray(prompt, dtype=np.int64)[used],
+                "completion_tokens": np.asarray(completion, dtype=np.int64)[used],
+            },
+        )
+        table = _take_keys(groups, keys, ints(summed.column("_gid")))
+        for name in ("model_id", "price", "prompt_tokens", "completion_tokens"):
+            table[name] = summed.column(name)
+        out["cost"] = pa.table(table)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Combining partials.
+
+
+@dataclass
+class Combined:
+    """Partials combined into groups: ``groups`` holds the key tuples, sorted; every other
+    field is indexed by group (0 .. len(groups) - 1)."""
+
+    groups: pa.Table
+    base: dict[str, np.ndarray]
+    #: Per histogram column: (group, value, count) rows, sorted by group, then value.
+    hists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    distinct: dict[str, np.ndarray] = field(default_factory=dict)
+    #: (group, model id, price row, prompt tokens, completion tokens) per priced piece.
+    cost: tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: Costs per group by kind ("prompt_cost", "completion_cost", "cost"), set by pricing.
+    costs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.groups.num_rows)
+
+    def quantile(self, column: str, q: float) -> np.ndarray:
+        """Each group's ``q`` quantile (0 < q <= 1) of ``column``, by linear interpolation
+        between the closest ranks (pandas' default, DuckDB's ``quantile_cont``); NaN for a
+        group without values."""
+        gid, value, count = self.hists[column]
+        out = np.full(self.size, np.nan)
+        if not len(gid):
+            return out
+        cum = np.cumsum(count)
+        totals = np.bincount(gid, weights=count, minlength=self.size).astype(np.int64)
+        has = np.flatnonzero(totals)
+        before = np.concatenate(([0], np.cumsum(totals)[:-1]))
+        position = (totals[has] - 1) * q  # 0-based rank within the group
+        low = np.floor(position)
+        high = np.ceil(position)
+        start = before[has]
+        at_low = value[np.searchsorted(cum, start + low.astype(np.int64), side="right")]
+        at_high = value[np.searchsorted(cum, start + high.astype(np.int64), side="right")]
+        low_f, high_f = at_low.astype(np.float64), at_high.astype(np.float64)
+        out[has] = low_f + (position - low) * (high_f - low_f)
+        return out
+
+
+def _concat(tables: list[pa.Table], columns: Sequence[str]) -> pa.Table:
+    parts = [with_key_type(t.select(list(columns)), columns) for t in tables]
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def combine(
+    partials: Iterable[Partial],
+    keys: Sequence[str],
+    measures: Sequence[str],
+    empty_keys: Mapping[str, pa.DataType],
+) -> Combined:
+    """The exact combination of ``partials`` (of disjoint sets of rows), grouped by ``keys``
+    (a subset of the partials' keys: the others are summed over).
+
+    Args:
+        measures: the base measures to sum (the partials' integers may be of any width).
+        empty_keys: the type of each key, for the groups table of an empty result.
+    """
+    by_component: dict[str, list[pa.Table]] = {}
+    for partial in partials:
+        for name, table in partial.items():
+            if table.num_rows:
+                by_component.setdefault(name, []).append(table)
+    bases = by_component.pop("base", [])
+    if not bases:
+        groups = pa.table({k: pa.array([], empty_keys[k]) for k in keys})
+        return Combined(groups, {m: np.zeros(0, dtype=np.int64) for m in measures})
+    if not by_component:  # sums only: one group-by over every partial
+        values = {m: np.concatenate([ints(t.column(m)) for t in bases]) for m in measures}
+        summed = group_sums(_concat(bases, keys), keys, values)
+        return Combined(summed.select(list(keys)), {m: ints(summed.column(m)) for m in measures})
+    # One coding of the keys of every component, so that group ids agree between them.
+    names = ["base", *by_component]
+    key_tables = [_concat(parts, keys) for parts in (bases, *by_component.values())]
+    gid, groups = encode_groups(pa.concat_tables(key_tables), keys)
+    size = groups.num_rows
+    offsets = np.cumsum([0, *(t.num_rows for t in key_tables)])
+    gids = {name: gid[offsets[i] : offsets[i + 1]] for i, name in enumerate(names)}
+    frame = pd.DataFrame(
+        {m: np.concatenate([ints(t.column(m)) for t in bases]) for m in measures}, copy=False
+    )
+    summed = frame.groupby(pd.Index(gids["base"], copy=False), sort=True).sum()
+    if len(summed) != size:  # pragma: no cover - every group has rows, so a base row
+        summed = summed.reindex(range(size), fill_value=0)
+    combined = Combined(groups, {m: summed[m].to_numpy(dtype=np.int64) for m in measures})
+    for name, parts in by_component.items():
+        component_gid = gids[name]
+        kind, _, column = name.partition(":")
+        if kind == "hist":
+            value = np.concatenate([ints(t.column("value")) for t in parts])
+            count = np.concatenate([ints(t.column("count")) for t in parts])
+            composite = (component_gid << _VALUE_BITS) | value
+            totals = pd.Series(count, copy=False).groupby(pd.Index(composite), sort=True).sum()
+            found = totals.index.to_numpy(dtype=np.int64)
+            combined.hists[column] = (
+                found >> _VALUE_BITS,
+                found & ((1 << _VALUE_BITS) - 1),
+                totals.to_numpy(dtype=np.int64),
+            )
+        elif kind == "distinct":
+            values = _concat(parts, ["value"]).unify_dictionaries().column("value")
+            codes, found_values = _key_codes(values)
+            width = max(len(found_values), 1)
+            pairs = np.unique(component_gid * width + codes)
+            combined.distinct[column] = np.bincount(pairs // width, minlength=size).astype(np.int64)
+        elif kind == "cost":
+            table = _concat(parts, ["model_id", "price", "prompt_tokens", "completion_tokens"])
+            summed_cost = group_sums(
+                table.append_column("_gid", pa.array(component_gid)),
+                ["_gid", "model_id", "price"],
+                {
+                    "prompt_tokens": ints(table.column("prompt_tokens")),
+                    "completion_tokens": ints(table.column("completion_tokens")),
+                },
+            )
+            combined.cost = (
+                ints(summed_cost.column("_gid")),
+                summed_cost.column("model_id").combine_chunks(),
+                ints(summed_cost.column("price")),
+                ints(summed_cost.column("prompt_tokens")),
+                ints(summed_cost.column("completion_tokens")),
+            )
+    return combined
