@@ -25,6 +25,7 @@ RSS_MIB: Final = 512.0
 RSS_GROWTH: Final = 1.25
 DELETE_GROWTH: Final = 1.5
 COMPACTED_SLOWDOWN: Final = 1.2
+INSIDE_DAY_SLOWDOWN: Final = 1.5
 
 SHORT_QUERY: Final = {"aggregated_usage": "aggregated", "get_usages_by_groups": "by_groups"}
 
@@ -142,6 +143,28 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, str]]:
     else:
         add(f"store >= {SQLITE_SPEEDUP:g}x faster than SQLite", NOT_APPLICABLE, "run with --sqlite")
 
+    shapes = result.get("shapes")
+    if shapes:
+        for shape in shapes["shapes"].values():
+            cell = shape["windows"]["d"]
+            slowdown = 1.0 / cell["duckdb_over_store"]
+            add(
+                f"shape {shape['title'].split(':')[0]} d (inside one day): store <= "
+                f"{INSIDE_DAY_SLOWDOWN:g}x DuckDB's time",
+                _status(slowdown <= INSIDE_DAY_SLOWDOWN),
+                f"{slowdown:.2f}x DuckDB's time ({_speed(1.0 / slowdown)})",
+            )
+        for name, by_window in shapes["rss"].items():
+            peak = by_window["d"]["peak_mib"]
+            title = shapes["shapes"][name]["title"].split(":")[0]
+            add(
+                f"shape {title} d: peak RSS < {RSS_MIB:g} MiB",
+                _status(peak < RSS_MIB),
+                f"{peak:,.0f} MiB",
+            )
+    else:
+        add("report shapes inside one day", NOT_APPLICABLE, "run without --no-shapes")
+
     ratio = result["ingest"]["store_over_pyarrow"]
     add(
         f"ingest >= {INGEST_RATIO:g}x plain pyarrow write throughput",
@@ -242,6 +265,52 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         "x / store: the engine's median time over the store's (above 1: the store is faster)"
     )
     tables.append(t)
+
+    shapes = result.get("shapes")
+    if shapes:
+        t = Table(
+            f"Report shapes (tenant {dataset['busiest_tenant']}; shape 6 every tenant; median "
+            f"of {params['repeats']})",
+            ["shape", "window", "rows out", "store ms", "duckdb ms", "duckdb / store"],
+            left=2,
+        )
+        for name, shape in shapes["shapes"].items():
+            for window, cell in shape["windows"].items():
+                t.rows.append(
+                    [
+                        shape["title"],
+                        f"{window}: {shapes['windows'][name][window]['label']}",
+                        _int(cell["result_rows"]),
+                        _ms(cell["store"]["median_s"]),
+                        _ms(cell["duckdb"]["median_s"]),
+                        _x(cell["duckdb_over_store"]),
+                    ]
+                )
+        d = shapes["windows"]["tokens_by_model_day"]["d"]
+        t.notes.append(f"d: [{d['start']}, {d['end']}) UTC; b of shape 2: in America/New_York")
+        t.notes.append(
+            f"shape 5 prices every model (example prices); shape 7 is organization "
+            f"{shapes['organization']}"
+        )
+        tables.append(t)
+        t = Table(
+            "Peak RSS of one report shape in a fresh process",
+            ["shape", "window", "after imports MiB", "peak MiB", "peak - imports MiB", "query s"],
+            left=2,
+        )
+        for name, by_window in shapes["rss"].items():
+            for window, cell in by_window.items():
+                t.rows.append(
+                    [
+                        shapes["shapes"][name]["title"].split(":")[0],
+                        f"{window}: {shapes['windows'][name][window]['label']}",
+                        _mib(cell["after_imports_mib"]),
+                        _mib(cell["peak_mib"]),
+                        _mib(cell["peak_mib"] - cell["after_imports_mib"]),
+                        f"{cell['query_s']:.2f}",
+                    ]
+                )
+        tables.append(t)
 
     t = Table(
         "Peak RSS of one store query in a fresh process",

@@ -7,6 +7,8 @@ Steps, on synthetic data from :mod:`usage_analytics.synthetic`:
 2. the two reports for the busiest tenant over three windows (the whole range, the last days,
    and an unaligned window), for the store, DuckDB over the same files and (``--sqlite``) SQLite
    with the source system's indexes and SQL, each result checked against the store's first;
+   then the report shapes of ``_shapes`` over those windows and one inside a day, against
+   DuckDB SQL that gives the same frames, with the peak memory of each in a fresh process;
 3. the peak RSS of store queries, each in a fresh process;
 4. ``delete_usage`` of the oldest third of the days, on a copy (and on a half-size dataset);
 5. single-row ``create_usage`` calls into the full dataset;
@@ -47,7 +49,7 @@ from usage_analytics import Store
 from usage_analytics.schema import NS_PER_DAY
 from usage_analytics.synthetic import Profile, generate, iter_batches
 
-from . import _rss, _sqlite
+from . import _rss, _shapes, _sqlite
 from ._engines import QUERIES, DuckDBEngine, Engine, ResultMismatchError, StoreEngine, check_same
 from ._report import evaluate_targets, render
 
@@ -95,6 +97,26 @@ class _Clock:
 
     def log(self, message: str) -> None:
         print(f"[{self.elapsed:8.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def shape_windows(start_ns: int, days: int, tz: str) -> dict[str, Window]:
+    """The windows of the report shapes: ``a`` and ``c`` as for the two reports, ``b`` the
+    last 7/30 whole days in the shape's zone, ``d`` inside one day (in UTC and in the zone):
+    09:00:00 to 17:30:00 UTC of day 13 (of 30)."""
+    out = make_windows(start_ns, days)
+    end_ns = start_ns + days * NS_PER_DAY
+    last = max(1, round(days * 7 / REFERENCE_DAYS))
+    if tz != "UTC":
+        local_end = pd.Timestamp(end_ns, unit="ns", tz="UTC").tz_convert(tz)
+        midnight = local_end.normalize()  # the last local midnight at or before the end
+        b_end = int(midnight.value)
+        b_start = int((midnight - pd.Timedelta(days=last)).tz_localize(None).tz_localize(tz).value)
+        out["b"] = Window("b", f"last {last} whole days in {tz}", b_start, b_end)
+    day = days * 12 // REFERENCE_DAYS
+    d_start = start_ns + day * NS_PER_DAY + 9 * 3600 * NS_PER_SECOND
+    d_end = start_ns + day * NS_PER_DAY + (17 * 3600 + 30 * 60) * NS_PER_SECOND
+    out["d"] = Window("d", f"day {day + 1} 09:00:00 - 17:30:00", d_start, d_end)
+    return out
 
 
 def make_windows(start_ns: int, days: int) -> dict[str, Window]:
@@ -299,6 +321,72 @@ def measure_queries(
                 f"{label}: " + ", ".join(f"{n} {cells[n]['median_s'] * 1000:.1f} ms" for n in names)
             )
     return out, results
+
+
+# ---------------------------------------------------------------------------------------------
+# 2b. Report shapes
+
+
+def measure_shapes(
+    store_root: Path, tenant: str, start_ns: int, days: int, repeats: int, clock: _Clock
+) -> dict[str, Any]:
+    """Each report shape over windows a-d: the store and DuckDB, results checked equal first,
+    then each timed warm, back to back, the median kept (as :func:`measure_queries` does)."""
+    context = _shapes.context_for(store_root, tenant)
+    engines = {
+        "store": _shapes.StoreShapes(store_root, context),
+        "duckdb": _shapes.DuckDBShapes(store_root, context),
+    }
+    out: dict[str, Any] = {
+        "organization": context.organization,
+        "prices": context.prices,
+        "windows": {},
+        "shapes": {},
+    }
+    cell_number = 0
+    try:
+        for name, shape in _shapes.SHAPES.items():
+            windows = shape_windows(start_ns, days, shape.tz)
+            out["windows"][name] = {w: window.to_json() for w, window in windows.items()}
+            out["shapes"][name] = {"title": shape.title, "windows": {}}
+            for window in windows.values():
+                lo, hi = window.start_ns, window.end_ns
+                label = f"shape {name} {window.name}"
+                ref = engines["store"].run(shape, tenant, lo, hi)
+                _shapes.check_same_frame(ref, engines["duckdb"].run(shape, tenant, lo, hi), label)
+                runs: dict[str, list[float]] = {e: [] for e in engines}
+                order = list(engines)[cell_number % 2 :] + list(engines)[: cell_number % 2]
+                cell_number += 1
+                for engine_name in order:
+                    engine = engines[engine_name]
+                    engine.run(shape, tenant, lo, hi)  # warm-up
+                    for _ in range(repeats):
+                        gc.collect()
+                        started = time.perf_counter()
+                        engine.run(shape, tenant, lo, hi)
+                        runs[engine_name].append(time.perf_counter() - started)
+                cell = {e: {"runs_s": runs[e], "median_s": _median(runs[e])} for e in engines}
+                cell["result_rows"] = len(ref)
+                cell["duckdb_over_store"] = cell["duckdb"]["median_s"] / cell["store"]["median_s"]
+                out["shapes"][name]["windows"][window.name] = cell
+                clock.log(
+                    f"{label}: store {cell['store']['median_s'] * 1000:.1f} ms, duckdb "
+                    f"{cell['duckdb']['median_s'] * 1000:.1f} ms ({len(ref):,} rows)"
+                )
+    finally:
+        for engine in engines.values():
+            engine.close()
+    out["rss"] = {}
+    for name in _shapes.SHAPES:
+        out["rss"][name] = {}
+        for window_name in ("a", "b", "d"):
+            window = out["windows"][name][window_name]
+            cell = _rss.measure_shape(
+                store_root, name, tenant, window["start_ns"], window["end_ns"], context
+            )
+            out["rss"][name][window_name] = cell
+            clock.log(f"rss shape {name} {window_name}: peak {cell['peak_mib']:.0f} MiB")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +632,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
             "repeats": args.repeats,
             "seed": args.seed,
             "sqlite": args.sqlite,
+            "shapes": args.shapes,
             "single_appends": args.single_appends,
             "small_appends": args.small_appends,
             "delete_half": args.delete_half,
@@ -587,6 +676,10 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
             engine.close()
     if args.sqlite:
         (workdir / "usages.sqlite").unlink()
+    if args.shapes:
+        result["shapes"] = measure_shapes(
+            store_root, tenant, start_ns, args.days, args.repeats, clock
+        )
 
     result["rss"] = measure_rss(store_root, tenant, windows, clock)
     result["delete"] = measure_delete(args, store_root, workdir, start_ns, clock)
@@ -657,6 +750,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="also load and query SQLite (slow to load)",
+    )
+    parser.add_argument(
+        "--shapes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the report shapes against DuckDB (step 2b)",
     )
     parser.add_argument(
         "--single-appends", type=_positive, default=50, help="single-row appends timed (step 5)"

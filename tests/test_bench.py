@@ -11,6 +11,7 @@ import pytest
 from benchmarks import run
 from benchmarks._engines import ResultMismatchError, check_same
 from benchmarks._report import render
+from benchmarks._shapes import SHAPES, check_same_frame
 
 ENGINES = ("store", "duckdb", "sqlite")
 WINDOWS = ("a", "b", "c")
@@ -61,6 +62,7 @@ def test_every_section_is_present(result: dict[str, Any]) -> None:
         "ingest",
         "sqlite_load",
         "queries",
+        "shapes",
         "rss",
         "delete",
         "single_append",
@@ -94,6 +96,38 @@ def test_queries_checked_for_every_engine(result: dict[str, Any]) -> None:
             assert _positive(cells["store"]["result_rows"])
             assert _positive(cells["duckdb_over_store"])
             assert _positive(cells["sqlite_over_store"])
+
+
+def test_report_shapes_checked_and_timed(result: dict[str, Any]) -> None:
+    shapes = result["shapes"]
+    assert set(shapes["shapes"]) == set(SHAPES)
+    for name, shape in shapes["shapes"].items():
+        assert set(shape["windows"]) == {"a", "b", "c", "d"}, name
+        for window, cell in shape["windows"].items():
+            assert _positive(cell["store"]["median_s"]), (name, window)
+            assert _positive(cell["duckdb_over_store"]), (name, window)
+            assert cell["result_rows"] > 0, (name, window)
+        for window in ("a", "b", "d"):
+            rss = shapes["rss"][name][window]
+            assert rss["peak_mib"] >= rss["after_imports_mib"] > 0, (name, window)
+    titles = [t["target"] for t in result["targets"]]
+    assert sum("inside one day" in t for t in titles) == len(SHAPES)
+
+
+def test_shape_results_must_match_duckdb() -> None:
+    frame = pd.DataFrame(
+        {
+            "bucket": pd.DatetimeIndex(["2026-11-01"], tz="UTC"),
+            "model_id": pd.Series(["m"], dtype="str"),
+            "requests": [3],
+            "error_rate": [float("nan")],
+        }
+    )
+    other = frame.assign(bucket=[1_793_491_200_000_000_000])
+    check_same_frame(frame, other, "same")
+    for column, value in (("requests", [4]), ("error_rate", [0.5]), ("bucket", [0])):
+        with pytest.raises(ResultMismatchError):
+            check_same_frame(frame, other.assign(**{column: value}), column)
 
 
 def test_rss(result: dict[str, Any]) -> None:

@@ -40,3 +40,29 @@ def test_every_command_has_help_and_is_in_the_readme() -> None:
         assert command.description, name
         if name not in ("init", "sample"):
             assert f"usage-analytics {name}" in README, name
+
+
+def _section(title: str) -> str:
+    start = README.index(f"## {title}\n")
+    end = README.index("\n## ", start + 1)
+    return README[start:end]
+
+
+def test_asking_other_questions_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each example of the section runs on the bundled sample data and answers with rows."""
+    import ast
+
+    import pandas as pd
+
+    monkeypatch.chdir(ROOT)
+    blocks = re.findall(r"```python\n(.*?)```", _section("Asking other questions"), re.S)
+    assert len(blocks) == 5
+    namespace: dict[str, object] = {}
+    for block in blocks:
+        tree = ast.parse(block)
+        last = tree.body.pop()
+        assert isinstance(last, ast.Expr), "each example ends with the report it shows"
+        exec(compile(tree, "README.md", "exec"), namespace)
+        result = eval(compile(ast.Expression(last.value), "README.md", "eval"), namespace)
+        assert isinstance(result, pd.DataFrame) and len(result) > 0, block
+        assert not result.isna().all().any(), block

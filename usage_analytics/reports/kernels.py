@@ -92,8 +92,8 @@ def ints(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Integer codes of a key column and the distinct values they index, in ascending order
-    (missing values get -1). String keys must be ``KEY_TYPE`` with one dictionary for every
-    chunk; integer keys are coded by their sorted distinct values.
+    (missing values get -1). String keys must be ``KEY_TYPE`` (chunks with dictionaries of
+    their own are unified first); integer keys are coded by their sorted distinct values.
 
     Only the distinct values are sorted, not the rows: this is what makes combining cheap.
     """
@@ -109,6 +109,12 @@ def _key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
         found, codes = np.unique(values, return_inverse=True)
         return codes.astype(np.int64, copy=False), pa.array(found, column.type)
     chunks = column.chunks
+    if len(chunks) > 1 and any(
+        c.dictionary is not chunks[0].dictionary and not c.dictionary.equals(chunks[0].dictionary)
+        for c in chunks[1:]
+    ):  # chunks as a scan reads them: one dictionary each
+        column = pa.table({"k": column}).unify_dictionaries().column("k")
+        chunks = column.chunks
     dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
     if dictionary.null_count or pc.count_distinct(dictionary).as_py() != len(dictionary):
         # A dictionary that holds a null or repeats a value (the store writes none such, but
@@ -361,12 +367,18 @@ class Combined:
     def size(self) -> int:
         return int(self.groups.num_rows)
 
+    def count_distinct(self, column: str) -> np.ndarray:
+        """Each group's number of distinct values of ``column``."""
+        return self.distinct.get(column, np.zeros(self.size, dtype=np.int64))
+
     def quantile(self, column: str, q: float) -> np.ndarray:
         """Each group's ``q`` quantile (0 < q <= 1) of ``column``, by linear interpolation
         between the closest ranks (pandas' default, DuckDB's ``quantile_cont``); NaN for a
         group without values."""
-        gid, value, count = self.hists[column]
         out = np.full(self.size, np.nan)
+        if column not in self.hists:  # no rows
+            return out
+        gid, value, count = self.hists[column]
         if not len(gid):
             return out
         cum = np.cumsum(count)

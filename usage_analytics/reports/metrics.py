@@ -193,13 +193,13 @@ def _fixed_metrics() -> dict[str, Metric]:
             "users",
             "int64",
             _needs(distinct=frozenset({"user_id"})),
-            lambda c: c.distinct["user_id"],
+            lambda c: c.count_distinct("user_id"),
         ),
         Metric(
             "api_keys",
             "int64",
             _needs(distinct=frozenset({"api_key_id"})),
-            lambda c: c.distinct["api_key_id"],
+            lambda c: c.count_distinct("api_key_id"),
         ),
         Metric(
             "completion_tokens_per_s",

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,8 +34,6 @@ from ..errors import InvalidArgumentError, MissingPriceError, ValidationError
 __all__ = ["PRICES_SCHEMA", "Prices"]
 
 _COLUMNS: Final = ("model_id", "prompt_per_1m", "completion_per_1m", "effective_from")
-#: effective_from of a price in force since always.
-_ALWAYS: Final = np.iinfo(np.int64).min
 
 PRICES_SCHEMA: Final = pdr.DataFrameSchema(
     {
@@ -153,11 +152,11 @@ class Prices:
     def __repr__(self) -> str:
         return f"Prices({len(self._frame)} prices of {self._frame['model_id'].nunique()} models)"
 
-    @property
+    @functools.cached_property
     def _starts(self) -> np.ndarray:
-        """effective_from of each row as int64 ns (``_ALWAYS`` for NaT)."""
-        eff = self._frame["effective_from"]
-        return np.where(eff.isna(), _ALWAYS, eff.astype("int64", copy=False)).astype(np.int64)
+        """effective_from of each row as int64 ns (NaT, in force always, as the int64 minimum)."""
+        eff = self._frame["effective_from"].dt.tz_localize(None)
+        return np.asarray(eff.to_numpy(dtype="datetime64[ns]").view(np.int64))
 
     def lookup(self, model: pa.ChunkedArray | pa.Array, timestamps: np.ndarray) -> np.ndarray:
         """The row of the price in force for each (model, timestamp), as int32; -1 where none
@@ -208,7 +207,8 @@ class Prices:
         Raises:
             MissingPriceError: tokens of a model without a price in force (``missing="error"``).
         """
-        unpriced = price < 0
+        has_tokens = (prompt > 0) | (completion > 0)  # pieces without tokens cost nothing
+        unpriced = (price < 0) & has_tokens
         if unpriced.any():
             names = sorted(set(model.take(pa.array(np.flatnonzero(unpriced))).to_pylist()))
             if self.missing == "error":
@@ -220,8 +220,8 @@ class Prices:
                     "NaN costs for them",
                     names,
                 )
-        # Unpriced rows index one past the prices: NaN.
-        at = np.where(unpriced, len(self._frame), price)
+        # Unpriced pieces index one past the prices: NaN.
+        at = np.where(price < 0, len(self._frame), price)
         out = {}
         for name, tokens, per_1m in zip(
             ("prompt_cost", "completion_cost"),
@@ -229,7 +229,7 @@ class Prices:
             self.price_arrays(),
             strict=True,
         ):
-            values = tokens * np.append(per_1m, np.nan)[at] / 1e6
+            values = np.where(has_tokens, tokens * np.append(per_1m, np.nan)[at] / 1e6, 0.0)
             total = np.zeros(groups)
             np.add.at(total, group, values)
             out[name] = total
