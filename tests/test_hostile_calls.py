@@ -26,6 +26,8 @@ from _crash_worker import DAY, T0, batch
 from usage_analytics import (
     CorruptDatasetError,
     InvalidArgumentError,
+    Not,
+    Prices,
     Store,
     Summary,
     Usage,
@@ -418,6 +420,44 @@ HOSTILE_BATCHES: Final[list[Any]] = [
     pd.Series([1, 2]),
 ]
 HOSTILE_LIMITS: Final[list[Any]] = [math.nan, -1, "5", True, 1.5, math.inf, [1]]
+HOSTILE_REPORTS: Final[list[dict[str, Any]]] = [
+    {"by": None},
+    {"by": [None]},
+    {"by": {"model_id": 1}},
+    {"by": "model_id", "every": 60},
+    {"every": "1h", "tz": None},
+    {"every": "1h", "tz": ""},
+    {"every": "1h", "tz": "../../etc/passwd"},
+    {"every": "1h", "tz": "UTC\x00"},
+    {"metrics": "latency_ms_p1e3"},
+    {"metrics": ["latency_ms_pnan"]},
+    {"metrics": ["latency_ms_p-5"]},
+    {"metrics": [["requests"]]},
+    {"metrics": 5},
+    {"where": {"status_code": math.nan}},
+    {"where": {"status_code": 2**70}},
+    {"where": {"status_code": [200, None]}},
+    {"where": {"model_id": Not(None)}},
+    {"where": {"model_id": {"nested": 1}}},
+    {"where": {None: "x"}},
+    {"top": math.inf, "order_by": "requests"},
+    {"top": 2**70, "order_by": "requests"},
+    {"top": -1, "order_by": "requests"},
+    {"top": 1, "order_by": ["requests"]},
+    {"prices": "prices.csv", "metrics": ["cost"]},
+    {"explain": 1},
+]
+HOSTILE_SCANS: Final[list[dict[str, Any]]] = [
+    {"columns": []},
+    {"columns": [None]},
+    {"columns": ["timestamp", "timestamp"]},
+    {"columns": {"timestamp": 1}},
+    {"columns": 5},
+    {"where": {"timestamp": 5}},
+    {"where": 5},
+    {"tenant_id": 5},
+    {"tenant_id": ["t0"]},
+]
 
 
 def _every_call(store: Store) -> dict[str, Callable[[], Any]]:
@@ -429,6 +469,14 @@ def _every_call(store: Store) -> dict[str, Callable[[], Any]]:
         "find_usages": store.find_usages,
         "aggregated_usage": lambda: store.aggregated_usage("t0", GOOD_START, GOOD_END),
         "get_usages_by_groups": lambda: store.get_usages_by_groups("t0", GOOD_START, GOOD_END),
+        "model_usage_summaries": lambda: store.model_usage_summaries(
+            "t0", GOOD_START, GOOD_END, every="1d"
+        ),
+        "report": lambda: store.report(
+            None, GOOD_START, GOOD_END, by="model_id", every="1d", metrics=["latency_ms_p95"]
+        ),
+        "scan": lambda: store.scan("t0", GOOD_START, GOOD_END, columns=["timestamp"]),
+        "scan_batches": lambda: list(store.scan_batches(columns=["user_id"])),
         "create_usage": lambda: store.create_usage(batch(8)),
         "delete_usage": lambda: store.delete_usage(T0 + DAY),
         "compact": store.compact,
@@ -450,6 +498,29 @@ def _hostile_calls(store: Store) -> dict[str, Callable[[], Any]]:
             calls[f"{name}(tenant={tenant!r})"] = lambda r=report, t=tenant: r(
                 t, GOOD_START, GOOD_END
             )
+    for value in HOSTILE_TIMES:
+        calls[f"report(start={value!r}, every)"] = lambda v=value: store.report(
+            None, v, GOOD_END, every="1h", by="status_class"
+        )
+        calls[f"report(end={value!r}, every)"] = lambda v=value: store.report(
+            "t0", GOOD_START, v, every="1d", tz="Asia/Kolkata"
+        )
+        calls[f"scan(start={value!r})"] = lambda v=value: store.scan(start=v)
+        calls[f"scan_batches(end={value!r})"] = lambda v=value: list(store.scan_batches(end=v))
+        calls[f"model_usage_summaries(end={value!r})"] = lambda v=value: (
+            store.model_usage_summaries("t0", GOOD_START, v)
+        )
+    for i, kwargs in enumerate(HOSTILE_REPORTS):
+        calls[f"report(#{i} {kwargs})"] = lambda k=kwargs: store.report(
+            "t0", GOOD_START, GOOD_END, **k
+        )
+    for i, kwargs in enumerate(HOSTILE_SCANS):
+        calls[f"scan(#{i} {kwargs})"] = lambda k=kwargs: store.scan(**k)
+        calls[f"scan_batches(#{i} {kwargs})"] = lambda k=kwargs: list(store.scan_batches(**k))
+    for value in (None, 5, "1d", {"a": 1}, {"a": (1, 2, 3)}, {"a": ("x", 1)}, {"a": (-1, 1)}):
+        calls[f"Prices.from_dict({value!r})"] = lambda v=value: Prices.from_dict(v)
+    for value in (None, pd.DataFrame(), pd.DataFrame({"model_id": [1]}), [1, 2]):
+        calls[f"Prices.from_frame({value!r})"] = lambda v=value: Prices.from_frame(v)
     for value in HOSTILE_TIMES:
         calls[f"delete_usage({value!r})"] = lambda v=value: store.delete_usage(v)
     for limit in HOSTILE_LIMITS:

@@ -289,6 +289,8 @@ class Store:
                 )
             if len(set(names)) != len(names):
                 raise InvalidArgumentError(f"columns repeat a name: {names}")
+            if not names:
+                raise InvalidArgumentError("columns is empty: give at least one column, or None")
         return tenant_id, lo, hi, names, parse_where(where)
 
     def scan(
