@@ -23,14 +23,14 @@ import difflib
 import functools
 import zoneinfo
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NoReturn
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["EVERY", "MAX_BUCKETS", "Buckets", "check_zone"]
+__all__ = ["EVERY", "MAX_BUCKETS", "Buckets", "check_end", "check_zone"]
 
 _S: Final = 10**9
 _HOUR: Final = 3600 * _S
@@ -129,24 +129,21 @@ class Buckets:
             InvalidArgumentError: the window holds more than ``MAX_BUCKETS`` buckets, or ends
                 past the last bucket start pandas can label.
         """
+        check_end(hi)
         width = EVERY[every]
         nominal = width if isinstance(width, int) else _NOMINAL[width]
-        if (hi - lo) // nominal + 1 > MAX_BUCKETS:
-            raise InvalidArgumentError(
-                f"the window holds about {(hi - lo) // nominal + 1:,} buckets of every={every!r}; "
-                f"at most {MAX_BUCKETS:,}: give a shorter window or a wider every"
-            )
-        if hi > LAST_START:
-            raise InvalidArgumentError(
-                f"a report with every= must end by 2262-04-09 (bucket labels are pandas "
-                f"Timestamps), not at {hi} ns: give an earlier end"
-            )
+        at_least = -(-(hi - lo) // nominal)  # no fewer buckets than this touch the window
+        if at_least > MAX_BUCKETS:
+            _too_many(at_least, every)
         if isinstance(width, int):
             starts = _wall_slices(tz, width, lo, hi)
         else:
             starts = _calendar(tz, width, lo, hi)
         first = int(np.searchsorted(starts, lo, side="right")) - 1
-        return cls(every, tz, starts[max(first, 0) :])
+        starts = starts[max(first, 0) :]
+        if len(starts) > MAX_BUCKETS:
+            _too_many(len(starts), every)
+        return cls(every, tz, starts)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -164,6 +161,26 @@ class Buckets:
     def labels(self) -> pd.DatetimeIndex:
         """The start of each bucket, tz-aware in ``tz``."""
         return pd.DatetimeIndex(self.starts.astype("M8[ns]")).tz_localize("UTC").tz_convert(self.tz)
+
+
+def check_end(hi: int) -> None:
+    """Refuse a window with buckets that would end past the last label pandas can show.
+
+    Raises:
+        InvalidArgumentError: ``hi`` is past 2262-04-09.
+    """
+    if hi > LAST_START:
+        raise InvalidArgumentError(
+            "a report with every= must end by 2262-04-09 (bucket labels are pandas "
+            f"Timestamps), not at {hi} ns: give an earlier end"
+        )
+
+
+def _too_many(n: int, every: str) -> NoReturn:
+    raise InvalidArgumentError(
+        f"the window holds {n:,} buckets of every={every!r}; at most {MAX_BUCKETS:,}: give a "
+        "shorter window or a wider every"
+    )
 
 
 def _wall_slices(tz: str, width: int, lo: int, hi: int) -> np.ndarray:

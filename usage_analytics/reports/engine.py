@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .buckets import Buckets
+from .buckets import Buckets, check_end
 from .grains import Grain
 from .kernels import KEY_TYPE, Combined, Partial, combine, encode_groups, ints, partial_of_rows
 from .metrics import measure_values
@@ -44,8 +44,10 @@ class Report:
     @classmethod
     def of(cls, spec: ReportSpec, names: Mapping[str, str] | None = None) -> Report:
         buckets = None
-        if spec.every is not None and not spec.empty:
-            buckets = Buckets.of(spec.every, spec.tz, spec.lo, spec.hi)
+        if spec.every is not None:
+            check_end(spec.hi)  # also for an empty window past the end of labels
+            if not spec.empty:
+                buckets = Buckets.of(spec.every, spec.tz, spec.lo, spec.hi)
         return cls(spec, buckets, dict(names or {}))
 
     # -- what a scan reads -------------------------------------------------------------------
