@@ -10,6 +10,7 @@ that returned, so a test that kills it at a random moment knows which states are
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def loop_op(store: Store, i: int) -> None:
 def main() -> None:
     # Small batches get rollups and spans here, so that kills also land inside their writes.
     _layout.ROLLUP_MIN_ROWS = 1
+    _layout.SUMMARY_MAX_RATIO = math.inf
     root, op = Path(sys.argv[1]), sys.argv[2]
     store = Store(root)
     if op == "loop":

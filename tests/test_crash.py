@@ -7,6 +7,7 @@ state after it (the point decides which), no temporary file or journal may be le
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -103,6 +104,7 @@ def rollups_for_small_files() -> Iterator[None]:
     """As in the worker: small batches get rollups and spans, so kills land in their writes."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+        mp.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
         yield
 
 

@@ -7,6 +7,7 @@ releases the lock; after it, the write has happened and the next operation finis
 from __future__ import annotations
 
 import errno
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from helpers import snapshot_files
 
 from usage_analytics import LockTimeoutError, StorageError, Store, UsageAnalyticsError
 from usage_analytics._storage import faults
+from usage_analytics._summaries import SPAN_KINDS
 from usage_analytics.reports import grains
 
 BEFORE_COMMIT = (
@@ -107,6 +109,7 @@ def test_interrupt_before_commit_rolls_back_and_reraises(
         from usage_analytics import _layout
 
         monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+        monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     before = snapshot_files(store.root)
 
     def hook(name: str) -> None:
@@ -137,6 +140,7 @@ def test_failed_span_build_in_an_append_is_only_a_warning(
     from usage_analytics import _layout
 
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "root")
     store.auto_migrate()
     for seed in (1, 2):  # two files on each of days 0 and 1, no span yet (day 1 may be loading)
@@ -148,7 +152,7 @@ def test_failed_span_build_in_an_append_is_only_a_warning(
 
     def fails_from_the_third_span(kind: str, parts: Any) -> Any:
         calls.append(kind)
-        if len(calls) > 4:  # two kinds per span: days 0 and 1 are computed, not block 0-1
+        if len(calls) > 2 * len(SPAN_KINDS):  # days 0 and 1 are computed, not block 0-1
             raise RuntimeError("injected failure")
         return combine(kind, parts)
 
@@ -178,6 +182,7 @@ def test_failed_span_build_after_an_import_of_several_days_is_only_a_warning(
     from usage_analytics import _layout
 
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 40)  # the batch, not each day
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "root")
     store.auto_migrate()
 
@@ -203,6 +208,7 @@ def test_disk_error_writing_any_file_of_an_append_with_spans_changes_nothing(
     from usage_analytics import _layout
 
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "root", lock_timeout=0)
     store.auto_migrate()
     store.create_usage(batch(1, days=(0, 1)))

@@ -82,6 +82,7 @@ def with_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     """Three days of rows, with file rollups and span rollups, plus a row at the last
     timestamp int64 can hold."""
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "spans")
     store.auto_migrate()
     store.create_usage(batch(1))

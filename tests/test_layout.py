@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import math
 from pathlib import Path
 
 import duckdb
@@ -213,6 +214,7 @@ def test_rows_in_time_order_keep_it_others_are_sorted_by_tenant_and_time(
     from usage_analytics import _layout
 
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 50)  # rollups for each day's file
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     frame = random_usage_frame(400, 17, days=3)
     if in_time_order:
         frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)

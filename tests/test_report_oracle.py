@@ -840,6 +840,7 @@ def _build_stages(base: Path) -> dict[str, Stage]:
         first = make_batch(1, 2600, CLUSTERS_2026, edges26)
         store.create_usage(first)
         mp.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+        mp.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
         second = make_batch(2, 700, CLUSTERS_2026, edges26, time_sorted=False)
         second = pd.concat([second, first.sample(40, random_state=2)], ignore_index=True)
         store.create_usage(second.sample(frac=1.0, random_state=3), on_conflict="ignore")
@@ -1311,6 +1312,7 @@ def dst_stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     )
     mp = pytest.MonkeyPatch()
     mp.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    mp.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     try:
         store = Store(root)
         store.auto_migrate()

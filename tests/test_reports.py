@@ -783,6 +783,7 @@ def test_explain_shows_summaries_for_whole_files_and_scans_at_the_edges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     store.create_usage(random_usage_frame(600, 3, days=4, tenants=("t0", "t1")))
@@ -791,7 +792,8 @@ def test_explain_shows_summaries_for_whole_files_and_scans_at_the_edges(
         "t0", "2026-10-31", "2026-11-06", by="model_id", metrics=metrics, explain=True
     )
     assert list(plan.columns) == ["piece", "read", "grain", "rows"]
-    assert set(plan["read"]) == {"summary"} and set(plan["grain"]) == {"groups"}
+    # Files and spans from the summaries of each day (no buckets: whole pieces).
+    assert set(plan["read"]) == {"summary"} and set(plan["grain"]) == {"daily"}
     assert plan["rows"].sum() == store.info().rows
     cut = store.report(
         "t0",
@@ -806,7 +808,13 @@ def test_explain_shows_summaries_for_whole_files_and_scans_at_the_edges(
         "summary"
     }
     hourly = store.report("t0", "2026-10-31", "2026-11-06", every="1h", explain=True)
-    assert set(hourly["read"]) == {"scan"}  # a file holds many hours: rows are needed
+    assert set(hourly["read"]) == {"summary"}  # hourly summaries: files hold many hours
+    assert set(hourly["grain"]) == {"hourly"}
+    # Kolkata's hours start at half past UTC hours: no hourly summary fits them.
+    kolkata = store.report(
+        "t0", "2026-10-31", "2026-11-06", every="1h", tz="Asia/Kolkata", explain=True
+    )
+    assert set(kolkata["read"]) == {"scan"}
 
 
 @pytest.mark.parametrize(
@@ -823,6 +831,7 @@ def test_summaries_give_what_scans_give(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]
 ) -> None:
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     for seed in range(3):
@@ -906,6 +915,7 @@ def test_rows_without_tokens_need_no_price_on_any_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     store.create_usage(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from usage_analytics import StorageError, Store, _layout, _reads
 from usage_analytics._storage import Dataset, FileEntry, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
+from usage_analytics._summaries import KINDS
 from usage_analytics.reports import grains
 
 TENANTS = ("t0", "t1", "t2")
@@ -49,6 +51,7 @@ def rollups_for_small_files(
     """These tests use small files; give them rollups as large files get them."""
     if "default" not in request.node.name:
         monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+        monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
 
 
 def both_ways(store: Store, tenant: str, start: int, end: int) -> tuple[pd.DataFrame, ...]:
@@ -119,7 +122,7 @@ def test_upgraded_files_without_rollups_are_scanned(tmp_path: Path) -> None:
     old = store.info()
     added = store.create_usage(random_usage_frame(200, 5, start=T0, days=5, tenants=("t0", "t1")))
     entries = store._ds.snapshot().files
-    assert {e.sidecars for e in entries} == {(), ("summary", "groups")}
+    assert {tuple(sorted(e.sidecars)) for e in entries} == {(), tuple(sorted(KINDS))}
     assert len(store.find_usages()) == old.rows + added
     assert_paths_agree(store, np.random.default_rng(5), day0=T0)
 
@@ -140,8 +143,9 @@ def test_whole_file_windows_read_no_rows(tmp_path: Path, monkeypatch: pytest.Mon
     assert scanned == []
     pd.testing.assert_frame_equal(summary, expected[0], check_exact=True)
     pd.testing.assert_frame_equal(groups, expected[1], check_exact=True)
-    # A window ending inside day 2 scans only the files of that day.
-    store.aggregated_usage("t1", DAY0, DAY0 + 2 * NS_PER_DAY + NS_PER_DAY // 2)
+    # A window ending inside an hour of day 2 scans only files of that day (the rest of the
+    # day comes from hourly summaries).
+    store.aggregated_usage("t1", DAY0, DAY0 + 2 * NS_PER_DAY + NS_PER_DAY // 2 + 7)
     assert scanned and {p.split("/")[0] for p in scanned} == {"date=2026-11-03"}
 
 
@@ -347,6 +351,7 @@ def test_compact_cuts_large_partitions_by_time(
     file it cuts."""
     monkeypatch.setattr(_layout, "COMPACT_FILE_ROWS", 128)
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = load(tmp_path / "usage", 23, batches=6)
     before = store.find_usages()
     assert store.compact() > 0
@@ -391,6 +396,7 @@ def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_d
     """The batch is large enough for the second thread, but none of its days is: the days
     before its last still get spans (from their rows)."""
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 64)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     store.create_usage(random_usage_frame(200, 41, days=5, tenants=TENANTS))
@@ -453,7 +459,7 @@ def test_a_span_whose_computation_fails_is_left_out_of_its_commit(tmp_path: Path
     assert snap.version == version + 1
     assert [sp.name for sp in snap.spans] == [kept.name]
     on_disk = sorted(p.name for p in (store.root / "_rollups" / "spans").iterdir())
-    assert on_disk == sorted(f"{kept.name}.{k}.rollup" for k in ("summary", "groups"))
+    assert on_disk == sorted(f"{kept.name}.{k}.rollup" for k in tables)
     assert_paths_agree(store, np.random.default_rng(3), windows=2)
 
 
@@ -607,14 +613,15 @@ def _disk_error_at_file(nth: int | None) -> Callable[[str], None]:
 
 
 def _plain(table: pa.Table) -> pd.DataFrame:
-    """A rollup as a frame of strings and int64 sums, whatever its encoding."""
+    """A rollup as a frame of strings and int64 sums, whatever its encoding and row order
+    (summaries are sorted by tenant; the order of their other rows is not fixed)."""
     frame = table.to_pandas()
     for name in frame.columns:
         if isinstance(frame[name].dtype, pd.CategoricalDtype):
             frame[name] = frame[name].astype(str)
         elif frame[name].dtype.kind in "iu":
             frame[name] = frame[name].astype(np.int64)
-    return frame
+    return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -622,6 +629,7 @@ def test_random_operations_with_failures_keep_spans_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 16)  # small files get none
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     _random_operations(tmp_path / "usage", seed, steps=40)
 
 
@@ -631,4 +639,5 @@ def test_random_operations_with_failures_keep_spans_exact_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 16)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     _random_operations(tmp_path / "usage", seed, steps=150)

@@ -10,6 +10,13 @@ from typing import Final
 #: Data files of at least this many rows get summary files of every grain; smaller ones are
 #: scanned (their summaries would be about as large as their rows), and merged later.
 ROLLUP_MIN_ROWS = 1024
+#: A summary is written only when it has at most its grain's ``max_ratio`` rows per row it
+#: summarizes; set, this ratio replaces every grain's (tests of the fast paths on tiny data set
+#: it to infinity, so that their summaries are written whatever their size).
+SUMMARY_MAX_RATIO: float | None = None
+#: A span of a kind is written only when it has at most this share of the rows of its parts
+#: (the summaries a report would read in its place); otherwise its parent combines the parts.
+SPAN_SHRINK = 0.5
 #: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.
 MAX_SPAN_LEVEL = 10
 #: Small files of a partition are merged on append once this many share a size class.

@@ -95,17 +95,25 @@ def run_report(
         if explain:
             return plan.frame()
         partials = []
-        if plan.scans:
-            columns = report.scan_columns
-            strings = [c for c in columns if c in STRING_COLUMNS]
-            entries = [p.ref for p in plan.scans]
-            for rows in ds.scan(entries, columns, report.scan_filter(), dictionary=strings):
+        by_ranges: dict[tuple[tuple[int, int], ...], list[FileEntry]] = {}
+        for scan in plan.scans:
+            by_ranges.setdefault(scan.ranges, []).append(scan.piece.ref)
+        columns = report.scan_columns
+        strings = [c for c in columns if c in STRING_COLUMNS]
+        for ranges, entries in by_ranges.items():
+            expr = report.scan_filter(ranges)
+            for rows in ds.scan(entries, columns, expr, dictionary=strings):
                 partials.append(report.from_rows(rows))
-        if plan.summaries:
-            paths = [_summary_path(piece, grain.name) for piece, grain in plan.summaries]
+        reads = [
+            (read, grain, [c for c, g in read.grains.items() if g is grain])
+            for read in plan.reads
+            for grain in dict.fromkeys(read.grains.values())
+        ]
+        if reads:
+            paths = [_summary_path(read.piece, grain.name) for read, grain, _ in reads]
             tables = ds.read_summaries(paths, report.spec.tenant)
-            for (piece, grain), table in zip(plan.summaries, tables, strict=True):
-                partials.append(report.from_summary(grain, table, piece))
+            for (read, grain, wanted), table in zip(reads, tables, strict=True):
+                partials.append(report.from_summary(grain, table, read.piece, wanted, read.hours))
         return report.finish(partials)
 
     return ds.read(read)

@@ -1,15 +1,18 @@
 """Summary maintenance: the summaries of each grain beside every large data file, and spans.
 
-Each data file of ``ROLLUP_MIN_ROWS`` rows or more gets a summary file of every grain, written
-and removed in the same commit as the file. Aligned blocks of 1, 2, 4, ... whole days get
-*span* summaries, combined from their two halves (single days, when they have several files,
-from their files' summaries), so that a window of whole days reads a few spans instead of every
-file's summaries. A span is dropped by any commit that changes a file in its days, so while it
-is listed it summarizes exactly those days' files.
+Each data file of ``ROLLUP_MIN_ROWS`` rows or more gets a summary file of every grain that is
+much smaller than its rows (``Grain.max_ratio``), written and removed in the same commit as the
+file; a kind computed and not worth writing is listed as ``skipped``. Aligned blocks of 1, 2, 4,
+... whole days get *span* summaries of each grain whose rows shrink over days, combined from
+their two halves (single days from their files' summaries, or from their rows where a file has
+no summary of that kind), written where they are much smaller than the rows they cover. A
+report over a window of whole days then reads a few spans instead of every file. A span is
+dropped by any commit that changes a file in its days, so while it is listed it summarizes
+exactly those days' files.
 
 This module computes them (with the grains of ``reports``) and stages them into transactions
-(of ``_storage``); it keeps the summaries it wrote last in memory, to build the next spans from
-them instead of reading them back.
+(of ``_storage``); it keeps the summaries it computed last in memory, to build the next spans
+from them instead of reading them back.
 """
 
 from __future__ import annotations
@@ -17,38 +20,50 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, TypeAlias
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import _layout
 from ._reads import read_rows
-from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, TableOrFuture, day_number
+from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, day_number
 from .reports import grains
 
 __all__ = [
     "KINDS",
+    "SPAN_KINDS",
+    "Computed",
     "SpanPlan",
     "Summaries",
     "day_groups",
+    "missing_kinds",
     "open_day_is_due",
-    "resolved",
     "submit_rollups",
     "summaries_of",
+    "verify",
+    "worth",
 ]
 
-#: The summary kinds every large file and every span has: one per declared grain.
+#: The summary kinds of data files (one per declared grain) and of spans.
 KINDS: Final = tuple(g.name for g in grains.GRAINS)
+SPAN_KINDS: Final = tuple(g.name for g in grains.GRAINS if g.spans)
+
+#: Every summary computed for a data file, by kind (also those not worth writing).
+Computed: TypeAlias = "Mapping[str, pa.Table]"
 
 
 @dataclass(frozen=True)
 class SpanPlan:
-    """A span summary to compute: days first..last, from exactly the data files ``files``."""
+    """A span summary to compute: days first..last, from exactly the data files ``files``;
+    ``replaces`` is the span of the same days it supersedes (one lacking kinds)."""
 
     first: int
     last: int
     files: tuple[str, ...]
+    replaces: SpanEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +73,8 @@ class NewSpan:
     first: int
     last: int
     files: tuple[str, ...]  # the data files of its days it was computed from
-    tables: dict[str, pa.Table]
+    tables: dict[str, pa.Table | None]  # None: not worth writing (or not computable now)
+    replaces: SpanEntry | None = None
 
 
 def day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
@@ -72,35 +88,53 @@ def day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[
     return [(int(days[chunk[0]]), chunk) for chunk in np.split(order, bounds) if len(chunk)]
 
 
-def resolved(tables: Mapping[str, TableOrFuture]) -> dict[str, pa.Table]:
-    """``tables`` with each future replaced by its result."""
-    return {k: t.result() if isinstance(t, Future) else t for k, t in tables.items()}
+def worth(kind: str, table: pa.Table | None, rows: int) -> pa.Table | None:
+    """``table`` if it is worth writing as a summary of ``rows`` rows (at most its grain's
+    ``max_ratio`` rows per row), else None."""
+    limit = _layout.SUMMARY_MAX_RATIO
+    if limit is None:
+        limit = grains.grain(kind).max_ratio
+    if table is None or table.num_rows > limit * rows:
+        return None
+    return table
 
 
-def summaries_of(table: pa.Table) -> dict[str, pa.Table] | None:
-    """The summaries a data file of ``table`` gets: one per grain, or None when it is smaller
-    than ``ROLLUP_MIN_ROWS`` (reports scan it, and ``compact()`` later merges it)."""
+def summaries_of(table: pa.Table) -> dict[str, pa.Table | None] | None:
+    """The summaries a data file of ``table`` gets, by kind (None: not worth writing), or None
+    when the file is smaller than ``ROLLUP_MIN_ROWS`` (reports scan it; ``compact()`` merges
+    it later)."""
     if table.num_rows < _layout.ROLLUP_MIN_ROWS:
         return None
-    return grains.rollups(table)
+    return {k: worth(k, t, table.num_rows) for k, t in grains.rollups(table).items()}
+
+
+def missing_kinds(entry: FileEntry) -> tuple[str, ...]:
+    """The kinds a data file of ``ROLLUP_MIN_ROWS`` rows or more should have and was never
+    given (written by an older version, or before a grain was declared)."""
+    if entry.rows < _layout.ROLLUP_MIN_ROWS:
+        return ()
+    return tuple(k for k in KINDS if k not in entry.sidecars and k not in entry.skipped)
 
 
 def submit_rollups(
     pool: ThreadPoolExecutor, batch: pa.Table, days: np.ndarray
-) -> dict[int, dict[str, Future[pa.Table]]]:
+) -> dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]]:
     """Start computing, on ``pool``, the summaries of the file each day of ``batch`` becomes
-    (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none); returns their futures."""
-    futures: dict[int, dict[str, Future[pa.Table]]] = {}
-    parts: list[tuple[dict[str, Future[pa.Table]], np.ndarray | None]] = []
+    (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none). Returns, per day, the futures of
+    what the commit writes (None where not worth it) and the future of every summary
+    computed (for spans)."""
+    out: dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]] = {}
+    parts: list[tuple[int, np.ndarray | None]] = []
     groups = day_groups(days)
     for day, idx in groups:
         if len(idx) >= _layout.ROLLUP_MIN_ROWS:
-            futures[day] = {kind: Future() for kind in KINDS}
-            parts.append((futures[day], None if len(groups) == 1 else idx))
+            out[day] = ({kind: Future() for kind in grains.COMPUTE_ORDER}, Future())
+            parts.append((day, None if len(groups) == 1 else idx))
     inputs = batch.select(list(grains.INPUT_COLUMNS))
 
     def compute() -> None:
-        for out, idx in parts:
+        for day, idx in parts:
+            written, computed = out[day]
             try:
                 if idx is None:
                     rows = inputs
@@ -108,16 +142,19 @@ def submit_rollups(
                     rows = inputs.slice(int(idx[0]), len(idx))
                 else:
                     rows = inputs.take(pa.array(idx))
-                rows = grains.encode_keys(rows)  # once for every grain
-                for kind, future in out.items():
-                    future.set_result(grains.rollup(kind, rows))
+                tables = {}
+                for kind, table in grains.iter_rollups(rows):  # written as they come
+                    tables[kind] = table
+                    written[kind].set_result(worth(kind, table, rows.num_rows))
+                computed.set_result(tables)
             except BaseException as exc:  # raised in the commit that waits for it
-                for future in out.values():
+                futures: list[Future[Any]] = [*written.values(), computed]
+                for future in futures:
                     if not future.done():
                         future.set_exception(exc)
 
     pool.submit(compute)
-    return futures
+    return out
 
 
 def open_day_is_due(snap: Snapshot, day: int) -> bool:
@@ -126,43 +163,80 @@ def open_day_is_due(snap: Snapshot, day: int) -> bool:
     over the day then reads one summary instead of theirs; if more rows come, the span is
     dropped, and rebuilding at doubling counts keeps the work linear in the files."""
     files = snap.by_date().get(str(np.datetime64(day, "D")), [])
-    n = sum(1 for f in files if all(k in f.sidecars for k in KINDS))
+    n = sum(1 for f in files if f.sidecars or f.skipped)
     every = _layout.OPEN_DAY_FILES
     return n >= every and n % every == 0 and (n // every).bit_count() == 1
 
 
+def _complete(span: SpanEntry) -> bool:
+    """Whether a span was given every span kind (written or found not worth writing)."""
+    return all(k in span.kinds or k in span.skipped for k in SPAN_KINDS)
+
+
+#: What a block of days holds, per kind: the tables that add up to it, or None when it cannot
+#: be summarized now (a file of the commit being made lacks that kind).
+_Parts: TypeAlias = "dict[str, list[pa.Table] | None]"
+
+
 class Summaries:
-    """The summary maintenance of one store, with the summaries it wrote last."""
+    """The summary maintenance of one store, with the summaries it computed last."""
 
     def __init__(self, ds: Dataset) -> None:
         self._ds = ds
         self._recent_spans: dict[str, dict[str, pa.Table]] = {}
-        # The summaries of the files this store wrote last, by path: a load summarizes each
-        # day into a span right after it, from these rather than from the disk.
-        self._recent_rollups: dict[str, dict[str, pa.Table]] = {}
+        # The summaries of the files this store wrote last, by path (all kinds computed, also
+        # those not written): a load summarizes each day into a span right after it, from
+        # these rather than from the disk.
+        self._recent_rollups: dict[str, Computed] = {}
 
-    def remember_rollups(self, staged: Mapping[str, Mapping[str, TableOrFuture]]) -> None:
-        for path, futures in staged.items():
-            self._recent_rollups[path] = resolved(futures)
+    def remember_rollups(self, computed: Mapping[str, Future[Computed]]) -> None:
+        for path, future in computed.items():
+            self._recent_rollups[path] = future.result()
         while len(self._recent_rollups) > _layout.RECENT_ROLLUPS:
             del self._recent_rollups[next(iter(self._recent_rollups))]
 
-    def remember_spans(self, built: Mapping[str, dict[str, pa.Table]]) -> None:
+    def remember_spans(self, built: Mapping[str, Mapping[str, pa.Table | None]]) -> None:
         """Keep the tables of the latest few committed spans (spans are immutable), to build
         their parents without reading them."""
-        self._recent_spans.update(built)
+        for name, tables in built.items():
+            self._recent_spans[name] = {k: t for k, t in tables.items() if t is not None}
         while len(self._recent_spans) > _layout.RECENT_SPANS:
             del self._recent_spans[next(iter(self._recent_spans))]
+
+    # -- file summaries ----------------------------------------------------------------------
+
+    def fill_missing(self, lock_timeout: float | None = None) -> int:
+        """Give every large data file the summaries of the kinds it was never given (files
+        written by an older version, or before a grain was declared); returns how many files
+        got some. One commit per partition."""
+        done = 0
+        for date in self._ds.snapshot().dates():
+            with self._ds.transaction(timeout=lock_timeout) as tx:
+                entries = [e for e in tx.base.by_date().get(date, []) if missing_kinds(e)]
+                for entry in entries:
+                    kinds = missing_kinds(entry)
+                    rows = read_rows(self._ds, entry).select(list(grains.INPUT_COLUMNS))
+                    encoded = grains.encode_keys(rows)
+                    tables = {k: grains.rollup(k, encoded) for k in kinds}
+                    tx.add_summaries(entry, {k: worth(k, t, entry.rows) for k, t in tables.items()})
+                tx.commit()
+                done += len(entries)
+        return done
+
+    # -- spans -------------------------------------------------------------------------------
 
     def build_spans(self, before_day: int | None = None, lock_timeout: float | None = None) -> int:
         """Commit the missing spans of aligned blocks of whole days before ``before_day`` (all
         days when None); returns how many were added."""
         with self._ds.transaction(timeout=lock_timeout) as tx:
-            spans = self.span_tables(tx.base, self.plan_spans(tx.base, before_day), {})
-            built = {
-                tx.add_span(span.first, span.last, span.tables, span.files).name: span.tables
-                for span in spans
-            }
+            plans = self.plan_spans(tx.base, before_day)
+            spans = self.span_tables(tx.base, plans, {})
+            built = {}
+            for span in spans:
+                if span.replaces is not None:
+                    tx.drop_span(span.replaces)
+                entry = tx.add_span(span.first, span.last, span.tables, span.files)
+                built[entry.name] = span.tables
             tx.commit()
         self.remember_spans(built)
         return len(built)
@@ -171,7 +245,7 @@ class Summaries:
         self,
         snap: Snapshot,
         before_day: int | None,
-        staged: Mapping[str, Mapping[str, TableOrFuture]] | None = None,
+        staged: Mapping[str, Future[Computed] | None] | None = None,
         open_day: int | None = None,
     ) -> list[SpanPlan]:
         """The missing spans of ``snap``, smallest first (each combined from spans before it in
@@ -180,41 +254,46 @@ class Summaries:
         Only blocks that end before ``before_day`` are built (a load passes the first day it
         writes: it may still be loading that day and those after it), and only blocks with
         data in both halves: otherwise the half with data says it all. The day ``open_day``
-        gets a span of its own all the same (see :func:`open_day_is_due`).
+        gets a span of its own all the same (see :func:`open_day_is_due`). A block whose span
+        lacks some kinds (written by an older version) is built again.
 
-        ``snap`` may be the state a write is about to commit: ``staged`` then holds the
-        summaries (or their futures) of its new files, which are not on disk yet.
+        ``snap`` may be the state a write is about to commit: ``staged`` then holds its new
+        files, not on disk yet, each with the future of every summary computed for it (None
+        for a file too small for summaries).
         """
         by_day: dict[int, list[str]] = {}
         for entry in snap.files:
             by_day.setdefault(day_number(entry.date), []).append(entry.path)
-        if not by_day:
+        if not by_day or not SPAN_KINDS:
             return []
         first, last = min(by_day), max(by_day)
         if open_day is not None and open_day not in by_day:
             open_day = None
         if before_day is not None:
             last = min(last, before_day - 1)
-        # A file of the write being committed is not on disk yet: its day can be summarized
-        # only from its summaries.
+        # A small file of the write being committed is not on disk yet: its day can be
+        # summarized only from summaries, which it has none of.
         staged = staged or {}
         without = [
-            day_number(e.date)
-            for e in snap.files
-            if e.path in staged and not all(k in staged[e.path] for k in KINDS)
+            day_number(e.date) for e in snap.files if e.path in staged and not staged[e.path]
         ]
         if without:
             last = min(last, min(without) - 1)
             if open_day is not None and open_day >= min(without):
                 open_day = None
-        have = {(sp.first_day, sp.last_day) for sp in snap.spans}
+        have: dict[tuple[int, int], SpanEntry] = {}
+        for sp in snap.spans:
+            have[(sp.first_day, sp.last_day)] = sp
         plans: list[SpanPlan] = []
         for level in range(_layout.MAX_SPAN_LEVEL + 1):
             size = 1 << level
             top = last if open_day is None else max(last, open_day)
             for start in range(first - first % size, top + 1, size):
                 end = start + size - 1
-                if (end > last and not (size == 1 and start == open_day)) or (start, end) in have:
+                existing = have.get((start, end))
+                if (end > last and not (size == 1 and start == open_day)) or (
+                    existing is not None and _complete(existing)
+                ):
                     continue
                 if size == 1 and len(by_day.get(start, ())) < 2:
                     continue  # a single file's own summaries already cover its day
@@ -225,28 +304,32 @@ class Summaries:
                 ):
                     continue
                 files = tuple(sorted(p for d in range(start, end + 1) for p in by_day.get(d, ())))
-                plans.append(SpanPlan(start, end, files))
+                plans.append(SpanPlan(start, end, files, existing))
         return plans
 
     def span_tables(
         self,
         snap: Snapshot,
         plans: Sequence[SpanPlan],
-        staged: Mapping[str, Mapping[str, TableOrFuture]],
-        out: Sequence[Mapping[str, Future[pa.Table]]] | None = None,
+        staged: Mapping[str, Future[Computed] | None],
+        out: Sequence[Mapping[str, Future[pa.Table | None]]] | None = None,
     ) -> list[NewSpan]:
-        """Compute the ``plans`` of ``snap``; with ``out``, also set each span's tables as the
-        results of its futures as soon as they are computed, and any error as the exception of
-        every future not yet set (a commit waits for them: none may be left unset)."""
+        """Compute the ``plans`` of ``snap``; with ``out``, also set each span's tables (None
+        where not worth writing) as the results of its futures as soon as they are computed,
+        and any error as the exception of every future not yet set (a commit waits for them:
+        none may be left unset)."""
         new: list[NewSpan] = []
         try:
             by_day: dict[int, list[FileEntry]] = {}
+            rows_by_day: dict[int, int] = {}
             for entry in snap.files:
-                by_day.setdefault(day_number(entry.date), []).append(entry)
+                day = day_number(entry.date)
+                by_day.setdefault(day, []).append(entry)
+                rows_by_day[day] = rows_by_day.get(day, 0) + entry.rows
             have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
-            memo: dict[tuple[int, int], dict[str, list[pa.Table]]] = {}
+            memo: dict[tuple[int, int], _Parts] = {}
 
-            def parts(lo: int, hi: int) -> dict[str, list[pa.Table]]:
+            def parts(lo: int, hi: int) -> _Parts:
                 """The summary tables of days lo..hi per kind."""
                 if (lo, hi) not in memo:
                     memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
@@ -254,9 +337,24 @@ class Summaries:
 
             for i, plan in enumerate(plans):
                 found = parts(plan.first, plan.last)
-                tables = {kind: grains.combine(kind, found[kind]) for kind in KINDS}
-                memo[(plan.first, plan.last)] = {k: [t] for k, t in tables.items()}
-                new.append(NewSpan(plan.first, plan.last, plan.files, tables))
+                rows = sum(rows_by_day.get(d, 0) for d in range(plan.first, plan.last + 1))
+                combined: dict[str, pa.Table | None] = {}
+                tables: dict[str, pa.Table | None] = {}
+                for kind in SPAN_KINDS:
+                    pieces = found[kind]
+                    table = None if pieces is None else grains.combine(kind, pieces)
+                    combined[kind] = table
+                    # Worth writing when small, and when it shrinks what a report would read
+                    # in its place (its parts) enough to save reading them.
+                    parts_rows = sum(p.num_rows for p in pieces or ())
+                    shrinks = (
+                        table is not None and table.num_rows <= _layout.SPAN_SHRINK * parts_rows
+                    )
+                    tables[kind] = worth(kind, table, rows) if shrinks else None
+                memo[(plan.first, plan.last)] = {
+                    k: None if t is None else [t] for k, t in combined.items()
+                }
+                new.append(NewSpan(plan.first, plan.last, plan.files, tables, plan.replaces))
                 if out is not None:
                     for kind, future in out[i].items():
                         future.set_result(tables[kind])
@@ -275,37 +373,156 @@ class Summaries:
         hi: int,
         by_day: dict[int, list[FileEntry]],
         have: dict[tuple[int, int], SpanEntry],
-        parts: Callable[[int, int], dict[str, list[pa.Table]]],
-        staged: Mapping[str, Mapping[str, TableOrFuture]],
-    ) -> dict[str, list[pa.Table]]:
-        if (lo, hi) in have:
-            span = have[(lo, hi)]
-            cached = self._recent_spans.get(span.name)
-            if cached is not None:
-                return {k: [cached[k]] for k in KINDS}
-            return {k: self._ds.read_summaries([span.path(k)]) for k in KINDS}
-        if lo == hi:
-            files = by_day.get(lo, [])
-            with_summaries = [f for f in files if all(k in f.sidecars for k in KINDS)]
-            found: dict[str, list[pa.Table]] = {k: [] for k in KINDS}
+        parts: Callable[[int, int], _Parts],
+        staged: Mapping[str, Future[Computed] | None],
+    ) -> _Parts:
+        found: _Parts = {}
+        wanted = list(SPAN_KINDS)
+        span = have.get((lo, hi))
+        if span is not None:
+            cached = self._recent_spans.get(span.name, {})
+            for k in span.kinds:
+                if k in wanted:
+                    read = [cached[k]] if k in cached else None
+                    found[k] = read or self._ds.read_summaries([span.path(k)])
+            wanted = [k for k in wanted if k not in found]
+        if not wanted:
+            return found
+        if lo < hi:
+            half = (hi - lo + 1) // 2
+            left, right = parts(lo, lo + half - 1), parts(lo + half, hi)
+            for k in wanted:
+                a, b = left[k], right[k]
+                found[k] = None if a is None or b is None else a + b
+            return found
+        for k in wanted:
+            found[k] = []
+        for entry in by_day.get(lo, []):
             # One lookup per file: the writing thread may drop old entries meanwhile. Files
             # of the write being committed have theirs in ``staged`` (computed by now).
-            recent = {
-                f.path: self._recent_rollups.get(f.path)
-                or (resolved(staged[f.path]) if f.path in staged else None)
-                for f in with_summaries
-            }
-            unread = [f for f in with_summaries if recent[f.path] is None]
-            for k in KINDS:
-                found[k] = [r[k] for r in recent.values() if r is not None]
-                if unread:
-                    found[k] += self._ds.read_sidecars(unread, k)
-            for entry in files:
-                if entry not in with_summaries:  # a small file: summarize its rows here
-                    rows = read_rows(self._ds, entry).select(list(grains.INPUT_COLUMNS))
-                    for k, table in grains.rollups(rows).items():
-                        found[k].append(table)
-            return found
-        half = (hi - lo + 1) // 2
-        left, right = parts(lo, lo + half - 1), parts(lo + half, hi)
-        return {k: left[k] + right[k] for k in KINDS}
+            recent = self._recent_rollups.get(entry.path)
+            pending = staged.get(entry.path)
+            if recent is None and pending is not None:
+                recent = pending.result()
+            on_disk = [k for k in wanted if k in entry.sidecars and not (recent and k in recent)]
+            tables = dict(zip(on_disk, self._read_kinds(entry, on_disk), strict=True))
+            if recent:
+                tables.update((k, recent[k]) for k in wanted if k in recent and k not in tables)
+            lacking = [k for k in wanted if k not in tables]
+            if lacking and (entry.path in staged or entry.rows >= _layout.ROLLUP_MIN_ROWS):
+                # A file being committed (not on disk yet), or a large file whose summary of a
+                # kind was not worth writing: the block has no summary of that kind.
+                for k in lacking:
+                    found[k] = None
+                lacking = []
+            if lacking:  # a small file: summarize its rows here
+                rows = read_rows(self._ds, entry).select(list(grains.INPUT_COLUMNS))
+                encoded = grains.encode_keys(rows)
+                tables.update((k, grains.rollup(k, encoded)) for k in lacking)
+            for k in wanted:
+                pieces = found[k]
+                if pieces is not None and k in tables:
+                    pieces.append(tables[k])
+        return found
+
+    def _read_kinds(self, entry: FileEntry, kinds: Sequence[str]) -> list[pa.Table]:
+        return [self._ds.read_sidecars([entry], k)[0] for k in kinds]
+
+
+def _normalized(table: pa.Table) -> pd.DataFrame:
+    """A summary table as a frame of strings and int64s, sorted by every column: two
+    summaries of the same rows are equal as such frames, whatever their encoding."""
+    frame = table.to_pandas()
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.CategoricalDtype) or column.dtype == object:
+            frame[name] = column.astype(str)
+        elif column.dtype.kind in "iu":
+            frame[name] = column.astype(np.int64)
+        else:
+            frame[name] = column.astype(str)
+    return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
+
+
+def verify(ds: Dataset, snap: Snapshot) -> pd.DataFrame:
+    """Every data file read back and every summary recomputed from the rows it summarizes;
+    returns one row per problem found (columns ``piece``, ``kind``, ``problem``), none when
+    the dataset is sound. Memory stays bounded: the rows of one file at a time, and the
+    summaries of one span."""
+    problems: list[tuple[str, str, str]] = []
+    unreadable: set[str] = set()
+
+    def summaries(entry: FileEntry, check: bool) -> Computed | None:
+        if entry.path in unreadable:
+            return None
+        try:
+            rows = read_rows(ds, entry)
+        except Exception as exc:  # a damaged file: said, and the checks go on
+            unreadable.add(entry.path)
+            problems.append((entry.path, "data", f"cannot be read: {exc}"))
+            return None
+        if check:
+            _check_rows(entry, rows, problems)
+        return grains.rollups(rows.select(list(grains.INPUT_COLUMNS)))
+
+    def compare(piece: str, kind: str, path: str, expected: pa.Table) -> None:
+        try:
+            stored = ds.read_summaries([path])[0]
+        except Exception as exc:
+            problems.append((piece, kind, f"cannot be read: {exc}"))
+            return
+        if not _normalized(stored).equals(_normalized(expected)):
+            problems.append((piece, kind, "differs from the summary of its rows"))
+
+    for entry in snap.files:
+        computed = summaries(entry, check=True)
+        if computed is None:
+            continue
+        for kind in entry.sidecars:
+            if kind in computed:
+                compare(entry.path, kind, entry.sidecar_path(kind), computed[kind])
+            else:
+                problems.append((entry.path, kind, "is not a summary kind of this version"))
+    by_day: dict[int, list[FileEntry]] = {}
+    for entry in snap.files:
+        by_day.setdefault(entry.day, []).append(entry)
+    for span in snap.spans:
+        name = f"span {np.datetime64(span.first_day, 'D')}..{np.datetime64(span.last_day, 'D')}"
+        kinds = [k for k in span.kinds if k in KINDS]
+        problems += [
+            (name, k, "is not a summary kind of this version") for k in span.kinds if k not in KINDS
+        ]
+        files = [e for d in range(span.first_day, span.last_day + 1) for e in by_day.get(d, [])]
+        combined: dict[str, pa.Table] = {}
+        for entry in files:
+            computed = summaries(entry, check=False)
+            if computed is None:
+                break
+            for k in kinds:
+                combined[k] = grains.combine(
+                    k, [combined[k], computed[k]] if k in combined else [computed[k]]
+                )
+        else:
+            for k in kinds:
+                compare(name, k, span.path(k), combined.get(k, grains.combine(k, [])))
+    frame = pd.DataFrame(problems, columns=["piece", "kind", "problem"])
+    return frame.astype("str")
+
+
+def _check_rows(entry: FileEntry, rows: pa.Table, problems: list[tuple[str, str, str]]) -> None:
+    """The rows of a file against what the manifest says of them."""
+    if rows.num_rows != entry.rows:
+        problems.append(
+            (entry.path, "data", f"holds {rows.num_rows} rows, the manifest says {entry.rows}")
+        )
+    for column, (low, high) in entry.stats.items():
+        if rows.num_rows and column in rows.column_names:
+            bounds = (int(pc.min(rows[column]).as_py()), int(pc.max(rows[column]).as_py()))
+            if bounds != (low, high):
+                problems.append(
+                    (
+                        entry.path,
+                        "data",
+                        f"{column} spans {bounds}, the manifest says {(low, high)}",
+                    )
+                )

@@ -24,15 +24,16 @@ from . import _layout
 from ._reads import read_rows
 from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction
 from ._summaries import (
-    KINDS,
+    SPAN_KINDS,
+    Computed,
     Summaries,
     day_groups,
     open_day_is_due,
-    resolved,
     submit_rollups,
-    summaries_of,
+    worth,
 )
 from .errors import DuplicateUsageError, LockTimeoutError
+from .reports import grains
 from .schema import KEY_COLUMNS, NS_PER_DAY, arrow_schema
 
 __all__ = ["Writer", "repeated_keys"]
@@ -86,8 +87,8 @@ class Writer:
             batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
             batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
             table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
-            rollups: dict[int, dict[str, Future[pa.Table]]] = {}
-            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table]]]] = []
+            rollups: dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]] = {}
+            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table | None]]]] = []
             if len(batch) >= _layout.ROLLUP_MIN_ROWS:
                 # A second thread summarizes while this one stages and writes the rows (pyarrow
                 # releases the GIL): first the summaries of the new files, then the spans the
@@ -102,25 +103,31 @@ class Writer:
                 # writes them as they come, and leaves out any whose computation fails.
                 after = tx.pending()
                 last_day = int(days.max())
-                pending = tx.staged_summaries()
                 plans = summaries.plan_spans(
                     after,
                     int(days.min()),
-                    pending,
+                    staged,
                     last_day if open_day_is_due(after, last_day) else None,
                 )
                 for plan in plans:
-                    tables: dict[str, Future[pa.Table]] = {kind: Future() for kind in KINDS}
+                    if plan.replaces is not None:
+                        tx.drop_span(plan.replaces)
+                    tables: dict[str, Future[pa.Table | None]] = {k: Future() for k in SPAN_KINDS}
                     spans.append((tx.add_span(plan.first, plan.last, tables, plan.files), tables))
                 if plans:
-                    pool.submit(summaries.span_tables, after, plans, pending, [f for _, f in spans])
+                    futures = [f for _, f in spans]
+                    pool.submit(summaries.span_tables, after, plans, staged, futures)
             else:
                 staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
             tx.commit()
-            summaries.remember_rollups(staged)  # all resolved by the commit
+            summaries.remember_rollups({p: f for p, f in staged.items() if f is not None})
             failed = {span.name for span in tx.failed_spans}
             summaries.remember_spans(
-                {span.name: resolved(tables) for span, tables in spans if span.name not in failed}
+                {
+                    span.name: {k: f.result() for k, f in tables.items()}
+                    for span, tables in spans
+                    if span.name not in failed
+                }
             )
         if tx.failed_spans:
             exc = next(e for _, fs in spans for f in fs.values() if (e := f.exception()))
@@ -154,16 +161,17 @@ class Writer:
         table: pa.Table,
         days: np.ndarray,
         tenant: pd.Series,
-        rollups: Mapping[int, Mapping[str, Future[pa.Table]]],
-    ) -> dict[str, Mapping[str, Future[pa.Table]]]:
+        rollups: Mapping[int, tuple[Mapping[str, Future[pa.Table | None]], Future[Computed]]],
+    ) -> dict[str, Future[Computed] | None]:
         """Stage one file per day, with the summaries of each day's rows when ``rollups`` has
-        them (being computed); returns those summaries by the path of their file.
+        them (being computed); returns, by the path of each file staged, the future of every
+        summary computed for it (None for a file too small for summaries).
 
         Rows already in time order (as loads usually are) keep it: each day's rows are then a
         slice of ``table``, not a copy, and statistics prune them by time. Other rows are
         sorted by (tenant, timestamp), so that statistics prune them by tenant as well.
         """
-        staged: dict[str, Mapping[str, Future[pa.Table]]] = {}
+        staged: dict[str, Future[Computed] | None] = {}
         timestamps = table.column("timestamp").to_numpy()
         order: np.ndarray | None = None
         ordered = table
@@ -175,12 +183,12 @@ class Writer:
         for day, chunk in day_groups(days, order):
             rows = ordered.slice(start, len(chunk))
             merged = self._merge_small(tx, _date_name(day), rows)
-            if merged is not None:
-                self._add(tx, _date_name(day), merged)
-            elif day in rollups:
-                staged[tx.add(_date_name(day), rows, rollups[day]).path] = rollups[day]
+            if day in rollups and merged is None:
+                written, computed_future = rollups[day]
+                staged[tx.add(_date_name(day), rows, written).path] = computed_future
             else:
-                self._add(tx, _date_name(day), rows)
+                entry, computed = self._add(tx, _date_name(day), rows if merged is None else merged)
+                staged[entry.path] = _done(computed)
             start += len(chunk)
         return staged
 
@@ -243,9 +251,16 @@ class Writer:
             found[candidates[keys.isin(stored_index)]] = True
         return found
 
-    def _add(self, tx: Transaction, date: str, table: pa.Table) -> None:
-        """Stage a data file with its summaries, computed from the same rows."""
-        tx.add(date, table, summaries_of(table))
+    def _add(
+        self, tx: Transaction, date: str, table: pa.Table
+    ) -> tuple[FileEntry, Computed | None]:
+        """Stage a data file with its summaries worth writing, computed from the same rows;
+        returns its entry and every summary computed (None: the file is too small for any)."""
+        if table.num_rows < _layout.ROLLUP_MIN_ROWS:
+            return tx.add(date, table), None
+        computed = grains.rollups(table)
+        written = {k: worth(k, t, table.num_rows) for k, t in computed.items()}
+        return tx.add(date, table, written), computed
 
     # -- deletes -----------------------------------------------------------------------------
 
@@ -331,8 +346,18 @@ class Writer:
                     self._add(tx, date, piece)
                 tx.commit()
                 done += 1
+        self._summaries.fill_missing()
         self._summaries.build_spans()
         return done
+
+
+def _done(computed: Computed | None) -> Future[Computed] | None:
+    """``computed`` as a resolved future (None stays None)."""
+    if computed is None:
+        return None
+    future: Future[Computed] = Future()
+    future.set_result(computed)
+    return future
 
 
 def repeated_keys(batch: pd.DataFrame) -> np.ndarray:

@@ -156,6 +156,18 @@ def _cmd_delete(args: argparse.Namespace, out: TextIO) -> None:
     out.write(f"{n} rows deleted\n")
 
 
+def _cmd_verify(args: argparse.Namespace, out: TextIO) -> None:
+    problems = Store(args.root).verify()
+    if problems.empty:
+        out.write(f"{args.root}: every file and summary checked, no problem found\n")
+        return
+    out.write(format_frame(problems, args.format) + "\n")
+    raise UsageAnalyticsError(
+        f"{len(problems)} problem(s) found in {args.root}: compact() rewrites summaries; a "
+        "damaged data file needs a backup"
+    )
+
+
 def _cmd_compact(args: argparse.Namespace, out: TextIO) -> None:
     n = Store(args.root).compact()
     out.write(f"{n} partitions compacted\n")
@@ -227,6 +239,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="delete at most this many rows")
 
     command("compact", "Merge the small files of each partition.", _cmd_compact)
+
+    p = command(
+        "verify",
+        "Check every data file and recompute every summary from its rows (exit 1 on a problem).",
+        _cmd_verify,
+    )
+    p.add_argument("--format", choices=FORMATS, default="table")
 
     p = command("sample", "Generate synthetic usage into a dataset.", _cmd_sample)
     p.add_argument("--rows", type=int, default=40_000)

@@ -50,6 +50,7 @@ class FileEntry:
     schema_version: int
     stats: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     sidecars: tuple[str, ...] = ()  # kinds of summary file written with it
+    skipped: tuple[str, ...] = ()  # kinds computed for it and found not worth writing
 
     @property
     def date(self) -> str:
@@ -85,6 +86,8 @@ class FileEntry:
         }
         if self.sidecars:
             out["sidecars"] = list(self.sidecars)
+        if self.skipped:
+            out["skipped"] = list(self.skipped)
         return out
 
     @functools.cached_property
@@ -129,12 +132,18 @@ class FileEntry:
         missing = [c for c in stats_columns if c not in stats]
         if missing:
             raise Damaged(f"{path} has no {', '.join(map(repr, missing))} stats")
-        sidecars = raw.get("sidecars", [])
-        if not isinstance(sidecars, list) or not all(
-            isinstance(k, str) and SIDECAR_KIND_RE.fullmatch(k) for k in sidecars
-        ):
-            raise Damaged(f"{path} lists odd summary kinds {sidecars!r}")
-        return cls(path, rows, version, stats, tuple(sidecars))
+        sidecars = _kinds(raw, "sidecars", path)
+        return cls(path, rows, version, stats, sidecars, _kinds(raw, "skipped", path))
+
+
+def _kinds(raw: Mapping[str, Any], name: str, what: str) -> tuple[str, ...]:
+    """A list of summary kinds of a manifest entry."""
+    kinds = raw.get(name, [])
+    if not isinstance(kinds, list) or not all(
+        isinstance(k, str) and SIDECAR_KIND_RE.fullmatch(k) for k in kinds
+    ):
+        raise Damaged(f"{what} lists odd summary kinds {kinds!r} as {name}")
+    return tuple(kinds)
 
 
 class Damaged(Exception):
@@ -202,6 +211,7 @@ class SpanEntry:
     first_day: int
     last_day: int
     kinds: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # kinds computed for it and found not worth writing
 
     def path(self, kind: str) -> str:
         return f"{SPAN_DIR}/{self.name}.{kind}.rollup"
@@ -211,12 +221,15 @@ class SpanEntry:
         return [self.path(k) for k in self.kinds]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "first_day": self.first_day,
             "last_day": self.last_day,
             "kinds": list(self.kinds),
         }
+        if self.skipped:
+            out["skipped"] = list(self.skipped)
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> SpanEntry:
@@ -233,7 +246,7 @@ class SpanEntry:
         first, last = int_field(raw, "first_day", "a span"), int_field(raw, "last_day", "a span")
         if not 0 <= first <= last <= MAX_DAY:
             raise Damaged(f"a span of days {first}..{last}")
-        return cls(name, first, last, tuple(kinds))
+        return cls(name, first, last, tuple(kinds), _kinds(raw, "skipped", "a span"))
 
 
 def day_number(date: str) -> int:

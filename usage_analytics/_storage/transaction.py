@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["TableOrFuture", "Transaction"]
 
 #: A table to write, or the future of one still being computed on another thread.
-TableOrFuture: TypeAlias = "pa.Table | Future[pa.Table]"
+TableOrFuture: TypeAlias = "pa.Table | Future[pa.Table | None] | None"
 
 
 @dataclass
@@ -83,6 +84,10 @@ class Transaction:
         self._done = False
         #: Spans staged as futures whose computation failed: the commit left them out.
         self.failed_spans: list[SpanEntry] = []
+        #: Summary files whose future resolved to None (not worth writing): left out.
+        self._unwritten: set[str] = set()
+        #: Summaries added to files of the base state, by the file's path.
+        self._more: dict[str, dict[str, TableOrFuture]] = {}
 
     def reserve_ids(self, n: int) -> int:
         """Reserve ``n`` consecutive row ids; returns the first."""
@@ -96,7 +101,9 @@ class Transaction:
         """Stage ``table`` as a new data file in partition ``date``, with its summary files.
 
         A summary may be given as a future: the commit writes the data files first, so a
-        summary computed on another thread meanwhile is waited for only after them.
+        summary computed on another thread meanwhile is waited for only after them. A summary
+        (or the result of its future) may be None: the commit then leaves it out, and the
+        committed entry does not list it.
         """
         self._ds.partition_dir(date)  # validates the date
         stats: dict[str, tuple[int, int]] = {}
@@ -120,6 +127,14 @@ class Transaction:
     def remove(self, entry: FileEntry) -> None:
         """Stage the removal of a live data file."""
         self._removed[entry.path] = entry
+
+    def add_summaries(self, entry: FileEntry, tables: Mapping[str, pa.Table | None]) -> None:
+        """Stage summary files of kinds ``entry`` does not have yet, for a live data file (the
+        data file itself is not touched). A None table is a kind found not worth writing."""
+        for kind in tables:
+            if not SIDECAR_KIND_RE.fullmatch(kind) or kind in entry.sidecars:
+                raise ValueError(f"not a new summary kind of {entry.path}: {kind!r}")
+        self._more.setdefault(entry.path, {}).update(tables)
 
     def add_span(
         self,
@@ -152,6 +167,7 @@ class Transaction:
     def changed(self) -> bool:
         return bool(
             self._staged
+            or self._more
             or self._removed
             or self._new_spans
             or self._dropped_spans
@@ -170,6 +186,8 @@ class Transaction:
         txid = new.txid
         adds = [p for s in self._staged for p in s.entry.all_paths]
         adds += [p for new_span in self._new_spans for p in new_span.span.all_paths]
+        by_path = {e.path: e for e in self.base.files}
+        adds += [by_path[p].sidecar_path(k) for p, more in self._more.items() for k in more]
         removes = [p for e in self._removed.values() for p in e.all_paths]
         removes += [p for span in dropped_spans for p in span.all_paths]
         for rel in {*adds, *removes}:
@@ -181,6 +199,8 @@ class Transaction:
             replace_bytes(ds.journal_path, json_bytes(journal), "journal_tmp_written")
             fault("journal_written")
             self._write_files()
+            if self._unwritten:
+                new = self._without_unwritten(new)
             if self.failed_spans:
                 failed = {span.name for span in self.failed_spans}
                 for span in self.failed_spans:  # a kind that was computed may be written
@@ -212,6 +232,25 @@ class Transaction:
         with contextlib.suppress(OSError):
             self._cleanup(removes)
 
+    def _without_unwritten(self, new: Snapshot) -> Snapshot:
+        """``new`` with the summary kinds that resolved to None moved from the entries' kinds to
+        their ``skipped`` kinds."""
+        files = []
+        for f in new.files:
+            left = tuple(k for k in f.sidecars if f.sidecar_path(k) in self._unwritten)
+            if left:
+                kept = tuple(k for k in f.sidecars if k not in left)
+                f = dataclasses.replace(f, sidecars=kept, skipped=(*f.skipped, *left))
+            files.append(f)
+        spans = []
+        for span in new.spans:
+            left = tuple(k for k in span.kinds if span.path(k) in self._unwritten)
+            if left:  # a span left with no kind stays, to say its days were summarized
+                kept = tuple(k for k in span.kinds if k not in left)
+                span = dataclasses.replace(span, kinds=kept, skipped=(*span.skipped, *left))
+            spans.append(span)
+        return dataclasses.replace(new, files=tuple(files), spans=tuple(spans))
+
     def pending(self) -> Snapshot:
         """The state this transaction would commit, as staged so far (its txid is empty)."""
         return self._next("")[0]
@@ -232,7 +271,7 @@ class Transaction:
                 dropped_spans.append(span)
             else:
                 kept_spans.append(span)
-        files = [f for f in self.base.files if f.path not in self._removed]
+        files = [self._with_more(f) for f in self.base.files if f.path not in self._removed]
         files.extend(s.entry for s in self._staged)
         for new_span in self._new_spans:
             days = range(new_span.span.first_day, new_span.span.last_day + 1)
@@ -248,6 +287,12 @@ class Transaction:
         )
         return new, dropped_spans
 
+    def _with_more(self, entry: FileEntry) -> FileEntry:
+        more = self._more.get(entry.path)
+        if not more:
+            return entry
+        return dataclasses.replace(entry, sidecars=(*entry.sidecars, *more))
+
     def _write_files(self) -> None:
         """Write every new file: the data files on this thread, meanwhile the summary files
         (waiting for those still being computed) on another; pyarrow releases the GIL."""
@@ -261,8 +306,15 @@ class Transaction:
             for staged in self._staged
             for k, t in staged.sidecars.items()
         ]
+        by_path = {e.path: e for e in self.base.files}
         summaries += [
-            (new_span.span.path(k), t, write_summary, new_span)
+            (by_path[path].sidecar_path(k), t, write_summary, None)
+            for path, tables in self._more.items()
+            for k, t in tables.items()
+        ]
+        write_span = functools.partial(write_summary, compression="zstd")
+        summaries += [
+            (new_span.span.path(k), t, write_span, new_span)
             for new_span in self._new_spans
             for k, t in new_span.tables.items()
         ]
@@ -305,6 +357,9 @@ class Transaction:
                     continue
             elif isinstance(table, Future):
                 table = table.result()
+            if table is None:  # computed, and found not worth writing: left out
+                self._unwritten.add(rel)
+                continue
             final = root / rel
             for folder in check_relative_path(rel, sidecar_ok=True):
                 path = root / folder

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .buckets import Buckets, check_end
-from .grains import Grain
+from .grains import HOUR_NS, Grain
 from .kernels import KEY_TYPE, Combined, Partial, combine, encode_groups, ints, partial_of_rows
 from .metrics import measure_values
 from .planner import Piece
@@ -69,10 +69,16 @@ class Report:
         columns.update(dict.fromkeys(sorted(self.spec.needs.columns)))
         return tuple(columns)
 
-    def scan_filter(self) -> pc.Expression:
-        """The rows of the report: its tenant, window and ``where`` filters (``lo < hi``)."""
+    def scan_filter(self, ranges: Sequence[tuple[int, int]] | None = None) -> pc.Expression:
+        """The rows of the report: its tenant, window (or the time ranges ``[start, end)``
+        given, inside it) and ``where`` filters."""
         spec = self.spec
-        expr = (pc.field("timestamp") >= spec.lo) & (pc.field("timestamp") <= spec.hi - 1)
+        ts = pc.field("timestamp")
+        expr: pc.Expression | None = None
+        for start, end in ranges or ((spec.lo, spec.hi),):
+            part = (ts >= start) & (ts <= end - 1)
+            expr = part if expr is None else expr | part
+        assert expr is not None
         if spec.tenant is not None:
             expr = (pc.field("tenant") == spec.tenant) & expr
         for condition in spec.where:
@@ -121,34 +127,56 @@ class Report:
             cost=cost,
         )
 
-    def from_summary(self, grain: Grain, table: pa.Table, piece: Piece) -> Partial:
-        """The partial of a summary table of ``grain`` covering ``piece`` (whose tenant rows a
-        reader already picked when the report has a tenant)."""
+    def from_summary(
+        self,
+        grain: Grain,
+        table: pa.Table,
+        piece: Piece,
+        components: Sequence[str],
+        hours: tuple[int, int] | None = None,
+    ) -> Partial:
+        """The ``components`` of the partial of a summary table of ``grain`` covering
+        ``piece`` (whose tenant rows a reader already picked when the report has a tenant),
+        or only its ``hours`` (hour numbers, inclusive) of an hourly grain."""
         spec = self.spec
-        if spec.where:
-            condition = spec.where[0].expression()
-            for other in spec.where[1:]:
-                condition = condition & other.expression()
+        condition = None
+        for where in spec.where:
+            condition = where.expression() if condition is None else condition & where.expression()
+        if hours is not None:
+            in_hours = (pc.field("hour") >= hours[0]) & (pc.field("hour") <= hours[1])
+            condition = in_hours if condition is None else condition & in_hours
+        if condition is not None:
             table = table.filter(condition)
         bucket = None
         if self.buckets is not None:
-            bucket = np.full(table.num_rows, self.buckets.index(np.array([piece.first]))[0])
-        base: dict[str, pa.Array | pa.ChunkedArray] = dict(
-            zip(self.keys, self._key_table(table, bucket).columns, strict=True)
-        )
-        for name in sorted(spec.needs.measures):
-            base[name] = pa.array(grain.measure(table, name))
-        out: Partial = {"base": pa.table(base)}
-        if spec.needs.cost:
-            assert spec.prices is not None
-            model = table.column("model_id")
-            price = spec.prices.lookup(model, np.full(table.num_rows, piece.first))
-            cost = {k: base[k] for k in self.keys}
-            cost["model_id"] = model
-            cost["price"] = pa.array(price)
-            cost["prompt_tokens"] = pa.array(grain.measure(table, "sum_prompt_tokens"))
-            cost["completion_tokens"] = pa.array(grain.measure(table, "sum_completion_tokens"))
-            out["cost"] = pa.table(cost)
+            if grain.hourly:
+                bucket = self.buckets.index(ints(table.column("hour")) * HOUR_NS)
+            else:
+                bucket = np.full(table.num_rows, self.buckets.index(np.array([piece.first]))[0])
+        keys = dict(zip(self.keys, self._key_table(table, bucket).columns, strict=True))
+        out: Partial = {}
+        for component in components:
+            kind, _, column = component.partition(":")
+            columns: dict[str, pa.Array | pa.ChunkedArray] = dict(keys)
+            if kind == "base":
+                for name in sorted(spec.needs.measures):
+                    columns[name] = pa.array(grain.measure(table, name))
+            elif kind == "hist":
+                columns["value"] = table.column(column)
+                columns["count"] = pa.array(grain.measure(table, "requests"))
+            elif kind == "distinct":
+                columns["value"] = table.column(column)
+            else:  # cost: no price changes inside the piece (the planner checked)
+                assert spec.prices is not None
+                model = table.column("model_id")
+                columns["model_id"] = model
+                at = np.full(table.num_rows, max(piece.first, spec.lo))
+                columns["price"] = pa.array(spec.prices.lookup(model, at))
+                columns["prompt_tokens"] = pa.array(grain.measure(table, "sum_prompt_tokens"))
+                columns["completion_tokens"] = pa.array(
+                    grain.measure(table, "sum_completion_tokens")
+                )
+            out[component] = pa.table(columns)
         return out
 
     # -- finishing ---------------------------------------------------------------------------

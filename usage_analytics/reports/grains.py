@@ -1,62 +1,98 @@
-"""Declared summary grains: which partial sums are kept beside the rows, at which dimensions.
+"""Declared summary grains: which exact partial sums are kept beside the rows, at which grain.
 
-A *grain* is data, not code: a name (the kind of its summary files), the dimensions it keeps
-rows for (tenant first: files are cut into batches by tenant), and the measures it stores under
-which column names. Every data file of 1,024 rows or more has a summary file of each grain,
-and aligned blocks of days (*spans*) have one combined from their files; the planner reads one
-instead of the rows wherever a grain covers a report (see ``planner``).
+A *grain* is data, not code (as Druid's rollup specs and Cube's pre-aggregations are): a name
+(the kind of its summary files), a time resolution (each hour, or the whole file or span), the
+dimensions it keeps a row for (tenant first: files are cut into batches by tenant), and the
+measures it stores, under which column names. Each data file gets a summary of every grain when
+the summary is much smaller than the file's rows (``max_ratio``), and aligned blocks of whole
+days (*spans*) get one of each grain whose rows shrink over days, combined from their parts.
 
-A grain serves a measure it stores, and also one it can derive: ``success_requests`` from the
-requests of a grain that keeps ``status_code``, the sums over rows with a model from a grain
-that keeps ``model_id`` (see ``metrics.MEASURES``).
+What a grain can give a report:
 
-The two grains below answer the two reports of the source system; they keep their file names
-and column names from earlier versions, so that datasets written then are read as they are.
+- a base measure it stores, or derives: ``success_requests`` from the requests of a grain that
+  keeps ``status_code``, the sums over rows with a model from one that keeps ``model_id``;
+- the exact distribution of a column it keeps as a dimension (``latency_ms`` in ``latency``):
+  the requests of each of its values;
+- the distinct values of a column it keeps as a dimension (``user_id`` in ``users``);
+- costs, when it keeps ``model_id`` and the token sums;
+- buckets: an hourly grain's rows fall into a report's buckets whenever the buckets start on
+  whole hours (every zone but those with half- or quarter-hour offsets); a grain of whole files
+  or spans only when the file or span lies inside one bucket.
+
+The first two grains answer the source system's two reports; they keep their file names and
+column names from earlier versions, so that datasets written then are read as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from .kernels import KEY_TYPE, as_table, group_sums, ints, with_key_type
-from .metrics import MEASURES, holds, measure_values
+from .kernels import KEY_TYPE, as_table, ints, key_codes, with_key_type
+from .metrics import MEASURES, holds, measure_array
 
 __all__ = [
     "GRAINS",
+    "HOUR_NS",
     "INPUT_COLUMNS",
     "Grain",
     "combine",
     "encode_keys",
+    "grain",
+    "iter_rollups",
     "rollup",
     "rollups",
 ]
 
+#: Hours are the time resolution of hourly grains: their ``hour`` column is ts // HOUR_NS.
+HOUR_NS: Final = 3600 * 10**9
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)  # declared once each: compared and hashed by identity
 class Grain:
-    """A declared summary: one row per distinct ``dims`` tuple of the rows it summarizes, with
-    the sums of ``stored`` (canonical measure name -> column name in its files)."""
+    """A declared summary: one row per distinct ``dims`` tuple (and hour, when ``hourly``) of
+    the rows it summarizes, with the sums of ``stored`` (measure -> column name in its files).
+
+    A summary is written only when it has at most ``max_ratio`` rows per row it summarizes;
+    ``spans`` says whether blocks of days get one (hourly rows do not shrink over days).
+    """
 
     name: str
     dims: tuple[str, ...]
     stored: Mapping[str, str]
+    hourly: bool = False
+    max_ratio: float = 0.25
+    spans: bool = True
+    #: A finer grain this one is computed from (its summary, instead of the rows: cheaper).
+    derive_from: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The key columns of its tables: tenant, then the hour, then the other dimensions."""
+        if not self.hourly:
+            return self.dims
+        return (self.dims[0], "hour", *self.dims[1:])
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The row columns its summaries are computed from."""
         out = dict.fromkeys(self.dims)
+        if self.hourly:
+            out["timestamp"] = None
         for name in self.stored:
             m = MEASURES[name]
             out.update(dict.fromkeys(c for c in (m.column, m.subtract) if c))
             if m.when:
                 out[m.when[0]] = None
         return tuple(out)
+
+    # -- what it can give --------------------------------------------------------------------
 
     def _source(self, name: str) -> tuple[str, str | None] | None:
         """The stored columns a measure is derived from (its own, or its sum minus another)."""
@@ -75,6 +111,20 @@ class Grain:
         """Whether every one of ``measures`` is stored or derivable."""
         return all(self._source(name) is not None for name in measures)
 
+    def gives(self, component: str) -> bool:
+        """Whether it can give a partial component: ``hist:<column>`` or ``distinct:<column>``
+        (the column is one of its dimensions) or ``cost``."""
+        kind, _, column = component.partition(":")
+        if kind == "hist":
+            return column in self.dims and "requests" in self.stored
+        if kind == "distinct":
+            return column in self.dims
+        if kind == "cost":
+            return "model_id" in self.dims and self.provides(
+                ("sum_prompt_tokens", "sum_completion_tokens")
+            )
+        raise ValueError(f"not a component: {component!r}")
+
     def measure(self, table: pa.Table, name: str) -> np.ndarray:
         """The values of measure ``name`` in a summary table of this grain, per row."""
         source = self._source(name)
@@ -89,28 +139,78 @@ class Grain:
             values = np.where(holds(table, m.when), values, 0)
         return values
 
+    # -- computing ---------------------------------------------------------------------------
+
     def compute(self, rows: pa.Table) -> pa.Table:
         """This grain's summary of ``rows`` (the columns of :attr:`columns`), sorted by its
-        dimensions, tenant first."""
-        sums = {}
+        keys.
+
+        One hash aggregation of pyarrow's (Acero): in C++, so it runs beside the thread that
+        writes the rows, and about twice as fast as the group sums of ``kernels``.
+        """
+        columns: dict[str, pa.Array | pa.ChunkedArray] = {k: rows.column(k) for k in self.dims}
+        if self.hourly:
+            hour = pc.divide(rows.column("timestamp"), HOUR_NS)  # truncates: never negative
+            columns["hour"] = hour.cast(pa.int32())
+        aggregations: list[tuple[str, str]] = []
+        names: dict[str, str] = {}
         for name, column in self.stored.items():
-            sums[column] = measure_values(rows, name)
-        return group_sums(rows, self.dims, sums)
+            m = MEASURES[name]
+            if m.column is None and m.when is None:
+                aggregations.append((self.dims[0], "count"))
+                names[f"{self.dims[0]}_count"] = column
+                continue
+            columns[column] = measure_array(rows, name)
+            aggregations.append((column, "sum"))
+            names[f"{column}_sum"] = column
+        return _aggregate(pa.table(columns), self.keys, aggregations, names, self.stored.values())
+
+    def compute_from(self, finer: Grain, table: pa.Table) -> pa.Table:
+        """This grain's summary of the rows a summary ``table`` of grain ``finer`` summarizes
+        (``finer`` keeps every dimension of this one, and gives its measures)."""
+        columns: dict[str, pa.Array | pa.ChunkedArray] = {k: table.column(k) for k in self.keys}
+        for name, column in self.stored.items():
+            columns[column] = pa.array(finer.measure(table, name))
+        aggregations = [(column, "sum") for column in self.stored.values()]
+        names = {f"{column}_sum": column for column in self.stored.values()}
+        return _aggregate(pa.table(columns), self.keys, aggregations, names, self.stored.values())
 
     def combine(self, parts: Iterable[pa.Table]) -> pa.Table:
-        """Summaries of disjoint sets of rows combined into one, sorted by the dimensions."""
-        tables = [p for p in parts if p.num_rows]
+        """Summaries of disjoint sets of rows combined into one, sorted by the keys (a hash
+        aggregation of pyarrow's, as :meth:`compute`)."""
         sums = list(self.stored.values())
+        tables = []
+        for part in parts:
+            if part.num_rows:
+                columns = [
+                    part.column(k) if k in self.keys else part.column(k).cast(pa.int64())
+                    for k in (*self.keys, *sums)
+                ]
+                tables.append(
+                    with_key_type(pa.table(columns, names=[*self.keys, *sums]), self.keys)
+                )
         if not tables:
-            empty = {k: pa.array([], KEY_TYPE) for k in self.dims}
+            empty = {k: pa.array([], pa.int32() if k == "hour" else KEY_TYPE) for k in self.keys}
             return pa.table({**empty, **{s: pa.array([], pa.int64()) for s in sums}})
-        keys = [with_key_type(t.select(list(self.dims)), self.dims) for t in tables]
-        both = keys[0] if len(keys) == 1 else pa.concat_tables(keys)
-        values = {s: np.concatenate([ints(t.column(s)) for t in tables]) for s in sums}
-        return group_sums(both, self.dims, values)
+        both = pa.concat_tables(tables, promote_options="permissive").unify_dictionaries()
+        names = {f"{s}_sum": s for s in sums}
+        return _aggregate(both, self.keys, [(s, "sum") for s in sums], names, sums)
 
 
-#: The grains every large data file and every span has summaries of.
+_REQUESTS: Final = {"requests": "total_requests"}
+_SUMS: Final = {
+    "sum_prompt_tokens": "prompt_tokens",
+    "sum_completion_tokens": "completion_tokens",
+    "sum_latency_ms": "latency_ms",
+    "sum_time_to_first_token_ms": "time_to_first_token_ms",
+}
+_RUNTIME: Final = {
+    "sum_runtime_latency_ms": "runtime_latency_ms",
+    "sum_runtime_time_to_first_token_ms": "runtime_time_to_first_token_ms",
+}
+
+#: The grains, smallest first within what they cover (the planner takes the first that fits).
+#: Chosen from measurements on the benchmark's data (README, "How summaries are chosen").
 GRAINS: Final = (
     Grain(
         "summary",
@@ -120,6 +220,21 @@ GRAINS: Final = (
             "success_requests": "success_requests",
             "sum_latency_ms": "latency_sum",
         },
+        derive_from="daily",
+    ),
+    Grain("users", ("tenant", "api_key_id", "user_id"), dict(_REQUESTS), derive_from="groups"),
+    Grain(
+        "daily",
+        ("tenant", "api_method", "model_id", "status_code"),
+        {"requests": "total_requests", **_SUMS},
+        derive_from="hourly",
+    ),
+    Grain(
+        "hourly",
+        ("tenant", "api_method", "model_id", "status_code"),
+        {"requests": "total_requests", **_SUMS},
+        hourly=True,
+        spans=False,
     ),
     Grain(
         "groups",
@@ -134,14 +249,72 @@ GRAINS: Final = (
     ),
 )
 _BY_NAME: Final = {g.name: g for g in GRAINS}
+
+
+def _compute_order() -> tuple[str, ...]:
+    order: list[str] = []
+
+    def add(name: str) -> None:  # a grain, then those derived from it, depth first
+        order.append(name)
+        for d in GRAINS:
+            if d.derive_from == name:
+                add(d.name)
+
+    for g in GRAINS:
+        if g.derive_from is None:
+            add(g.name)
+    if len(order) != len(GRAINS):
+        raise RuntimeError(f"grains derived from no declared grain: {set(_BY_NAME) - set(order)}")
+    return tuple(order)
+
+
+#: The order grains are computed in: each grain computed from the rows, then those derived
+#: from it (a writer can write each as soon as it is there).
+COMPUTE_ORDER: Final = _compute_order()
 #: The row columns every grain's summaries are computed from.
 INPUT_COLUMNS: Final = tuple(dict.fromkeys(c for g in GRAINS for c in g.columns))
 
 
+def _aggregate(
+    table: pa.Table,
+    keys: Sequence[str],
+    aggregations: list[tuple[str, str]],
+    names: Mapping[str, str],
+    sums: Iterable[str],
+) -> pa.Table:
+    """``table`` grouped by ``keys`` with the ``aggregations`` (named as ``names`` says),
+    sorted by the first key (files are cut by it) and otherwise in the order groups first
+    appear (time order, for rows that come in it)."""
+    out = table.group_by(list(keys), use_threads=False).aggregate(aggregations)
+    out = out.rename_columns([names.get(c, c) for c in out.column_names])
+    out = out.select([*keys, *sums]).combine_chunks()
+    return _by_tenant(out)
+
+
+def _by_tenant(table: pa.Table) -> pa.Table:
+    """``table`` sorted by its ``tenant`` column (stable), as it is when it already is."""
+    codes, found = key_codes(table.column("tenant"))
+    if not len(codes) or (codes[1:] >= codes[:-1]).all():
+        return table
+    if len(found) < 1 << 15:  # numpy sorts 16-bit integers by radix: linear in the rows
+        codes = codes.astype(np.int16)
+    return table.take(pa.array(np.argsort(codes, kind="stable")))
+
+
+def grain(name: str) -> Grain:
+    """The grain of summary files of kind ``name``."""
+    return _BY_NAME[name]
+
+
 def encode_keys(rows: pa.Table | pd.DataFrame) -> pa.Table:
     """The input columns, their string dimensions dictionary-encoded once for every grain."""
-    keys = list(dict.fromkeys(k for g in GRAINS for k in g.dims))
+    keys = [k for k in dict.fromkeys(k for g in GRAINS for k in g.dims) if k in _TEXT_DIMS]
     return with_key_type(as_table(rows, INPUT_COLUMNS), keys)
+
+
+_TEXT_DIMS: Final = frozenset(
+    ("tenant", "organization", "project", "user_id", "api_key_id", "api_method", "model_id")
+)
 
 
 def rollup(kind: str, rows: pa.Table | pd.DataFrame) -> pa.Table:
@@ -155,34 +328,41 @@ def rollup(kind: str, rows: pa.Table | pd.DataFrame) -> pa.Table:
         0     t0          a               1                 0           20
         1     t1          a               1                 1           10
     """
-    grain = _BY_NAME.get(kind)
-    if grain is None:
+    found = _BY_NAME.get(kind)
+    if found is None:
         raise ValueError(f"not a grain: {kind!r}")
     table = rows if isinstance(rows, pa.Table) else as_table(rows, list(rows.columns))
-    return grain.compute(table)
+    return found.compute(table)
+
+
+def iter_rollups(rows: pa.Table | pd.DataFrame) -> Iterator[tuple[str, pa.Table]]:
+    """The summaries of every grain of ``rows`` as they are computed, in ``COMPUTE_ORDER``
+    (a grain derived from a finer one right after it, from its summary)."""
+    encoded = encode_keys(rows)
+    done: dict[str, pa.Table] = {}
+    for name in COMPUTE_ORDER:
+        g = _BY_NAME[name]
+        if g.derive_from is None:
+            done[name] = g.compute(encoded)
+        else:
+            done[name] = g.compute_from(_BY_NAME[g.derive_from], done[g.derive_from])
+        yield name, done[name]
 
 
 def rollups(rows: pa.Table | pd.DataFrame) -> dict[str, pa.Table]:
-    """The summaries of every grain of ``rows``, by grain name."""
-    encoded = encode_keys(rows)
-    return {g.name: g.compute(encoded) for g in GRAINS}
+    """The summaries of every grain of ``rows``, by grain name (see :func:`iter_rollups`)."""
+    found = dict(iter_rollups(rows))
+    return {g.name: found[g.name] for g in GRAINS}
 
 
 def combine(kind: str, parts: Iterable[pa.Table]) -> pa.Table:
     """Summaries of grain ``kind`` of disjoint sets of rows combined into one.
 
     Example:
-        >>> part = rollups(pd.DataFrame({"tenant": ["t"], "api_method": ["a"],
-        ...     "status_code": [200], "latency_ms": [10], "api_key_id": ["k"], "user_id": ["u"],
-        ...     "model_id": ["m"], "prompt_tokens": [1], "completion_tokens": [3],
-        ...     "time_to_first_token_ms": [5]}))["summary"]
+        >>> part = rollup("summary", pd.DataFrame({"tenant": ["t"], "api_method": ["a"],
+        ...     "status_code": [200], "latency_ms": [10]}))
         >>> combine("summary", [part, part]).to_pandas()
           tenant api_method  total_requests  success_requests  latency_sum
         0      t          a               2                 2           20
     """
     return _BY_NAME[kind].combine(parts)
-
-
-def grain(name: str) -> Grain:
-    """The grain of summary files of kind ``name``."""
-    return _BY_NAME[name]

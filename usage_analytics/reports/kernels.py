@@ -40,11 +40,17 @@ __all__ = [
     "encode_groups",
     "group_sums",
     "ints",
+    "key_codes",
     "partial_of_rows",
+    "sort_key",
     "with_key_type",
 ]
 
 _MAX_RADIX: Final = 1 << 62
+#: Group sums count keys in a table of every possible key up to this many keys (or 4 per row).
+_DENSE_RADIX: Final = 1 << 20
+#: float64 adds integers exactly while every partial sum stays below this.
+_EXACT_FLOAT: Final = 1 << 53
 #: Histogram values are int32 and never negative: a group id and a value share one int64.
 _VALUE_BITS: Final = 31
 
@@ -90,24 +96,25 @@ def ints(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(column.to_numpy(), dtype=np.int64)
 
 
-def _key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+def key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Integer codes of a key column and the distinct values they index, in ascending order
     (missing values get -1). String keys must be ``KEY_TYPE`` (chunks with dictionaries of
     their own are unified first); integer keys are coded by their sorted distinct values.
 
     Only the distinct values are sorted, not the rows: this is what makes combining cheap.
     """
+    if _is_text(column.type) and not pa.types.is_dictionary(column.type):
+        return key_codes(pa.chunked_array([pc.dictionary_encode(column.combine_chunks())]))
     if not pa.types.is_dictionary(column.type):
-        values = column.to_numpy() if not column.null_count else None
-        if values is None:
+        if column.null_count:
             filled = pc.fill_null(column, 0).to_numpy()
             valid = column.is_valid().to_numpy(zero_copy_only=False)
-            found, codes = np.unique(filled[valid], return_inverse=True)
+            codes, found = _int_codes(filled[valid])
             out = np.full(len(filled), -1, dtype=np.int64)
             out[valid] = codes
             return out, pa.array(found, column.type)
-        found, codes = np.unique(values, return_inverse=True)
-        return codes.astype(np.int64, copy=False), pa.array(found, column.type)
+        codes, found = _int_codes(np.asarray(column.to_numpy()))
+        return codes, pa.array(found, column.type)
     chunks = column.chunks
     if len(chunks) > 1 and any(
         c.dictionary is not chunks[0].dictionary and not c.dictionary.equals(chunks[0].dictionary)
@@ -120,7 +127,7 @@ def _key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
         # A dictionary that holds a null or repeats a value (the store writes none such, but
         # callers may pass one): encode the values afresh, so that equal keys get one code.
         fresh = pc.dictionary_encode(column.cast(pa.string()).combine_chunks())
-        return _key_codes(pa.chunked_array([fresh.cast(KEY_TYPE)]))
+        return key_codes(pa.chunked_array([fresh.cast(KEY_TYPE)]))
     order = pc.array_sort_indices(dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
@@ -134,6 +141,22 @@ def _key_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return codes, dictionary.take(pa.array(order))
 
 
+def _int_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of integer ``values`` (0, 1, ... in the order of their distinct values) and the
+    distinct values. Keys such as hours, status codes and milliseconds span a small range: a
+    table of that range replaces sorting the values."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64), values
+    low, high = int(values.min()), int(values.max())
+    if high - low > max(4 * len(values), 1 << 16):
+        found, codes = np.unique(values, return_inverse=True)
+        return codes.astype(np.int64, copy=False), found
+    offset = values.astype(np.int64) - low
+    present = np.bincount(offset, minlength=high - low + 1) > 0
+    remap = np.cumsum(present) - 1
+    return remap[offset], (np.flatnonzero(present) + low).astype(values.dtype)
+
+
 @dataclass
 class _Coded:
     """Rows coded by their key tuples: ``combined`` sorts as the tuples do."""
@@ -143,6 +166,7 @@ class _Coded:
     codes: list[np.ndarray]
     uniques: list[pa.Array]
     renumbered: bool
+    radix: int  # every combined key is below it
 
 
 def _code(rows: Rows, keys: Sequence[str]) -> _Coded:
@@ -156,7 +180,7 @@ def _code(rows: Rows, keys: Sequence[str]) -> _Coded:
     all_codes: list[np.ndarray] = []
     uniques: list[pa.Array] = []
     for name in keys:
-        codes, found = _key_codes(table.column(name))
+        codes, found = key_codes(table.column(name))
         all_codes.append(codes)
         uniques.append(found)
         width = max(len(found), 1)
@@ -172,8 +196,18 @@ def _code(rows: Rows, keys: Sequence[str]) -> _Coded:
         combined += codes
         radix *= width
     return _Coded(
-        combined, missing if has_missing and missing.any() else None, all_codes, uniques, renumbered
+        combined,
+        missing if has_missing and missing.any() else None,
+        all_codes,
+        uniques,
+        renumbered,
+        radix,
     )
+
+
+def sort_key(rows: Rows, keys: Sequence[str]) -> np.ndarray:
+    """An int64 key of each row that sorts as its tuple of ``keys`` does."""
+    return _code(rows, keys).combined
 
 
 def _key_columns(
@@ -218,13 +252,26 @@ def group_sums(rows: Rows, keys: Sequence[str], sums: Mapping[str, np.ndarray]) 
     coded = _code(rows, keys)
     combined = coded.combined
     names = list(sums)
-    values = pd.DataFrame(
-        {k: np.asarray(sums[k], dtype=np.int64) for k in names}, index=None, copy=False
-    )
+    arrays = {k: np.asarray(sums[k]) for k in names}
     kept = None
     if coded.missing is not None:
         kept = np.flatnonzero(~coded.missing)
-        values, combined = values.iloc[kept], combined[kept]
+        combined = combined[kept]
+        arrays = {k: v[kept] for k, v in arrays.items()}
+    n = len(combined)
+    if not coded.renumbered and coded.radix <= max(4 * n, _DENSE_RADIX):
+        # Few possible keys (hours, models, methods ...): a table of every key counts them,
+        # in sorted order, without hashing or sorting the rows.
+        counts = np.bincount(combined, minlength=coded.radix)
+        group_keys = np.flatnonzero(counts)
+        gid = (np.cumsum(counts > 0) - 1)[combined]
+        columns = _key_columns(coded, keys, group_keys, None)
+        for name in names:
+            columns[name] = pa.array(_sum_by(gid, arrays[name], len(group_keys)), pa.int64())
+        return pa.table(columns)
+    values = pd.DataFrame(
+        {k: np.asarray(v, dtype=np.int64) for k, v in arrays.items()}, index=None, copy=False
+    )
     # An Index as the key: pandas then skips looking the array up as a column label.
     out = values.groupby(pd.Index(combined, copy=False), sort=True).sum()
     first = None
@@ -236,6 +283,23 @@ def group_sums(rows: Rows, keys: Sequence[str], sums: Mapping[str, np.ndarray]) 
     totals = out.to_numpy(dtype=np.int64)
     columns.update((name, pa.array(totals[:, i], pa.int64())) for i, name in enumerate(names))
     return pa.table(columns)
+
+
+def _sum_by(gid: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
+    """The int64 sum of ``values`` per group, exact: through float64 ``bincount`` when every
+    partial sum is below 2**53 (as for the rows of a file), else through pandas."""
+    if not len(values):
+        return np.zeros(groups, dtype=np.int64)
+    if values.dtype.itemsize <= 4 and len(values) < _EXACT_FLOAT >> 31:
+        bound = 0  # 32-bit values, fewer than 2**22 of them: no sum reaches 2**53
+    else:
+        bound = max(abs(int(values.min())), abs(int(values.max()))) * len(values)
+    if bound < _EXACT_FLOAT:
+        totals: np.ndarray = np.bincount(gid, weights=values, minlength=groups)
+        return totals.astype(np.int64)
+    summed = pd.Series(np.asarray(values, dtype=np.int64)).groupby(gid, sort=True).sum()
+    out: np.ndarray = summed.reindex(range(groups), fill_value=0).to_numpy(dtype=np.int64)
+    return out
 
 
 def encode_groups(rows: Rows, keys: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
@@ -311,7 +375,7 @@ def partial_of_rows(
         out[f"hist:{column}"] = pa.table(table)
     for column, values in (distinct or {}).items():
         value_table = with_key_type(pa.table({"value": values}), ["value"])
-        codes, found_values = _key_codes(value_table.column("value"))
+        codes, found_values = key_codes(value_table.column("value"))
         width = max(len(found_values), 1)
         composite = np.unique(gid * width + codes)
         table = _take_keys(groups, keys, composite // width)
@@ -459,7 +523,7 @@ def combine(
             )
         elif kind == "distinct":
             values = _concat(parts, ["value"]).unify_dictionaries().column("value")
-            codes, found_values = _key_codes(values)
+            codes, found_values = key_codes(values)
             width = max(len(found_values), 1)
             pairs = np.unique(component_gid * width + codes)
             combined.distinct[column] = np.bincount(pairs // width, minlength=size).astype(np.int64)

@@ -42,6 +42,7 @@ __all__ = [
     "Metric",
     "Needs",
     "holds",
+    "measure_array",
     "measure_values",
     "metric_names",
     "parse_metrics",
@@ -296,17 +297,39 @@ def _examples() -> Sequence[str]:
 
 
 def measure_values(rows: pa.Table | pd.DataFrame, name: str) -> np.ndarray:
-    """Measure ``name`` of each row."""
+    """Measure ``name`` of each row, as integers of the column's own width where that holds
+    every value (int64 for a difference)."""
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows)
     m = MEASURES[name]
     if m.column is None:
-        values = np.ones(table.num_rows, dtype=np.int64)
-    else:
-        values = ints(table.column(m.column))
-        if m.subtract is not None:
-            values = values - ints(table.column(m.subtract))
+        if m.when is not None:
+            return holds(table, m.when).astype(np.int8)
+        return np.ones(table.num_rows, dtype=np.int8)
+    column = table.column(m.column)
+    values = np.asarray(column.to_numpy() if column.num_chunks == 1 else ints(column))
+    if m.subtract is not None:
+        values = values.astype(np.int64) - ints(table.column(m.subtract))
     if m.when is not None:
         values = np.where(holds(table, m.when), values, 0)
+    return values
+
+
+def measure_array(rows: pa.Table, name: str) -> pa.Array | pa.ChunkedArray:
+    """Measure ``name`` of each row, as a pyarrow array (computed in C++, for aggregations)."""
+    m = MEASURES[name]
+    if m.column is None:
+        values: pa.Array | pa.ChunkedArray = pa.repeat(pa.scalar(1, pa.int8()), rows.num_rows)
+    else:
+        values = rows.column(m.column)
+        if m.subtract is not None:
+            values = pc.subtract(values.cast(pa.int64()), rows.column(m.subtract))
+    if m.when is not None:
+        dim, op, value = m.when
+        column = rows.column(dim)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(pa.string())
+        test = pc.equal(column, value) if op == "==" else pc.not_equal(column, value)
+        values = pc.if_else(test, values, pa.scalar(0, values.type))
     return values
 
 

@@ -2,32 +2,40 @@
 
 A snapshot offers *pieces*: data files (with the time range of their rows and the grains they
 have summaries of) and spans (every file of an aligned block of whole days, with the grains of
-their summaries). For a report the planner picks, left to right, the largest spans whose days
-lie inside the window, then for every other file inside the window the smallest grain that
-covers the report, and scans the rows of everything else it needs. A summary covers a report
-when it keeps every dimension the report groups by, filters on or conditions a measure on, and
-every measure the report needs, when the piece lies wholly inside the window and inside one
-bucket of the report, and (for costs) when no price changes inside it. So every fast path
-adds up exactly the rows a plain scan would.
+their summaries). A report needs a few partial *components* (its sums, the distribution of each
+column it takes percentiles of, the value set of each column it counts distinct values of, its
+priced tokens); each can come from any grain that gives it. For each piece the planner takes,
+for every component, the smallest grain that covers it:
 
-Nothing here reads a file: pieces are descriptions, and ``ref`` is whatever the caller needs to
-read one.
+- a grain of whole files or spans covers a piece that lies inside the window and inside one
+  bucket of the report;
+- an hourly grain covers the hours of a piece that lie wholly inside the window, when the
+  report's buckets start on whole hours there; the rest of the piece inside the window (a
+  window's unaligned edge) is scanned;
+- a grain keeps every dimension the report groups by or filters on, and every measure it needs
+  (see ``Grain.provides`` and ``Grain.gives``); for costs, no price may change inside the piece.
+
+Spans are picked first, largest first, left to right, over the whole days they cover; then
+files; everything no summary covers is scanned. So every fast path adds up exactly the rows a
+plain scan would. Nothing here reads a file: pieces are descriptions, and ``ref`` is whatever
+the caller needs to read one.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 
 from .buckets import Buckets
-from .grains import GRAINS, Grain
+from .grains import GRAINS, HOUR_NS, Grain
 from .spec import ReportSpec
 
-__all__ = ["Piece", "Plan", "plan"]
+__all__ = ["Piece", "Plan", "Read", "Scan", "components", "plan"]
 
 NS_PER_DAY: Final = 86_400 * 10**9
 
@@ -51,30 +59,81 @@ class Piece:
         return str(getattr(self.ref, "path", self.ref))
 
 
+@dataclass(frozen=True)
+class Read:
+    """Summaries of one piece: the grain each component is read from, and the hours used
+    (``(first, last)`` hour numbers, inclusive; None: the whole piece)."""
+
+    piece: Piece
+    grains: dict[str, Grain]
+    hours: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Rows of one piece, in the time ranges ``[start, end)`` given."""
+
+    piece: Piece
+    ranges: tuple[tuple[int, int], ...]
+
+
 @dataclass
 class Plan:
-    """Summaries to read (piece and grain) and pieces to scan."""
+    """Summaries to read and rows to scan."""
 
-    summaries: list[tuple[Piece, Grain]] = field(default_factory=list)
-    scans: list[Piece] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    scans: list[Scan] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
-        """The plan as a frame: each piece read, how, and the rows it holds."""
-        rows = [(p.name, "summary", g.name, p.rows) for p, g in self.summaries]
-        rows += [(p.name, "scan", "", p.rows) for p in self.scans]
+        """The plan as a frame: each piece read, how (and which grains), and the rows it holds
+        (for a piece read partly, the rows of the whole piece)."""
+        rows = []
+        for r in self.reads:
+            grains = ",".join(dict.fromkeys(g.name for g in r.grains.values()))
+            part = "" if r.hours is None else " (hours)"
+            rows.append((r.piece.name, "summary" + part, grains, r.piece.rows))
+        rows += [(s.piece.name, "scan", "", s.piece.rows) for s in self.scans]
         frame = pd.DataFrame(rows, columns=["piece", "read", "grain", "rows"])
         return frame.astype({"piece": "str", "read": "str", "grain": "str", "rows": "int64"})
 
 
-def covering_grains(spec: ReportSpec) -> list[Grain]:
-    """The grains whose summaries hold what ``spec`` needs, smallest first."""
+def components(spec: ReportSpec) -> list[str]:
+    """The partial components ``spec`` needs: its sums, then the others."""
     needs = spec.needs
-    if needs.hists or needs.distinct:
-        return []  # no declared grain keeps distributions or value sets yet
-    measures = set(needs.measures)
+    out = ["base"]
+    out += [f"hist:{c}" for c in sorted(needs.hists)]
+    out += [f"distinct:{c}" for c in sorted(needs.distinct)]
     if needs.cost:
-        measures |= {"sum_prompt_tokens", "sum_completion_tokens"}
-    return [g for g in GRAINS if spec.dims <= set(g.dims) and g.provides(measures)]
+        out.append("cost")
+    return out
+
+
+def _covering(spec: ReportSpec) -> dict[str, list[Grain]]:
+    """The grains that can give each component of ``spec``, smallest first."""
+    dims = spec.dims
+    out: dict[str, list[Grain]] = {}
+    for component in components(spec):
+        fits = []
+        for grain in GRAINS:
+            if not dims <= set(grain.dims):
+                continue
+            if component == "base":
+                ok = grain.provides(spec.needs.measures)
+            else:
+                ok = grain.gives(component)
+            if ok:
+                fits.append(grain)
+        out[component] = fits
+    return out
+
+
+def _hour_aligned(buckets: Buckets | None, start: int, end: int) -> bool:
+    """Whether no bucket starts inside an hour within [start, end)."""
+    if buckets is None:
+        return True
+    starts = buckets.starts
+    i, j = np.searchsorted(starts, [start, end], side="left")
+    return bool((starts[i:j] % HOUR_NS == 0).all())
 
 
 def plan(
@@ -90,55 +149,111 @@ def plan(
     if spec.empty:
         return out
     lo, last = spec.lo, spec.hi - 1
-    grains = covering_grains(spec) if use_summaries else []
+    covering = _covering(spec) if use_summaries else {}
+    if not all(covering.values()):
+        covering = {}
+    prices = spec.prices if spec.needs.cost else None
 
-    def usable(piece: Piece) -> Grain | None:
-        if not (lo <= piece.first and piece.last <= last):
+    def priced(first: int, end: int) -> bool:
+        return prices is None or prices.constant_over(first, end)
+
+    def whole(piece: Piece) -> dict[str, Grain] | None:
+        """Grains that give every component for the whole piece, or None."""
+        if not covering or not (lo <= piece.first and piece.last <= last):
             return None
-        if buckets is not None and not buckets.same_bucket(piece.first, piece.last):
+        if not priced(piece.first, piece.last):
             return None
-        prices = spec.prices
-        if (
-            spec.needs.cost
-            and prices is not None
-            and not prices.constant_over(piece.first, piece.last)
-        ):
-            return None
-        return next((g for g in grains if g.name in piece.grains), None)
+        one_bucket = buckets is None or buckets.same_bucket(piece.first, piece.last)
+        aligned = _hour_aligned(buckets, piece.first - piece.first % HOUR_NS, piece.last + 1)
+        chosen = {}
+        for component, grains in covering.items():
+            grain = next(
+                (
+                    g
+                    for g in grains
+                    if g.name in piece.grains and (one_bucket if not g.hourly else aligned)
+                ),
+                None,
+            )
+            if grain is None:
+                return None
+            chosen[component] = grain
+        return chosen
 
     covered_days: set[int] = set()
-    if grains:
-        for span, grain in _tile(spans, lo, last, usable):
-            out.summaries.append((span, grain))
+    if covering:
+        for span, tiled in _tile(spans, whole):
+            out.reads.append(Read(span, tiled))
             assert span.days is not None
             covered_days.update(range(span.days[0], span.days[1] + 1))
     for piece in files:
         if piece.last < lo or piece.first > last or piece.first // NS_PER_DAY in covered_days:
             continue
-        chosen = usable(piece) if grains else None
-        if chosen is not None:
-            out.summaries.append((piece, chosen))
-        else:
-            out.scans.append(piece)
+        found = whole(piece)
+        if found is not None:
+            out.reads.append(Read(piece, found))
+            continue
+        start, end = max(lo, piece.first), min(last, piece.last) + 1  # the part in the window
+        hours = _hours(piece, start, end, covering, buckets, priced) if covering else None
+        if hours is None:
+            out.scans.append(Scan(piece, ((start, end),)))
+            continue
+        (first_hour, last_hour), hourly = hours
+        out.reads.append(Read(piece, hourly, (first_hour, last_hour)))
+        edges = [
+            (start, first_hour * HOUR_NS),
+            ((last_hour + 1) * HOUR_NS, end),
+        ]
+        edges = [(a, b) for a, b in edges if a < b]
+        if edges:
+            out.scans.append(Scan(piece, tuple(edges)))
     return out
 
 
-def _tile(spans: Sequence[Piece], lo: int, last: int, usable: Any) -> list[tuple[Piece, Grain]]:
-    """The fewest usable spans that tile whole days inside [lo, last], largest first, left to
+def _hours(
+    piece: Piece,
+    start: int,
+    end: int,
+    covering: dict[str, list[Grain]],
+    buckets: Buckets | None,
+    priced: Callable[[int, int], bool],
+) -> tuple[tuple[int, int], dict[str, Grain]] | None:
+    """The whole hours of [start, end) and the hourly grains that give every component for
+    them, or None."""
+    first_hour = -(-start // HOUR_NS)
+    last_hour = end // HOUR_NS - 1
+    if first_hour > last_hour:
+        return None
+    span = (first_hour * HOUR_NS, (last_hour + 1) * HOUR_NS)
+    if not _hour_aligned(buckets, *span) or not priced(span[0], span[1] - 1):
+        return None
+    chosen = {}
+    for component, grains in covering.items():
+        grain = next((g for g in grains if g.hourly and g.name in piece.grains), None)
+        if grain is None:
+            return None
+        chosen[component] = grain
+    return (first_hour, last_hour), chosen
+
+
+def _tile(
+    spans: Sequence[Piece], whole: Callable[[Piece], dict[str, Grain] | None]
+) -> list[tuple[Piece, dict[str, Grain]]]:
+    """The fewest usable spans that tile the whole days they cover, largest first, left to
     right; days no usable span starts at are left to the files."""
-    by_start: dict[int, list[tuple[int, Piece, Grain]]] = {}
+    by_start: dict[int, list[tuple[int, Piece, dict[str, Grain]]]] = {}
     for span in spans:
-        grain = usable(span)
-        if grain is not None and span.days is not None:
+        grains = whole(span)
+        if grains is not None and span.days is not None:
             first, last_day = span.days
-            by_start.setdefault(first, []).append((last_day, span, grain))
+            by_start.setdefault(first, []).append((last_day, span, grains))
     if not by_start:
         return []
     starts = sorted(by_start)
-    picked: list[tuple[Piece, Grain]] = []
+    picked: list[tuple[Piece, dict[str, Grain]]] = []
     i = 0
     while i < len(starts):
-        last_day, span, grain = max(by_start[starts[i]], key=lambda found: found[0])
-        picked.append((span, grain))
+        last_day, span, grains = max(by_start[starts[i]], key=lambda found: found[0])
+        picked.append((span, grains))
         i = bisect.bisect_left(starts, last_day + 1, lo=i + 1)
     return picked
