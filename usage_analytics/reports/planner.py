@@ -196,7 +196,9 @@ def plan(
         start, end = max(lo, piece.first), min(last, piece.last) + 1  # the part in the window
         hours = _hours(piece, start, end, covering, buckets, priced) if covering else None
         if hours is None:
-            out.scans.append(Scan(piece, ((start, end),)))
+            # The whole window, not its part in this piece: the same for every such piece,
+            # so that they are scanned together (in parallel, as one dataset).
+            out.scans.append(Scan(piece, ((lo, last + 1),)))
             continue
         (first_hour, last_hour), hourly = hours
         out.reads.append(Read(piece, hourly, (first_hour, last_hour)))
