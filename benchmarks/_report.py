@@ -26,6 +26,12 @@ RSS_GROWTH: Final = 1.25
 DELETE_GROWTH: Final = 1.5
 COMPACTED_SLOWDOWN: Final = 1.2
 INSIDE_DAY_SLOWDOWN: Final = 1.5
+#: Report shapes over the whole range and the last days: at least this much faster than DuckDB
+#: (by the shape's number); over an unaligned window, at least as fast.
+SHAPE_SPEEDUP: Final = {"1": 10.0, "2": 10.0, "3": 3.0, "4": 3.0, "5": 10.0, "6": 10.0, "7": 10.0}
+UNALIGNED_SHAPE_SLOWDOWN: Final = 1.0
+#: Summary files: at most this share of the bytes of the data files.
+SUMMARY_SHARE: Final = 0.5
 
 SHORT_QUERY: Final = {"aggregated_usage": "aggregated", "get_usages_by_groups": "by_groups"}
 
@@ -84,6 +90,10 @@ def _x(ratio: float | None) -> str:
 
 def _mib(value: float) -> str:
     return f"{value:,.0f}"
+
+
+def _mib1(value_bytes: float) -> str:
+    return f"{value_bytes / 2**20:,.1f}"
 
 
 def _int(value: int) -> str:
@@ -146,6 +156,23 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, str]]:
     shapes = result.get("shapes")
     if shapes:
         for shape in shapes["shapes"].values():
+            number = shape["title"].split(":")[0]
+            for window in ("a", "b"):
+                speedup = shape["windows"][window]["duckdb_over_store"]
+                wanted = SHAPE_SPEEDUP.get(number, 1.0)
+                add(
+                    f"shape {number} {window}: store >= {wanted:g}x faster than DuckDB",
+                    _status(speedup >= wanted),
+                    _speed(speedup),
+                )
+            slowdown = 1.0 / shape["windows"]["c"]["duckdb_over_store"]
+            add(
+                f"shape {number} c (unaligned): store <= {UNALIGNED_SHAPE_SLOWDOWN:g}x DuckDB's "
+                "time",
+                _status(slowdown <= UNALIGNED_SHAPE_SLOWDOWN),
+                f"{slowdown:.2f}x DuckDB's time ({_speed(1.0 / slowdown)})",
+            )
+        for shape in shapes["shapes"].values():
             cell = shape["windows"]["d"]
             slowdown = 1.0 / cell["duckdb_over_store"]
             add(
@@ -155,13 +182,22 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, str]]:
                 f"{slowdown:.2f}x DuckDB's time ({_speed(1.0 / slowdown)})",
             )
         for name, by_window in shapes["rss"].items():
-            peak = by_window["d"]["peak_mib"]
             title = shapes["shapes"][name]["title"].split(":")[0]
+            worst = max(by_window, key=lambda w: by_window[w]["peak_mib"])
+            peak = by_window[worst]["peak_mib"]
             add(
-                f"shape {title} d: peak RSS < {RSS_MIB:g} MiB",
+                f"shape {title}: peak RSS < {RSS_MIB:g} MiB (windows {', '.join(by_window)})",
                 _status(peak < RSS_MIB),
-                f"{peak:,.0f} MiB",
+                f"{peak:,.0f} MiB (window {worst})",
             )
+            if "a" in by_window and "b" in by_window:
+                growth = by_window["a"]["peak_mib"] / by_window["b"]["peak_mib"]
+                add(
+                    f"shape {title}: peak RSS of a <= {RSS_GROWTH:g}x that of b",
+                    _status(growth <= RSS_GROWTH),
+                    f"{growth:.2f}x ({by_window['a']['peak_mib']:,.0f} / "
+                    f"{by_window['b']['peak_mib']:,.0f} MiB)",
+                )
     else:
         add("report shapes inside one day", NOT_APPLICABLE, "run without --no-shapes")
 
@@ -214,7 +250,58 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, str]]:
                 _status(ratio <= COMPACTED_SLOWDOWN),
                 f"{ratio:.2f}x",
             )
+    for shape, by_window in result["small_appends"].get("shapes", {}).items():
+        title = shapes["shapes"][shape]["title"].split(":")[0] if shapes else shape
+        worst = max(by_window, key=lambda w: by_window[w]["after_compact_over_bulk"])
+        ratio = by_window[worst]["after_compact_over_bulk"]
+        add(
+            f"shape {title}: after small appends + compact <= {COMPACTED_SLOWDOWN:g}x "
+            "bulk-loaded (every window)",
+            _status(ratio <= COMPACTED_SLOWDOWN),
+            f"{ratio:.2f}x (window {worst})",
+        )
+    variants = [("benchmark data", result["dataset"].get("summaries"))]
+    variants.append(("high-cardinality variant", result.get("high_cardinality")))
+    for label, sizes in variants:
+        if not sizes:
+            add(f"summaries <= {SUMMARY_SHARE:g}x data bytes, {label}", NOT_APPLICABLE, "")
+            continue
+        share = sizes["summary_over_data"]
+        add(
+            f"summaries <= {SUMMARY_SHARE:g}x data bytes, {label}",
+            _status(share <= SUMMARY_SHARE),
+            f"{share:.3f}x ({_mib1(sizes['summary_bytes'])} of {_mib1(sizes['data_bytes'])} MiB)",
+        )
     return targets
+
+
+def _summary_table(result: dict[str, Any]) -> Table | None:
+    variants = [("benchmark data", result["dataset"].get("summaries"))]
+    variants.append(("high-cardinality", result.get("high_cardinality")))
+    found = [(label, sizes) for label, sizes in variants if sizes]
+    if not found:
+        return None
+    kinds = sorted({k for _, sizes in found for k in sizes["by_kind"]})
+    t = Table("Summary files on disk, MiB", ["dataset", "data", *kinds, "all", "x data"])
+    for label, sizes in found:
+        t.rows.append(
+            [
+                label,
+                _mib1(sizes["data_bytes"]),
+                *(_mib1(sizes["by_kind"].get(k, 0)) for k in kinds),
+                _mib1(sizes["summary_bytes"]),
+                f"{sizes['summary_over_data']:.3f}",
+            ]
+        )
+    hc = result.get("high_cardinality")
+    if hc:
+        profile = hc["profile"]
+        t.notes.append(
+            f"high-cardinality: {hc['rows']:,} rows, {profile['n_users']:,} users holding "
+            f"{profile['n_api_keys']:,} keys, {profile['n_models']} models"
+        )
+    t.notes.append("each kind: its summaries of data files and of spans of days together")
+    return t
 
 
 def _tables(result: dict[str, Any]) -> list[Table]:
@@ -398,6 +485,29 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         f"rewritten; files -> {small['files_after_compact']:,}"
     )
     tables.append(t)
+
+    if small.get("shapes") and shapes:
+        t = Table(
+            f"Report shapes after {small['n']:,} single-row appends and compact()",
+            ["shape", "window", "bulk ms", "compacted ms", "x bulk"],
+            left=2,
+        )
+        for name, by_window in small["shapes"].items():
+            for window, cell in by_window.items():
+                t.rows.append(
+                    [
+                        shapes["shapes"][name]["title"].split(":")[0],
+                        window,
+                        _ms(cell["bulk_s"]),
+                        _ms(cell["after_compact_s"]),
+                        _x(cell["after_compact_over_bulk"]),
+                    ]
+                )
+        tables.append(t)
+
+    sizes = _summary_table(result)
+    if sizes is not None:
+        tables.append(sizes)
 
     t = Table("Targets", ["target", "status", "measured"], left=3)
     t.rows.extend([x["target"], x["status"], x["measured"]] for x in result["targets"])

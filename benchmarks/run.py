@@ -12,7 +12,10 @@ Steps, on synthetic data from :mod:`usage_analytics.synthetic`:
 3. the peak RSS of store queries, each in a fresh process;
 4. ``delete_usage`` of the oldest third of the days, on a copy (and on a half-size dataset);
 5. single-row ``create_usage`` calls into the full dataset;
-6. many single-row appends into a copy, the reports again, ``compact()``, the reports again.
+6. many single-row appends into a copy, the reports again, ``compact()``, the reports and the
+   report shapes again;
+7. the bytes of the summaries against the data's, on the dataset and on a high-cardinality
+   variant of it (many users with a few keys each).
 
 Example:
     python -m benchmarks.run --rows 1000000 --days 30 --sqlite --out results.json
@@ -175,6 +178,21 @@ def _dir_stats(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def summary_sizes(root: Path) -> dict[str, Any]:
+    """Bytes of a dataset's data files and of its summary files (per file and span), by kind."""
+    data = sum(p.stat().st_size for p in root.glob("date=*/*.parquet"))
+    kinds: Counter[str] = Counter()
+    for path in (root / "_rollups").rglob("*.rollup"):
+        kinds[path.name.split(".")[-2]] += path.stat().st_size
+    total = sum(kinds.values())
+    return {
+        "data_bytes": data,
+        "summary_bytes": total,
+        "by_kind": dict(sorted(kinds.items())),
+        "summary_over_data": total / data if data else 0.0,
+    }
+
+
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -252,6 +270,41 @@ def _batches(args: argparse.Namespace, rows: int) -> Iterator[pd.DataFrame]:
         seed=args.seed,
         profile=Profile(),
     )
+
+
+#: The high-cardinality variant: 2,000 users holding 1-3 keys each (4,000 keys), 21 models, so
+#: that nearly every (key, user, model) of a day file is its own group.
+HIGH_CARDINALITY: Final = Profile(n_tenants=50, n_users=2000, n_api_keys=4000, n_models=21)
+
+
+def measure_high_cardinality(
+    args: argparse.Namespace, workdir: Path, clock: _Clock
+) -> dict[str, Any]:
+    """Summary bytes over data bytes on a variant of the data with many small groups (3 rows
+    in 10 of the main dataset's), loaded in the same batches, then removed."""
+    rows = max(1, args.rows * 3 // 10)
+    root = workdir / "high-cardinality"
+    store = Store(root)
+    store.auto_migrate()
+    started = time.perf_counter()
+    for batch in iter_batches(
+        rows,
+        batch_size=args.batch_size,
+        start=args.start,
+        days=args.days,
+        seed=args.seed + 3,
+        profile=HIGH_CARDINALITY,
+    ):
+        store.create_usage(batch)
+    seconds = time.perf_counter() - started
+    out = {"rows": rows, "profile": vars(HIGH_CARDINALITY), "ingest_s": seconds}
+    out.update(summary_sizes(root))
+    shutil.rmtree(root)
+    clock.log(
+        f"high-cardinality variant: {rows:,} rows, summaries {out['summary_over_data']:.3f}x "
+        "the data bytes"
+    )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +439,28 @@ def measure_shapes(
             )
             out["rss"][name][window_name] = cell
             clock.log(f"rss shape {name} {window_name}: peak {cell['peak_mib']:.0f} MiB")
+    return out
+
+
+def time_store_shapes(
+    store_root: Path, tenant: str, start_ns: int, days: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """The store's median time of each report shape over windows a-d (no DuckDB)."""
+    context = _shapes.context_for(store_root, tenant)
+    engine = _shapes.StoreShapes(store_root, context)
+    out: dict[str, dict[str, float]] = {}
+    for name, shape in _shapes.SHAPES.items():
+        out[name] = {}
+        for window in shape_windows(start_ns, days, shape.tz).values():
+            lo, hi = window.start_ns, window.end_ns
+            engine.run(shape, tenant, lo, hi)  # warm-up
+            runs = []
+            for _ in range(repeats):
+                gc.collect()
+                started = time.perf_counter()
+                engine.run(shape, tenant, lo, hi)
+                runs.append(time.perf_counter() - started)
+            out[name][window.name] = _median(runs)
     return out
 
 
@@ -532,8 +607,11 @@ def measure_small_appends(
     bulk: Mapping[str, Mapping[str, Mapping[str, Any]]],
     last_day_ns: int,
     clock: _Clock,
+    bulk_shapes: Mapping[str, Any] | None = None,
+    start_ns: int = 0,
 ) -> dict[str, Any]:
-    """Many single-row appends into a copy, the reports, ``compact()``, the reports again."""
+    """Many single-row appends into a copy, the reports, ``compact()``, the reports again (and
+    the report shapes, when ``bulk_shapes`` holds their times on the bulk-loaded dataset)."""
     copy = workdir / "small-appends"
     shutil.copytree(store_root, copy)
     store = Store(copy)
@@ -578,6 +656,24 @@ def measure_small_appends(
         expected=results,
         what="after compact: ",
     )
+    shapes: dict[str, dict[str, Any]] = {}
+    if bulk_shapes:
+        compacted_shapes = time_store_shapes(copy, tenant, start_ns, args.days, args.repeats)
+        for name, by_window in compacted_shapes.items():
+            shapes[name] = {}
+            for window, seconds in by_window.items():
+                bulk_s = bulk_shapes["shapes"][name]["windows"][window]["store"]["median_s"]
+                shapes[name][window] = {
+                    "bulk_s": bulk_s,
+                    "after_compact_s": seconds,
+                    "after_compact_over_bulk": seconds / bulk_s,
+                }
+            clock.log(
+                f"after compact: shape {name}: "
+                + ", ".join(
+                    f"{w} {c['after_compact_over_bulk']:.2f}x" for w, c in shapes[name].items()
+                )
+            )
     shutil.rmtree(copy)
 
     queries: dict[str, dict[str, Any]] = {}
@@ -609,6 +705,7 @@ def measure_small_appends(
         "partitions_compacted": compacted_partitions,
         "files_after_compact": files_after_compact,
         "queries": queries,
+        "shapes": shapes,
     }
 
 
@@ -655,7 +752,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
         "tenants": len(tenants),
         "busiest_tenant": tenant,
         "busiest_tenant_rows": tenant_rows,
+        "summaries": summary_sizes(store_root),
     }
+    result["high_cardinality"] = measure_high_cardinality(args, workdir, clock)
 
     timed: dict[str, Engine] = {
         "store": StoreEngine(store_root),
@@ -685,7 +784,16 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
     result["delete"] = measure_delete(args, store_root, workdir, start_ns, clock)
     result["single_append"] = measure_single_appends(args, store_root, last_day_ns, clock)
     result["small_appends"] = measure_small_appends(
-        args, store_root, workdir, tenant, windows, result["queries"], last_day_ns, clock
+        args,
+        store_root,
+        workdir,
+        tenant,
+        windows,
+        result["queries"],
+        last_day_ns,
+        clock,
+        bulk_shapes=result.get("shapes"),
+        start_ns=start_ns,
     )
     result["targets"] = evaluate_targets(result)
     result["elapsed_s"] = clock.elapsed

@@ -12,6 +12,7 @@ from benchmarks import run
 from benchmarks._engines import ResultMismatchError, check_same
 from benchmarks._report import render
 from benchmarks._shapes import SHAPES, check_same_frame
+from usage_analytics._summaries import KINDS
 
 ENGINES = ("store", "duckdb", "sqlite")
 WINDOWS = ("a", "b", "c")
@@ -67,6 +68,7 @@ def test_every_section_is_present(result: dict[str, Any]) -> None:
         "delete",
         "single_append",
         "small_appends",
+        "high_cardinality",
         "targets",
     ):
         assert section in result, section
@@ -83,6 +85,21 @@ def test_ingest_and_dataset(result: dict[str, Any]) -> None:
     assert _positive(ingest["store_over_pyarrow"])
     assert result["dataset"]["rows"] == 20_000
     assert 0 < result["dataset"]["busiest_tenant_rows"] <= 20_000
+
+
+def test_summary_sizes(result: dict[str, Any]) -> None:
+    sizes = result["dataset"]["summaries"]
+    assert sizes["data_bytes"] == result["ingest"]["store"]["bytes"]
+    assert sizes["summary_bytes"] == sum(sizes["by_kind"].values()) > 0
+    assert set(sizes["by_kind"]) <= set(KINDS)
+    assert sizes["summary_over_data"] == sizes["summary_bytes"] / sizes["data_bytes"]
+    variant = result["high_cardinality"]
+    assert variant["rows"] == 6_000
+    assert variant["profile"]["n_api_keys"] == 4000
+    assert _positive(variant["data_bytes"]) and variant["summary_bytes"] >= 0
+    titles = {t["target"]: t for t in result["targets"]}
+    for label in ("benchmark data", "high-cardinality variant"):
+        assert titles[f"summaries <= 0.5x data bytes, {label}"]["status"] in {"MET", "NOT MET"}
 
 
 def test_queries_checked_for_every_engine(result: dict[str, Any]) -> None:
@@ -112,6 +129,12 @@ def test_report_shapes_checked_and_timed(result: dict[str, Any]) -> None:
             assert rss["peak_mib"] >= rss["after_imports_mib"] > 0, (name, window)
     titles = [t["target"] for t in result["targets"]]
     assert sum("inside one day" in t for t in titles) == len(SHAPES)
+    assert sum("(unaligned): store <= 1x" in t for t in titles) == len(SHAPES)
+    for number in range(1, len(SHAPES) + 1):
+        wanted = "3" if number in (3, 4) else "10"
+        for window in ("a", "b"):
+            assert f"shape {number} {window}: store >= {wanted}x faster than DuckDB" in titles
+        assert f"shape {number}: peak RSS of a <= 1.25x that of b" in titles
 
 
 def test_shape_results_must_match_duckdb() -> None:
@@ -160,6 +183,11 @@ def test_delete_and_appends(result: dict[str, Any]) -> None:
             assert cell["after_compact"]["checked_against"] == ["expected"]
             assert _positive(cell["after_appends_over_bulk"])
             assert _positive(cell["after_compact_over_bulk"])
+    assert set(small["shapes"]) == set(SHAPES)
+    for name, by_window in small["shapes"].items():
+        assert set(by_window) == {"a", "b", "c", "d"}, name
+        for cell in by_window.values():
+            assert cell["after_compact_over_bulk"] == cell["after_compact_s"] / cell["bulk_s"]
 
 
 def test_targets_and_tables(result: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from _crash_worker import T0, make_v1
 from helpers import (
@@ -38,7 +39,7 @@ from usage_analytics import StorageError, Store, _layout, _reads
 from usage_analytics._storage import Dataset, FileEntry, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
-from usage_analytics._summaries import KINDS
+from usage_analytics._summaries import KINDS, summaries_of
 from usage_analytics.reports import grains
 
 TENANTS = ("t0", "t1", "t2")
@@ -156,8 +157,13 @@ def test_small_files_get_no_rollups_by_default(tmp_path: Path) -> None:
     store.create_usage(random_usage_frame(50, 3, days=1))
     big = random_usage_frame(3000, 4, start=DAY0 + 2 * NS_PER_DAY, days=1, users=400)
     store.create_usage(big)
-    sidecars = sorted(len(e.sidecars) for e in store._ds.snapshot().files)
-    assert sidecars == [0, 2]
+    files = sorted(store._ds.snapshot().files, key=lambda e: e.rows)
+    assert files[0].rows == 50 and not files[0].sidecars
+    # The big file has exactly the summaries small enough to be worth writing.
+    expected = summaries_of(grains.encode_keys(pq.read_table(store.root / files[1].path)))
+    assert expected is not None
+    assert set(files[1].sidecars) == {k for k, t in expected.items() if t is not None}
+    assert set(files[1].skipped) == {k for k, t in expected.items() if t is None}
     assert_paths_agree(store, np.random.default_rng(3))
 
 

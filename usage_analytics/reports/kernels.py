@@ -47,7 +47,8 @@ __all__ = [
 ]
 
 _MAX_RADIX: Final = 1 << 62
-#: Group sums count keys in a table of every possible key up to this many keys (or 4 per row).
+#: Group sums, group ids and histograms count keys in a table of every possible key up to this
+#: many keys (or 4 per row), instead of sorting them.
 _DENSE_RADIX: Final = 1 << 20
 #: float64 adds integers exactly while every partial sum stays below this.
 _EXACT_FLOAT: Final = 1 << 53
@@ -302,6 +303,22 @@ def _sum_by(gid: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
     return out
 
 
+def _histogram(gid: np.ndarray, values: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (group, value) pairs of non-negative int ``values`` per group, as
+    ``group << _VALUE_BITS | value`` ascending, and how many rows hold each."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    width = int(values.max()) + 1
+    if groups * width <= max(_DENSE_RADIX, 4 * len(values)):  # counted in a table: no sort
+        table = np.bincount(gid * width + values, minlength=groups * width)
+        at = np.flatnonzero(table)
+        found = ((at // width) << _VALUE_BITS) | (at % width)
+        return found.astype(np.int64), table[at]
+    composite = (gid << _VALUE_BITS) | np.asarray(values, dtype=np.int64)
+    found, counts = np.unique(composite, return_counts=True)
+    return found, counts
+
+
 def encode_groups(rows: Rows, keys: Sequence[str]) -> tuple[np.ndarray, pa.Table]:
     """The group of each row (0, 1, ... in the sorted order of the key tuples; -1 for rows with
     a missing key) and the groups' key tuples, as a table sorted by ``keys``.
@@ -315,12 +332,22 @@ def encode_groups(rows: Rows, keys: Sequence[str]) -> tuple[np.ndarray, pa.Table
     combined = coded.combined
     if coded.missing is not None:
         combined = np.where(coded.missing, -1, combined)
-    gid, group_keys = pd.factorize(combined, sort=True)
-    gid = gid.astype(np.int64, copy=False)
+    if coded.radix <= max(_DENSE_RADIX, 4 * len(combined)):
+        # Few possible keys: rank them through a table of which occur (linear, no sort).
+        present = np.bincount(combined + 1, minlength=coded.radix + 1) > 0
+        group_keys = np.flatnonzero(present[1:])
+        if len(group_keys) == coded.radix:  # every key occurs: the keys are the group ids
+            gid = combined
+        else:
+            rank = np.cumsum(present) - 1
+            gid = rank[combined + 1] - int(present[0])  # the missing key -1 is no group
+    else:
+        gid, group_keys = pd.factorize(combined, sort=True)
+        gid = gid.astype(np.int64, copy=False)
+        if coded.missing is not None and len(group_keys) and group_keys[0] == -1:
+            gid -= 1  # the missing group (-1 sorts first) is no group
+            group_keys = group_keys[1:]
     first = None
-    if coded.missing is not None and len(group_keys) and group_keys[0] == -1:
-        gid -= 1  # the missing group (-1 sorts first) is no group
-        group_keys = group_keys[1:]
     if coded.renumbered:
         valid = np.flatnonzero(gid >= 0)
         first = valid[np.unique(gid[valid], return_index=True)[1]]
@@ -359,16 +386,16 @@ def partial_of_rows(
     gid, groups = encode_groups(rows, keys)
     n_groups = groups.num_rows
     out: Partial = {}
-    sums = pd.DataFrame({k: np.asarray(v, dtype=np.int64) for k, v in measures.items()})
-    totals = sums.groupby(pd.Index(gid, copy=False), sort=True).sum()
+    kept = gid >= 0
+    kept_gid = gid if kept.all() else gid[kept]
     base = {k: groups.column(k) for k in keys}
-    if len(totals) != n_groups:  # pragma: no cover - every group has rows
-        raise AssertionError("a group without rows")
-    base.update((k, pa.array(totals[k].to_numpy(dtype=np.int64))) for k in measures)
+    for k, v in measures.items():
+        values = np.asarray(v)
+        values = values if len(kept_gid) == len(values) else values[kept]
+        base[k] = pa.array(_sum_by(kept_gid, values, n_groups), pa.int64())
     out["base"] = pa.table(base)
     for column, values in (hists or {}).items():
-        composite = (gid << _VALUE_BITS) | np.asarray(values, dtype=np.int64)
-        found, counts = np.unique(composite, return_counts=True)
+        found, counts = _histogram(kept_gid, np.asarray(values)[kept], n_groups)
         table = _take_keys(groups, keys, found >> _VALUE_BITS)
         table["value"] = pa.array((found & ((1 << _VALUE_BITS) - 1)).astype(np.int32))
         table["count"] = pa.array(counts.astype(np.int64))
