@@ -159,3 +159,34 @@ def test_a_missing_summary_file_is_reported(store: Store) -> None:
         {"piece": entry.path, "kind": "daily"}
     ]
     assert problems["problem"].iloc[0].startswith("cannot be read")
+
+
+def test_a_day_of_files_without_a_kind_gets_a_span_of_it_where_the_day_shrinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two files of one day over the same 200 users: each file's groups are a fifth of its
+    # rows (over the ratio, not written), the day's a tenth (written as the day's span).
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", 0.15)
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    for seed in (1, 2):
+        frame = random_usage_frame(1100, seed, days=1, tenants=("t0",), users=200, keys=1, models=1)
+        store.create_usage(frame, on_conflict="ignore")
+    store.create_usage(random_usage_frame(50, 3, start=DAY0 + NS_PER_DAY, days=1, tenants=("t0",)))
+    snap = store._ds.snapshot()
+    day0 = [e for e in snap.files if e.day == snap.files[0].day]
+    assert len(day0) == 2 and all("groups" in e.skipped for e in day0)
+    spans = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
+    span = spans[(day0[0].day, day0[0].day)]
+    assert {"groups", "users"} <= set(span.kinds)
+    assert store.verify().empty
+    kwargs = {"by": "user_id", "metrics": ["requests", "prompt_tokens"]}
+    plan = store.report("t0", DAY0, DAY0 + NS_PER_DAY, **kwargs, explain=True)
+    assert plan[["read", "grain"]].values.tolist() == [["summary", "groups"]]
+    got = store.report("t0", DAY0, DAY0 + NS_PER_DAY, **kwargs)
+    rows = store.find_usages()
+    day = rows[rows["timestamp"] < DAY0 + NS_PER_DAY].groupby("user_id")
+    assert got.set_index("user_id")["requests"].to_dict() == day.size().to_dict()
+    assert got.set_index("user_id")["prompt_tokens"].to_dict() == (
+        day["prompt_tokens"].sum().to_dict()
+    )

@@ -328,12 +328,28 @@ class Summaries:
                 rows_by_day[day] = rows_by_day.get(day, 0) + entry.rows
             have = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
             memo: dict[tuple[int, int], _Parts] = {}
+            # Per block and kind, the rows a report reads for the block's days: the rows of
+            # its span when it has one, else what it reads for each half (or, for one day,
+            # each file's summary, or the file's rows where it has none).
+            reads: dict[tuple[int, int], dict[str, int]] = {}
 
             def parts(lo: int, hi: int) -> _Parts:
                 """The summary tables of days lo..hi per kind."""
                 if (lo, hi) not in memo:
-                    memo[(lo, hi)] = self._block_parts(lo, hi, by_day, have, parts, staged)
+                    memo[(lo, hi)] = self._block_parts(
+                        lo, hi, by_day, have, parts, staged, reads.setdefault((lo, hi), {})
+                    )
                 return memo[(lo, hi)]
+
+            def read_in_place(lo: int, hi: int, kind: str) -> int:
+                """The rows a report reads for days lo..hi of ``kind`` without their span."""
+                if lo == hi:
+                    return reads.get((lo, hi), {}).get(f"files:{kind}", 0)
+                half = (hi - lo + 1) // 2
+                return sum(
+                    reads.get(block, {}).get(kind, read_in_place(*block, kind))
+                    for block in ((lo, lo + half - 1), (lo + half, hi))
+                )
 
             for i, plan in enumerate(plans):
                 found = parts(plan.first, plan.last)
@@ -345,12 +361,15 @@ class Summaries:
                     table = None if pieces is None else grains.combine(kind, pieces)
                     combined[kind] = table
                     # Worth writing when small, and when it shrinks what a report would read
-                    # in its place (its parts) enough to save reading them.
-                    parts_rows = sum(p.num_rows for p in pieces or ())
-                    shrinks = (
-                        table is not None and table.num_rows <= _layout.SPAN_SHRINK * parts_rows
-                    )
+                    # in its place (its halves' spans, files' summaries or rows) enough to
+                    # save reading that.
+                    in_place = read_in_place(plan.first, plan.last, kind)
+                    shrinks = table is not None and table.num_rows <= _layout.SPAN_SHRINK * in_place
                     tables[kind] = worth(kind, table, rows) if shrinks else None
+                    done = tables[kind]
+                    reads[(plan.first, plan.last)][kind] = (
+                        in_place if done is None else done.num_rows
+                    )
                 memo[(plan.first, plan.last)] = {
                     k: None if t is None else [t] for k, t in combined.items()
                 }
@@ -375,7 +394,11 @@ class Summaries:
         have: dict[tuple[int, int], SpanEntry],
         parts: Callable[[int, int], _Parts],
         staged: Mapping[str, Future[Computed] | None],
+        reads: dict[str, int],
     ) -> _Parts:
+        """The summary tables of days lo..hi per kind (None: not computable now); fills
+        ``reads`` with the rows a report reads for the block: of each kind its span has
+        (by kind), and for one day of its files (by ``files:<kind>``)."""
         found: _Parts = {}
         wanted = list(SPAN_KINDS)
         span = have.get((lo, hi))
@@ -385,6 +408,7 @@ class Summaries:
                 if k in wanted:
                     read = [cached[k]] if k in cached else None
                     found[k] = read or self._ds.read_summaries([span.path(k)])
+                    reads[k] = sum(t.num_rows for t in found[k] or ())
             wanted = [k for k in wanted if k not in found]
         if not wanted:
             return found
@@ -409,13 +433,15 @@ class Summaries:
             if recent:
                 tables.update((k, recent[k]) for k in wanted if k in recent and k not in tables)
             lacking = [k for k in wanted if k not in tables]
-            if lacking and (entry.path in staged or entry.rows >= _layout.ROLLUP_MIN_ROWS):
-                # A file being committed (not on disk yet), or a large file whose summary of a
-                # kind was not worth writing: the block has no summary of that kind.
+            if lacking and entry.path in staged:
+                # A file being committed, not on disk yet: the block has no summary of that
+                # kind now.
                 for k in lacking:
                     found[k] = None
                 lacking = []
-            if lacking:  # a small file: summarize its rows here
+            if lacking:
+                # A small file, or a large one whose summary of a kind was not worth writing
+                # (or that an older version wrote without it): summarize its rows here.
                 rows = read_rows(self._ds, entry).select(list(grains.INPUT_COLUMNS))
                 encoded = grains.encode_keys(rows)
                 tables.update((k, grains.rollup(k, encoded)) for k in lacking)
@@ -423,6 +449,16 @@ class Summaries:
                 pieces = found[k]
                 if pieces is not None and k in tables:
                     pieces.append(tables[k])
+                # A report reads the file's summary of the kind where it has one written,
+                # else the file's rows.
+                kept = k in entry.sidecars or (
+                    entry.path in staged
+                    and k in tables
+                    and entry.rows >= _layout.ROLLUP_MIN_ROWS
+                    and worth(k, tables[k], entry.rows) is not None
+                )
+                size = tables[k].num_rows if kept and k in tables else entry.rows
+                reads[f"files:{k}"] = reads.get(f"files:{k}", 0) + size
         return found
 
     def _read_kinds(self, entry: FileEntry, kinds: Sequence[str]) -> list[pa.Table]:
