@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from helpers import DAY0, NS_PER_DAY, random_usage_frame
+from helpers import DAY0, NS_PER_DAY, random_usage_frame, usage_frame, usage_row
 
 from usage_analytics import Store, _layout
 from usage_analytics._storage import files as summary_files
@@ -190,3 +190,33 @@ def test_a_day_of_files_without_a_kind_gets_a_span_of_it_where_the_day_shrinks(
     assert got.set_index("user_id")["prompt_tokens"].to_dict() == (
         day["prompt_tokens"].sum().to_dict()
     )
+
+
+def test_a_day_of_two_files_with_nearly_the_same_keys_gets_a_span(tmp_path: Path) -> None:
+    # Methods m0..m9 in one file, m2..m11 in the other: the day's span has 12 rows per grain
+    # over methods, 0.6 of its parts' 20, and saves a report one read of two.
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    for first, offset in ((0, 0), (2, 10**9)):
+        rows = [
+            usage_row(
+                tenant="t0", user_id="u", api_method=f"m{first + i}", timestamp=DAY0 + i + offset
+            )
+            for i in range(10)
+        ]
+        store.create_usage(usage_frame(rows))
+    store.create_usage(
+        usage_frame([usage_row(tenant="t0", user_id="u", timestamp=DAY0 + NS_PER_DAY)])
+    )
+    snap = store._ds.snapshot()
+    day = snap.files[0].day
+    assert len([e for e in snap.files if e.day == day]) == 2
+    span = {(sp.first_day, sp.last_day): sp for sp in snap.spans}[(day, day)]
+    assert {"summary", "daily"} <= set(span.kinds)
+    assert store.verify().empty
+    plan = store.report("t0", DAY0, DAY0 + NS_PER_DAY, by="api_method", explain=True)
+    assert plan["read"].tolist() == ["summary"]
+    got = store.report("t0", DAY0, DAY0 + NS_PER_DAY, by="api_method", metrics=["requests"])
+    assert got.set_index("api_method")["requests"].to_dict() == {
+        f"m{i}": 2 if 2 <= i < 10 else 1 for i in range(12)
+    }

@@ -17,6 +17,10 @@ SUMMARY_MAX_RATIO: float | None = None
 #: A span of a kind is written only when it has at most this share of the rows of its parts
 #: (the summaries a report would read in its place); otherwise its parent combines the parts.
 SPAN_SHRINK = 0.5
+#: A span of one day saves a report a read per file of the day besides the first: it is written
+#: when it has at most this share of the rows of what it replaces (two time-cut files of a day
+#: hold nearly the same keys, so their span is about 0.55 of them).
+DAY_SPAN_SHRINK = 0.75
 #: Spans cover aligned blocks of 1, 2, 4, ... days, up to 2**MAX_SPAN_LEVEL days.
 MAX_SPAN_LEVEL = 10
 #: Small files of a partition are merged on append once this many share a size class.

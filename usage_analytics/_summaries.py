@@ -364,7 +364,10 @@ class Summaries:
                     # in its place (its halves' spans, files' summaries or rows) enough to
                     # save reading that.
                     in_place = read_in_place(plan.first, plan.last, kind)
-                    shrinks = table is not None and table.num_rows <= _layout.SPAN_SHRINK * in_place
+                    share = (
+                        _layout.DAY_SPAN_SHRINK if plan.first == plan.last else _layout.SPAN_SHRINK
+                    )
+                    shrinks = table is not None and table.num_rows <= share * in_place
                     tables[kind] = worth(kind, table, rows) if shrinks else None
                     done = tables[kind]
                     reads[(plan.first, plan.last)][kind] = (
