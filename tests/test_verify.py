@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from helpers import DAY0, NS_PER_DAY, random_usage_frame, usage_frame, usage_row
+from helpers import DAY0, NS_PER_DAY, new_store, random_usage_frame, usage_frame, usage_row
 
 from usage_analytics import Store, _layout
 from usage_analytics._storage import files as summary_files
@@ -28,8 +28,7 @@ def summaries_for_small_files(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "usage")
-    store.auto_migrate()
+    store = new_store(tmp_path / "usage")
     for i in range(3):
         store.create_usage(
             random_usage_frame(400, 30 + i, days=4, tenants=("t0", "t1")), on_conflict="ignore"
@@ -118,8 +117,7 @@ def test_summaries_not_worth_writing_are_skipped_and_scanned(
     # Each row its own group: no grain with user_id shrinks the rows; at a ratio of 0.5 the
     # grains over (key, user) are skipped, the small ones kept.
     monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", 0.5)
-    store = Store(tmp_path / "usage")
-    store.auto_migrate()
+    store = new_store(tmp_path / "usage")
     frame = random_usage_frame(2000, 5, days=2, tenants=("t0",), users=2000)
     store.create_usage(frame, on_conflict="ignore")
     snap = store._ds.snapshot()
@@ -167,8 +165,7 @@ def test_a_day_of_files_without_a_kind_gets_a_span_of_it_where_the_day_shrinks(
     # Two files of one day over the same 200 users: each file's groups are a fifth of its
     # rows (over the ratio, not written), the day's a tenth (written as the day's span).
     monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", 0.15)
-    store = Store(tmp_path / "usage")
-    store.auto_migrate()
+    store = new_store(tmp_path / "usage")
     for seed in (1, 2):
         frame = random_usage_frame(1100, seed, days=1, tenants=("t0",), users=200, keys=1, models=1)
         store.create_usage(frame, on_conflict="ignore")
@@ -195,8 +192,7 @@ def test_a_day_of_files_without_a_kind_gets_a_span_of_it_where_the_day_shrinks(
 def test_a_day_of_two_files_with_nearly_the_same_keys_gets_a_span(tmp_path: Path) -> None:
     # Methods m0..m9 in one file, m2..m11 in the other: the day's span has 12 rows per grain
     # over methods, 0.6 of its parts' 20, and saves a report one read of two.
-    store = Store(tmp_path / "usage")
-    store.auto_migrate()
+    store = new_store(tmp_path / "usage")
     for first, offset in ((0, 0), (2, 10**9)):
         rows = [
             usage_row(

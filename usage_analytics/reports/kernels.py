@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -386,16 +386,19 @@ def partial_of_rows(
     gid, groups = encode_groups(rows, keys)
     n_groups = groups.num_rows
     out: Partial = {}
-    kept = gid >= 0
-    kept_gid = gid if kept.all() else gid[kept]
+    kept = None if (gid >= 0).all() else gid >= 0  # rows of a group (None: every row)
+
+    def of_groups(values: Any) -> np.ndarray:
+        array: np.ndarray = np.asarray(values)
+        return array if kept is None else array[kept]
+
+    kept_gid = of_groups(gid)
     base = {k: groups.column(k) for k in keys}
     for k, v in measures.items():
-        values = np.asarray(v)
-        values = values if len(kept_gid) == len(values) else values[kept]
-        base[k] = pa.array(_sum_by(kept_gid, values, n_groups), pa.int64())
+        base[k] = pa.array(_sum_by(kept_gid, of_groups(v), n_groups), pa.int64())
     out["base"] = pa.table(base)
     for column, values in (hists or {}).items():
-        found, counts = _histogram(kept_gid, np.asarray(values)[kept], n_groups)
+        found, counts = _histogram(kept_gid, of_groups(values), n_groups)
         table = _take_keys(groups, keys, found >> _VALUE_BITS)
         table["value"] = pa.array((found & ((1 << _VALUE_BITS) - 1)).astype(np.int32))
         table["count"] = pa.array(counts.astype(np.int64))
