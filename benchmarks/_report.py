@@ -20,6 +20,7 @@ WHOLE_DAY_SPEEDUP: Final = 5.0
 UNALIGNED_SLOWDOWN: Final = 1.5
 SQLITE_SPEEDUP: Final = 10.0
 INGEST_RATIO: Final = 0.5
+LOAD_RATIO: Final = 0.5
 APPEND_MS: Final = 25.0
 RSS_MIB: Final = 512.0
 RSS_GROWTH: Final = 1.25
@@ -207,6 +208,21 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, str]]:
         _status(ratio >= INGEST_RATIO),
         f"{ratio:.2f}x ({result['ingest']['store']['rows_per_s']:,.0f} rows/s)",
     )
+    load = result.get("load")
+    if load:
+        ratio = load["store_over_duckdb"]
+        add(
+            f"load of a {load['rows']:,}-row CSV >= {LOAD_RATIO:g}x DuckDB's COPY to Parquet",
+            _status(ratio >= LOAD_RATIO),
+            f"{ratio:.2f}x ({load['store']['rows_per_s']:,.0f} against "
+            f"{load['duckdb']['rows_per_s']:,.0f} rows/s)",
+        )
+        peak = load["store"]["peak_mib"]
+        add(
+            f"load of a {load['rows']:,}-row CSV: peak RSS < {RSS_MIB:g} MiB",
+            _status(peak < RSS_MIB),
+            f"{peak:,.0f} MiB",
+        )
     median = result["single_append"]["median_ms"]
     add(
         f"single-row append median < {APPEND_MS:g} ms",
@@ -329,6 +345,26 @@ def _tables(result: dict[str, Any]) -> list[Table]:
     )
     t.notes.append(f"pyarrow: {ingest['pyarrow']['settings']}, one file per batch")
     tables.append(t)
+
+    load = result.get("load")
+    if load:
+        t = Table(
+            f"Loading one CSV export ({load['rows']:,} rows, {load['csv_bytes'] / 2**20:,.0f} MiB; "
+            f"median of {load['repeats']}, each in a fresh process)",
+            ["loader", "seconds", "rows/s", "peak MiB"],
+        )
+        for name, label in (("store", "load_files"), ("duckdb", "DuckDB COPY to Parquet")):
+            cell = load[name]
+            t.rows.append(
+                [
+                    label,
+                    f"{cell['seconds']:.2f}",
+                    f"{cell['rows_per_s']:,.0f}",
+                    f"{cell['peak_mib']:,.0f}",
+                ]
+            )
+        t.notes.append(f"store / DuckDB throughput: {_x(load['store_over_duckdb'])}")
+        tables.append(t)
 
     engines = ["store", "duckdb"] + (["sqlite"] if params["sqlite"] else [])
     headers = ["query", "window", "rows out", *[f"{e} ms" for e in engines]]

@@ -52,7 +52,7 @@ from usage_analytics import Store
 from usage_analytics.schema import NS_PER_DAY
 from usage_analytics.synthetic import Profile, generate, iter_batches
 
-from . import _rss, _shapes, _sqlite
+from . import _load, _rss, _shapes, _sqlite
 from ._engines import QUERIES, DuckDBEngine, Engine, ResultMismatchError, StoreEngine, check_same
 from ._report import evaluate_targets, render
 
@@ -780,6 +780,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
             store_root, tenant, start_ns, args.days, args.repeats, clock
         )
 
+    clock.log(f"load of a {args.load_rows:,}-row CSV, against DuckDB's COPY")
+    result["load"] = _load.measure(
+        workdir / "load", args.load_rows, args.days, args.start, args.seed, args.load_repeats
+    )
+    clock.log(f"load: {result['load']['store_over_duckdb']:.2f}x DuckDB's rows/s")
     result["rss"] = measure_rss(store_root, tenant, windows, clock)
     result["delete"] = measure_delete(args, store_root, workdir, start_ns, clock)
     result["single_append"] = measure_single_appends(args, store_root, last_day_ns, clock)
@@ -873,6 +878,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_positive,
         default=10_000,
         help="single-row appends before compaction (step 6)",
+    )
+    parser.add_argument(
+        "--load-rows", type=_positive, default=2_000_000, help="rows of the CSV loaded (step 4b)"
+    )
+    parser.add_argument(
+        "--load-repeats", type=_positive, default=3, help="timed loads per loader (median)"
     )
     parser.add_argument(
         "--delete-half",

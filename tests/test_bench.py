@@ -37,6 +37,10 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "5",
             "--small-appends",
             "50",
+            "--load-rows",
+            "3000",
+            "--load-repeats",
+            "1",
             "--sqlite",
             "--workdir",
             str(base / "work"),
@@ -69,11 +73,24 @@ def test_every_section_is_present(result: dict[str, Any]) -> None:
         "single_append",
         "small_appends",
         "high_cardinality",
+        "load",
         "targets",
     ):
         assert section in result, section
     for key in ("platform", "cpu_count", "python", "pandas", "pyarrow", "duckdb", "date"):
         assert result["machine"][key], key
+
+
+def test_load_of_a_csv_against_duckdb(result: dict[str, Any]) -> None:
+    load = result["load"]
+    assert load["rows"] == 3000 and load["csv_bytes"] > 0
+    for loader in ("store", "duckdb"):
+        assert load[loader]["rows_loaded"] == [3000], loader
+        assert _positive(load[loader]["rows_per_s"]) and _positive(load[loader]["peak_mib"])
+    names = [t["target"] for t in result["targets"]]
+    assert "load of a 3,000-row CSV >= 0.5x DuckDB's COPY to Parquet" in names
+    assert "load of a 3,000-row CSV: peak RSS < 512 MiB" in names
+    assert "Loading one CSV export" in render(result)
 
 
 def test_ingest_and_dataset(result: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ from .errors import (  # noqa: E402
     UsageAnalyticsError,
     ValidationError,
 )
+from .ingest import LoadResult, load_files, read_usage_file  # noqa: E402
 from .records import Summary, Usage, UsageByGroup  # noqa: E402
 from .reports import DIMENSIONS, Not, Prices  # noqa: E402
 from .schema import COLUMNS, SCHEMA_VERSION, UsageSchema  # noqa: E402
@@ -64,6 +65,7 @@ __all__ = [
     "DuplicateUsageError",
     "IncompatibleDatasetError",
     "InvalidArgumentError",
+    "LoadResult",
     "LockTimeoutError",
     "MissingPriceError",
     "Not",
@@ -77,4 +79,6 @@ __all__ = [
     "UsageSchema",
     "ValidationError",
     "__version__",
+    "load_files",
+    "read_usage_file",
 ]

@@ -150,6 +150,17 @@ def _datetimes_to_ns(s: pd.Series) -> pd.Series:
         return s
 
 
+def _iso_to_ns(s: pd.Series) -> pd.Series:
+    """ISO 8601 texts (``2026-11-02T10:00:00Z``, with an offset, or naive: UTC) as int ns."""
+    try:
+        parsed = pd.to_datetime(s, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        return s  # validation names the values
+    if parsed.isna().any():
+        return s
+    return parsed.dt.as_unit("ns").astype(np.int64)
+
+
 def _mixed_to_ns(s: pd.Series) -> pd.Series:
     """Int nanoseconds and datetimes mixed in one object column, each converted on its own."""
     out = np.empty(len(s), dtype=np.int64)
@@ -186,6 +197,8 @@ def _coerce_int(s: pd.Series, name: str) -> pd.Series:
         inferred = _inferred(s)
         if inferred in ("datetime", "datetime64", "date"):
             return _datetimes_to_ns(s)
+        if inferred == "string":
+            return _iso_to_ns(s)
         if inferred.startswith("mixed"):
             return _mixed_to_ns(s)
     if pd.api.types.is_bool_dtype(dtype):

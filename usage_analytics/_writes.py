@@ -10,8 +10,9 @@ each partition with small files as files cut by time.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 from . import _layout
 from ._reads import read_rows
 from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction
+from ._storage.manifest import day_number
 from ._summaries import (
     SPAN_KINDS,
     Computed,
@@ -68,47 +70,80 @@ class Writer:
 
     def append(self, batch: pd.DataFrame, on_conflict: str) -> int:
         """Append a validated batch (stored dtypes, no repeated keys); returns rows written."""
+        return self.append_batches([batch], on_conflict)
+
+    def append_batches(self, batches: Iterable[pd.DataFrame], on_conflict: str) -> int:
+        """Append validated batches (stored dtypes, no key repeated inside a batch) in one
+        commit; returns rows written. Each batch is checked against the stored rows and those
+        of the batches before it, and its files are written before the next batch is taken
+        (``Transaction.flush``), so only one batch is held at a time."""
         summaries = self._summaries
         with contextlib.ExitStack() as stack:
             tx = stack.enter_context(self._ds.transaction())
-            if batch.empty:
-                return 0
-            batch = batch.reset_index(drop=True)
-            days = batch["timestamp"].to_numpy() // NS_PER_DAY
-            stored = self._stored_keys(tx.base, batch, days)
-            if stored.any():
-                if on_conflict == "error":
-                    raise duplicate_error(batch.loc[stored], "already stored")
-                batch = batch.loc[~stored].reset_index(drop=True)
-                days = days[~stored]
+            pool: ThreadPoolExecutor | None = None
+            staged: dict[str, Future[Computed] | None] = {}
+            # The summaries of the files of earlier batches (on disk by now), for the spans.
+            earlier: dict[str, Future[Computed]] = {}
+            first_day = last_day = -1
+            written = 0
+            for batch in batches:
                 if batch.empty:
-                    return 0
-            first = tx.reserve_ids(len(batch))
-            batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
-            batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
-            table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
-            rollups: dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]] = {}
-            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table | None]]]] = []
-            if len(batch) >= _layout.ROLLUP_MIN_ROWS:
-                # A second thread summarizes while this one stages and writes the rows (pyarrow
-                # releases the GIL): first the summaries of the new files, then the spans the
-                # commit can add. The pool is shut down only after the commit.
-                pool = stack.enter_context(ThreadPoolExecutor(1, "usage-analytics-rollups"))
-                rollups = submit_rollups(pool, table, days)
+                    continue
+                if staged:
+                    tx.flush()  # the rows of the batches before go to disk and are let go
+                    earlier.update((p, f) for p, f in staged.items() if f is not None)
+                batch = batch.reset_index(drop=True)
+                days = batch["timestamp"].to_numpy() // NS_PER_DAY
+                stored = self._stored_keys(tx.pending() if tx.flushed else tx.base, batch, days)
+                if stored.any():
+                    if on_conflict == "error":
+                        raise duplicate_error(batch.loc[stored], "already stored")
+                    batch = batch.loc[~stored].reset_index(drop=True)
+                    days = days[~stored]
+                    if batch.empty:
+                        continue
+                first = tx.reserve_ids(len(batch))
+                batch.insert(0, "created_at", pd.Timestamp.now(tz="UTC").as_unit("us"))
+                batch.insert(0, "id", np.arange(first, first + len(batch), dtype=np.int64))
+                table = pa.Table.from_pandas(batch, schema=arrow_schema(), preserve_index=False)
+                rollups: dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]]
+                rollups = {}
+                if len(batch) >= _layout.ROLLUP_MIN_ROWS:
+                    # A second thread summarizes while this one stages and writes the rows
+                    # (pyarrow releases the GIL). The pool is shut down only after the commit.
+                    if pool is None:
+                        pool = ThreadPoolExecutor(1, "usage-analytics-rollups")
+                        stack.enter_context(pool)
+                    rollups = submit_rollups(pool, table, days)
+                # Only the files of the last batch are still staged in memory (the spans below
+                # need to know which of them have summaries); the others are on disk.
                 staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
-                # Spans go into the same commit: those of the days before this batch (loads
-                # run forward in time, so those days are taken as loaded), and that of the day
-                # still loading when it is due. They are planned on the state the commit will
-                # leave and computed while this thread writes the data files; the commit
-                # writes them as they come, and leaves out any whose computation fails.
+                del table, batch
+                lo, hi = int(days.min()), int(days.max())
+                first_day = lo if written == 0 else min(first_day, lo)
+                last_day = max(last_day, hi)
+                written += len(days)
+            if written == 0:
+                return 0
+            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table | None]]]] = []
+            if pool is not None:
+                # Spans go into the same commit: those of the days before the first day
+                # written (loads run forward in time, so those days are taken as loaded), and
+                # that of the day still loading when it is due. They are planned on the state
+                # the commit will leave and computed while this thread writes the data files;
+                # the commit writes them as they come, and leaves out any whose computation
+                # fails.
                 after = tx.pending()
-                last_day = int(days.max())
+                # Every day before the last batch's first day is complete: batches run
+                # forward in time (a batch that does not only delays its days' spans).
+                batch_first_day = min(day_number(e.date) for e in after.files if e.path in staged)
                 plans = summaries.plan_spans(
                     after,
-                    int(days.min()),
+                    max(first_day, batch_first_day),
                     staged,
                     last_day if open_day_is_due(after, last_day) else None,
                 )
+                staged_and_earlier = {**earlier, **staged}
                 for plan in plans:
                     if plan.replaces is not None:
                         tx.drop_span(plan.replaces)
@@ -116,9 +151,7 @@ class Writer:
                     spans.append((tx.add_span(plan.first, plan.last, tables, plan.files), tables))
                 if plans:
                     futures = [f for _, f in spans]
-                    pool.submit(summaries.span_tables, after, plans, staged, futures)
-            else:
-                staged = self._stage_by_date(tx, table, days, batch["tenant"], rollups)
+                    pool.submit(summaries.span_tables, after, plans, staged_and_earlier, futures)
             tx.commit()
             summaries.remember_rollups({p: f for p, f in staged.items() if f is not None})
             failed = {span.name for span in tx.failed_spans}
@@ -135,15 +168,15 @@ class Writer:
                 f"the rows were written, but summarizing their days failed ({exc}); "
                 f"compact() or the next load builds those summaries",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        if len(batch) >= _layout.ROLLUP_MIN_ROWS and days.max() - days.min() >= 2:
-            # A batch of several days (an import of history) brought whole days of its own;
+        if pool is not None and last_day - first_day >= 2:
+            # A write of several days (an import of history) brought whole days of its own;
             # those of them without summaries are summarized from their rows, which can be
             # read only now. They are committed apart, skipped when another writer holds the
             # lock, and a failure to build them is only a warning (compact() builds them).
             try:
-                summaries.build_spans(before_day=int(days.max()), lock_timeout=0)
+                summaries.build_spans(before_day=last_day, lock_timeout=0)
             except LockTimeoutError:
                 pass
             except Exception as exc:  # the rows are committed: nothing here may undo that
@@ -151,9 +184,9 @@ class Writer:
                     f"the rows were written, but summarizing the days before them failed "
                     f"({exc}); compact() builds those summaries later",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-        return len(batch)
+        return written
 
     def _stage_by_date(
         self,
@@ -325,10 +358,23 @@ class Writer:
 
     # -- compaction --------------------------------------------------------------------------
 
-    def compact(self) -> int:
-        """Rewrite each partition with small files as files cut by time; returns how many."""
+    def compact(self, progress: bool = False) -> int:
+        """Rewrite each partition with small files as files cut by time; returns how many.
+        With ``progress``, a bar on stderr counts the partitions (shown after a second)."""
+        from tqdm import tqdm
+
         done = 0
-        for date in self._ds.snapshot().dates():
+        dates = self._ds.snapshot().dates()
+        bar = tqdm(
+            dates,
+            desc="compacting",
+            unit="partition",
+            disable=not progress,
+            delay=1.0,
+            file=sys.stderr,
+            leave=False,
+        )
+        for date in bar:
             with self._ds.transaction() as tx:
                 entries = tx.base.by_date().get(date, [])
                 target = _layout.COMPACT_FILE_ROWS

@@ -7,6 +7,7 @@ records, for code that prefers objects to frames.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -52,12 +53,14 @@ class _FromFrame:
 
 @dataclass(kw_only=True)
 class Usage(_FromFrame):
-    """One API call. ``timestamp`` (int nanoseconds since the Unix epoch, UTC) is required;
-    ``id`` and ``created_at`` are set by the store and ignored on input.
+    """One API call. ``timestamp`` is required: int nanoseconds since the Unix epoch (UTC),
+    a datetime or ``pd.Timestamp`` (naive ones are UTC), or an ISO 8601 text such as
+    ``"2026-11-02T10:00:00Z"`` or ``"2026-11-02T11:00:00+01:00"``; the store keeps int
+    nanoseconds. ``id`` and ``created_at`` are set by the store and ignored on input.
 
     Example:
         >>> Usage(user_id="u0", tenant="t0", api_method="GetFoo", status_code=200,
-        ...       timestamp=1_610_000_000, latency_ms=100).model_id
+        ...       timestamp="2026-11-02T10:00:00Z", latency_ms=100).model_id
         ''
     """
 
@@ -70,7 +73,7 @@ class Usage(_FromFrame):
     api_key_id: str = ""
     api_method: str = ""
     status_code: int = 0
-    timestamp: int
+    timestamp: int | str | dt.datetime | pd.Timestamp
     latency_ms: int = 0
     model_id: str = ""
     time_to_first_token_ms: int = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -199,6 +199,55 @@ class Store:
             batch = batch.loc[~repeated]
         return self._writer.append(batch, on_conflict)
 
+    def create_usage_batches(
+        self, batches: Iterable[Any], *, on_conflict: Literal["error", "ignore"] = "error"
+    ) -> int:
+        """Validate and append many batches in one commit, all or nothing, holding one batch
+        in memory at a time: for loads larger than memory.
+
+        Args:
+            batches: an iterable (a generator, say) of what :meth:`create_usage` takes as one
+                argument: a DataFrame, a list of ``Usage`` objects or mappings.
+            on_conflict: as for :meth:`create_usage`; keys are unique across all batches.
+
+        Each batch is validated and its files written before the next is taken, but none of
+        its rows is visible until the last batch is written and the commit makes them all
+        live at once. An error in any batch (or an exception raised by the iterable itself)
+        leaves the dataset as it was.
+
+        Returns:
+            The number of rows written.
+
+        Example:
+            >>> store = Store(tmp / "batches"); store.auto_migrate()
+            >>> def batches():
+            ...     for day in ("2026-11-01", "2026-11-02"):
+            ...         yield [{"user_id": "u1", "timestamp": pd.Timestamp(day)}]
+            >>> store.create_usage_batches(batches())
+            2
+        """
+        if not isinstance(on_conflict, str) or on_conflict not in ("error", "ignore"):
+            raise InvalidArgumentError(
+                f"on_conflict must be 'error' or 'ignore', not {on_conflict!r}"
+            )
+        if isinstance(batches, pd.DataFrame | str | bytes) or not isinstance(batches, Iterable):
+            raise InvalidArgumentError(
+                "create_usage_batches takes an iterable of batches (DataFrames or lists of "
+                f"rows), not {type(batches).__name__}; for one batch, call create_usage"
+            )
+
+        def validated() -> Iterator[pd.DataFrame]:
+            for item in batches:
+                batch = prepare_batch((item,))
+                repeated = repeated_keys(batch)
+                if repeated.any():
+                    if on_conflict == "error":
+                        raise duplicate_error(batch.loc[repeated], "inside a batch")
+                    batch = batch.loc[~repeated]
+                yield batch
+
+        return self._writer.append_batches(validated(), on_conflict)
+
     def delete_usage(self, timestamp: Any, limit: int | None = None) -> int:
         """Delete rows with ``timestamp`` before the cutoff, oldest first; all or nothing.
 
@@ -227,7 +276,7 @@ class Store:
                 raise InvalidArgumentError(f"limit must be >= 0, not {limit}")
         return self._writer.delete(cutoff, None if limit is None else int(limit))
 
-    def compact(self) -> int:
+    def compact(self, *, progress: bool = False) -> int:
         """Merge the files of each partition that holds several, some of them small, into
         files of at most 131,072 rows; returns how many partitions were rewritten. Each
         partition is committed on its own, all or nothing, and keeps every row exactly.
@@ -237,7 +286,8 @@ class Store:
         files within the window and scans only the file it cuts, as after a bulk load.
         Partitions whose files all hold at least half that many rows are left as they are.
         Files given no summary of a kind (written by an older version) get one where it is
-        worth it, and missing spans are built.
+        worth it, and missing spans are built. ``progress=True`` shows a progress bar of the
+        partitions on stderr when compaction takes longer than a second.
 
         Example:
             >>> store = Store(tmp / "small"); store.auto_migrate()
@@ -245,7 +295,9 @@ class Store:
             >>> store.compact(), len(store.files())
             (1, 1)
         """
-        return self._writer.compact()
+        if not isinstance(progress, bool):
+            raise InvalidArgumentError(f"progress must be True or False, not {progress!r}")
+        return self._writer.compact(progress)
 
     def verify(self) -> pd.DataFrame:
         """Check the dataset: read every data file back against the manifest, and recompute

@@ -490,8 +490,15 @@ class Dataset:
             self._recover()
             base = self._load_manifest()
             self._check_writable(base, upgrade)
+            tx = Transaction(self, base)
             try:
-                yield Transaction(self, base)
+                try:
+                    yield tx
+                finally:
+                    # Files written ahead of a commit that never came; if this fails, the
+                    # next writer's recovery removes them.
+                    with contextlib.suppress(Exception):
+                        tx.abandon()
             except FileNotFoundError as exc:
                 # Under the lock no other writer removes files: a listed file that is gone
                 # was removed from outside.

@@ -53,7 +53,7 @@ TableOrFuture: TypeAlias = "pa.Table | Future[pa.Table | None] | None"
 @dataclass
 class _Staged:
     entry: FileEntry
-    table: pa.Table
+    table: pa.Table | None  # None once written by flush()
     sidecars: dict[str, TableOrFuture]
 
 
@@ -88,6 +88,9 @@ class Transaction:
         self._unwritten: set[str] = set()
         #: Summaries added to files of the base state, by the file's path.
         self._more: dict[str, dict[str, TableOrFuture]] = {}
+        #: How many staged data files flush() has written; the txid their journal names.
+        self._flushed = 0
+        self._txid: str | None = None
 
     def reserve_ids(self, n: int) -> int:
         """Reserve ``n`` consecutive row ids; returns the first."""
@@ -123,6 +126,52 @@ class Transaction:
         )
         self._staged.append(_Staged(entry, table, sidecars))
         return entry
+
+    @property
+    def flushed(self) -> bool:
+        """Whether :meth:`flush` has written files that only the commit makes live."""
+        return self._flushed > 0
+
+    def flush(self) -> None:
+        """Write the data files staged so far, with their summaries, and let go of their rows,
+        so that a write of many batches holds one batch at a time.
+
+        The journal names them first: until the commit they are invisible, and recovery (of
+        a failure here, of an abandoned transaction, of a killed process) removes them.
+        """
+        pending = self._staged[self._flushed :]
+        if not pending:
+            return
+        if self._txid is None:
+            self._txid = uuid.uuid4().hex
+        ds = self._ds
+        adds = [p for s in self._staged for p in s.entry.all_paths]
+        for rel in adds:
+            for folder in check_relative_path(rel, sidecar_ok=True):
+                check_partition_folder(ds.root / folder)
+        try:
+            journal = {"txid": self._txid, "adds": adds, "removes": []}
+            replace_bytes(ds.journal_path, json_bytes(journal), "journal_tmp_written")
+            self._write_files(pending, with_others=False)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                ds._recover()
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | StorageError):
+                raise StorageError(
+                    exc.errno or errno.EIO,
+                    f"writing to {ds.root} failed ({exc.strerror or exc}); nothing was changed",
+                ) from exc
+            raise
+        for staged in pending:
+            staged.table = None
+            staged.sidecars = {}
+        self._flushed = len(self._staged)
+
+    def abandon(self) -> None:
+        """Undo what :meth:`flush` wrote, when the transaction ends without a commit."""
+        if self._flushed and not self._done:
+            self._done = True
+            self._ds._recover()
 
     def remove(self, entry: FileEntry) -> None:
         """Stage the removal of a live data file."""
@@ -182,7 +231,7 @@ class Transaction:
         if not self.changed:
             return
         ds = self._ds
-        new, dropped_spans = self._next(uuid.uuid4().hex)
+        new, dropped_spans = self._next(self._txid or uuid.uuid4().hex)
         txid = new.txid
         adds = [p for s in self._staged for p in s.entry.all_paths]
         adds += [p for new_span in self._new_spans for p in new_span.span.all_paths]
@@ -253,7 +302,8 @@ class Transaction:
 
     def pending(self) -> Snapshot:
         """The state this transaction would commit, as staged so far (its txid is empty)."""
-        return self._next("")[0]
+        new = self._next("")[0]
+        return self._without_unwritten(new) if self._unwritten else new
 
     def staged_summaries(self) -> dict[str, dict[str, TableOrFuture]]:
         """The summary tables (or their futures) of the data files staged so far, by path."""
@@ -293,19 +343,30 @@ class Transaction:
             return entry
         return dataclasses.replace(entry, sidecars=(*entry.sidecars, *more))
 
-    def _write_files(self) -> None:
+    def _write_files(
+        self, staged_files: Sequence[_Staged] | None = None, *, with_others: bool = True
+    ) -> None:
         """Write every new file: the data files on this thread, meanwhile the summary files
-        (waiting for those still being computed) on another; pyarrow releases the GIL."""
+        (waiting for those still being computed) on another; pyarrow releases the GIL.
+
+        ``staged_files`` (default: those not flushed yet) are the data files to write; without
+        ``with_others``, only they and their summaries are written (see :meth:`flush`).
+        """
         dirs: set[Path] = set()
         new_dirs: set[Path] = set()
+        if staged_files is None:
+            staged_files = self._staged[self._flushed :]
         data: list[_Out] = [
-            (staged.entry.path, staged.table, self._ds._write_data, None) for staged in self._staged
+            (staged.entry.path, staged.table, self._ds._write_data, None) for staged in staged_files
         ]
         summaries: list[_Out] = [
             (staged.entry.sidecar_path(k), t, write_summary, None)
-            for staged in self._staged
+            for staged in staged_files
             for k, t in staged.sidecars.items()
         ]
+        if not with_others:
+            self._write_all(data, summaries, dirs, new_dirs)
+            return
         by_path = {e.path: e for e in self.base.files}
         summaries += [
             (by_path[path].sidecar_path(k), t, write_summary, None)
@@ -318,6 +379,11 @@ class Transaction:
             for new_span in self._new_spans
             for k, t in new_span.tables.items()
         ]
+        self._write_all(data, summaries, dirs, new_dirs)
+
+    def _write_all(
+        self, data: list[_Out], summaries: list[_Out], dirs: set[Path], new_dirs: set[Path]
+    ) -> None:
         if data and summaries:
             summary_dirs: set[Path] = set()
             summary_new_dirs: set[Path] = set()
