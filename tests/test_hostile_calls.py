@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
 import math
 import shutil
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _crash_worker import DAY, T0, batch
+from click.testing import CliRunner
 
 from usage_analytics import (
     CorruptDatasetError,
@@ -36,7 +36,7 @@ from usage_analytics import (
     _layout,
     synthetic,
 )
-from usage_analytics.cli import main
+from usage_analytics.cli import cli
 
 #: A call that takes longer than this is taken to hang (the calls here take milliseconds).
 HANG_SECONDS: Final = 20
@@ -148,10 +148,12 @@ def test_end_at_2_63_includes_the_last_possible_row(with_spans: Store) -> None:
 
 
 def test_cli_prints_bounds_beyond_timestamps(with_spans: Store) -> None:
-    out = io.StringIO()
     args = ["report", str(with_spans.root), "--tenant", "t0", "--end", str(2**64)]
-    assert main(args, out=out) == 0
-    assert str(2**64) in out.getvalue()
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    assert str(2**64) in result.stdout.splitlines()[0]  # the window's end, beyond any time
+    result = CliRunner().invoke(cli, [*args, "--format", "json"])
+    assert json.loads(result.stdout)["end"] == 2**64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,16 +298,15 @@ def test_an_infinite_lock_timeout_waits_as_long_as_it_takes(plain: Store) -> Non
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    out = io.StringIO()
+    """Run the command in-process: its exit code, stdout and stderr; an exception that is not
+    an exit fails the test."""
     with no_hang(" ".join(argv)):
-        try:
-            code = main(argv, out=out)
-        except SystemExit as exc:  # argparse: bad arguments
-            code = int(exc.code or 0)
-        except Exception as exc:
-            pytest.fail(f"usage-analytics {' '.join(argv)} raised {type(exc).__name__}: {exc}")
+        result = CliRunner().invoke(cli, argv)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        exc = result.exception
+        pytest.fail(f"usage-analytics {' '.join(argv)} raised {type(exc).__name__}: {exc}")
     captured = capsys.readouterr()
-    return code, out.getvalue() + captured.out, captured.err
+    return result.exit_code, result.stdout + captured.out, result.stderr + captured.err
 
 
 def assert_clean_failure(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -631,6 +632,13 @@ def test_hostile_command_lines_exit_cleanly(
             ["init", r],
             ["compact", r],
             ["report", r, "--tenant", "t0"],
+            ["report", r, "--all-tenants", "--by", "model_id", "--every", "1d", "--format", "csv"],
+            ["summary", r, "--tenant", "t0"],
+            ["groups", r, "--tenant", "t1", "--top", "1", "--format", "json"],
+            ["models", r, "--tenant", "t0", "--every", "1d"],
+            ["tenants", r],
+            ["verify", r],
+            ["retention", r, "--dry-run"],
             ["delete", r, "--before", str(T0)],
         ]
     r = str(with_spans.root)
@@ -638,12 +646,28 @@ def test_hostile_command_lines_exit_cleanly(
         argvs += [
             ["report", r, "--tenant", "t0", "--start", t],
             ["report", r, "--tenant", "t0", "--end", t],
+            ["report", r, "--all-tenants", "--every", "1h", "--start", t],
+            ["summary", r, "--tenant", "t0", "--last", "7d", "--end", t],
+            ["models", r, "--tenant", "t0", "--end", t],
             ["delete", r, "--before", t],
         ]
     argvs += [
         ["delete", r, "--before", str(T0), "--limit", "-5"],
         ["delete", r, "--before", str(T0), "--limit", "nan"],
         ["report", r, "--tenant", "t0", "--top", "x"],
+        ["report", r, "--tenant", "t0", "--top", "-1"],
+        ["report", r, "--tenant", "t0", "--where", "status_code=1e3"],
+        ["report", r, "--tenant", "t0", "--where", "=x"],
+        ["report", r, "--tenant", "t0", "--metrics", ","],
+        ["report", r, "--tenant", "t0", "--prices", str(inputs["binary"])],
+        ["report", r, "--tenant", "t0", "--prices", str(inputs["folder"])],
+        ["report", r, "--tenant", "t0", "--last", "99999999999999999999w"],
+        ["report", r, "--tenant", "t0", "--tz", ""],
+        ["report", r, "--tenant", "nobody"],
+        ["report", r, "--tenant", "t0", "--output", str(tmp_path / "no" / "x.json")],
+        ["report", r, "--tenant", "t0", "--output", str(inputs["folder"])],
+        ["retention", r, "--older-than", "99999999999999999999w", "--dry-run"],
+        ["html", r, "--tenant", "t0", "-o", str(tmp_path / "r.html")],
         ["report", r],
         ["load", r],
         ["nonsense", r],

@@ -4,7 +4,6 @@ adaptive summaries: kinds not worth writing are listed as skipped and scanned in
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -12,11 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from click.testing import CliRunner
 from helpers import DAY0, NS_PER_DAY, new_store, random_usage_frame, usage_frame, usage_row
 
 from usage_analytics import Store, _layout
 from usage_analytics._storage import files as summary_files
-from usage_analytics.cli import main
+from usage_analytics.cli import cli
 from usage_analytics.reports import grains
 
 
@@ -95,15 +95,16 @@ def test_unreadable_summary_and_data_files_are_reported(store: Store) -> None:
 
 
 def test_cli_verify_exits_1_on_a_problem_and_0_when_sound(store: Store) -> None:
-    out = io.StringIO()
-    assert main(["verify", str(store.root)], out=out) == 0
-    assert "no problem found" in out.getvalue()
+    runner = CliRunner()
+    result = runner.invoke(cli, ["verify", str(store.root)])
+    assert result.exit_code == 0
+    assert "No problem found" in result.stdout
     entry = store._ds.snapshot().files[0]
     kind = sorted(entry.sidecars)[0]
     _bump_first_count(store.root / entry.sidecar_path(kind))
-    out = io.StringIO()
-    assert main(["verify", str(store.root), "--format", "json"], out=out) == 1
-    assert json.loads(out.getvalue()) == [
+    result = runner.invoke(cli, ["verify", str(store.root), "--format", "json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["rows"] == [
         {"piece": entry.path, "kind": kind, "problem": "differs from the summary of its rows"}
     ]
 
