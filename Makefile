@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: demo test lint bench bench-tiny sample format clean
+.PHONY: demo test lint bench bench-tiny sample notebooks browser format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +14,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: the usage report of the bundled sample dataset
+## demo: the usage report of the bundled sample dataset, and report.html beside it
 demo: $(STAMP)
-	$(BIN)/usage-analytics report data/sample --tenant tenant-005 --top 15
+	@$(BIN)/usage-analytics summary data/sample --tenant tenant-005
+	@echo
+	@$(BIN)/usage-analytics groups data/sample --tenant tenant-005 --top 15
+	@echo
+	@$(BIN)/usage-analytics report data/sample --tenant tenant-005 --by model_id --metrics requests,total_tokens,error_rate,latency_ms_p50,latency_ms_p95
+	@echo
+	@$(BIN)/usage-analytics html data/sample --tenant tenant-005 --output report.html
 
-## test: the whole test suite (unit, doctests, notebook, crash and concurrency suites)
-test: $(STAMP)
+## test: the whole test suite (unit, doctests, notebooks, HTML in a browser, crash and concurrency)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## browser: Debian's Chromium, which the HTML report's test opens the report in (installed with
+## apt-get where this runs as root; elsewhere that test is skipped and says why)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the HTML report's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null) || echo "could not install chromium: the browser test will be skipped"; \
+	  else echo "chromium is not installed: the browser test will be skipped"; fi; }
+
+## notebooks: run both notebooks from the repository root and save them with their outputs
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
 
 ## lint: ruff and mypy
 lint: $(STAMP)
