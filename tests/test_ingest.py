@@ -493,3 +493,28 @@ def test_bad_arguments(tmp_path: Path, rows: pd.DataFrame) -> None:
             load_files(store, [path], **kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="one or more files"):
         load_files(store, [])
+
+
+def test_a_bad_number_deep_in_a_file_is_found_after_chunks_were_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Integer columns are parsed as integers first; a bad value deep in the file makes the
+    rest of it be read again as text: no row is lost or read twice, and lines stay right."""
+    monkeypatch.setattr(ingest._formats, "_BLOCK_BYTES", 1 << 14)
+    frame = synthetic.generate(3000, start="2026-11-01", days=2, seed=4)
+    frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    lines = frame.to_csv(index=False).splitlines()
+    lines[2500] = lines[2500].replace(",", ",,", 1).replace(",,", ",", 1)
+    fields = lines[2500].split(",")
+    fields[8] = "12.5ms"  # latency_ms
+    lines[2500] = ",".join(fields)
+    lines[1200] = "short,line"
+    path = tmp_path / "deep.csv"
+    path.write_text("\n".join(lines) + "\n")
+    store = new_store(tmp_path / "s")
+    result = load_files(store, [path], rejects=tmp_path / "r.csv")
+    assert (result.rows_read, result.rows_written, result.rows_rejected) == (3000, 2998, 2)
+    with open(tmp_path / "r.csv", newline="") as f:
+        assert [r["line"] for r in csv.DictReader(f)] == ["1201", "2501"]
+    expected = frame.drop(index=[1199, 2499])
+    same_rows(stored(store), expected)

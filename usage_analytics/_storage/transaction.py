@@ -146,7 +146,7 @@ class Transaction:
             self._txid = uuid.uuid4().hex
         ds = self._ds
         adds = [p for s in self._staged for p in s.entry.all_paths]
-        for rel in adds:
+        for rel in (p for s in pending for p in s.entry.all_paths):  # the others were checked
             for folder in check_relative_path(rel, sidecar_ok=True):
                 check_partition_folder(ds.root / folder)
         try:

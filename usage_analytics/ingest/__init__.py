@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..errors import InvalidArgumentError, ValidationError
-from ..schema import NS_PER_DAY
+from ..schema import INT32_COLUMNS, NS_PER_DAY
 from ._convert import Options, convert, empty, joined, parse_options
 from ._formats import (
     FORMATS,
@@ -143,6 +143,12 @@ class _Reader:
                 if failed:
                     raise _bad_rows_error(failed, file_bad)
 
+    def _integers(self, header: list[str]) -> frozenset[str]:
+        """The columns of a header that become integer columns (the timestamp too: if it holds
+        times as text, the file is read as text)."""
+        wanted = {*INT32_COLUMNS, "timestamp"}
+        return frozenset(h for h in header if self.options.rename.get(h, h) in wanted)
+
     def _file_chunks(self, path: Path) -> Iterator[tuple[int, pd.DataFrame, list[Bad]]]:
         """Chunks of about ``CHUNK_ROWS`` good rows of ``path``, each with the position in the
         file reached and the bad rows met."""
@@ -154,7 +160,8 @@ class _Reader:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # nothing of pandas' or pyarrow's leaks out
-                for position, chunk in raw_chunks(path, fmt, compression, CHUNK_ROWS):
+                chunks = raw_chunks(path, fmt, compression, CHUNK_ROWS, self._integers)
+                for position, chunk in chunks:
                     raw.append(chunk)
                     rows += chunk.table.num_rows
                     if rows >= CHUNK_ROWS:

@@ -410,7 +410,7 @@ def joined(chunks: list[Chunk]) -> Chunk:
     else:
         try:
             table = pa.concat_tables(tables, promote_options="permissive")
-        except pa.ArrowInvalid:  # JSON chunks whose types differ: each as text
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # types differ (JSON; a CSV read again)
             texts = [t.cast(pa.schema([(n, pa.string()) for n in t.column_names])) for t in tables]
             table = pa.concat_tables(texts, promote_options="permissive")
     lines = np.concatenate([c.lines for c in chunks])

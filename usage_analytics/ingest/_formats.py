@@ -8,7 +8,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -186,8 +186,14 @@ def _csv_header(path: Path, compression: str | None, delimiter: str) -> list[str
 
 
 def _csv_chunks(
-    path: Path, stream: pa.NativeFile, delimiter: str, header: list[str]
+    path: Path,
+    stream: pa.NativeFile,
+    delimiter: str,
+    header: list[str],
+    integers: frozenset[str] = frozenset(),
 ) -> Iterator[Chunk]:
+    """The rows of a CSV file, every column as text but ``integers``, parsed as int64 (a value
+    that is not one raises ``ArrowInvalid``: read the file as text then)."""
     dupes = sorted({n for n in header if header.count(n) > 1})
     if dupes:
         raise InvalidArgumentError(
@@ -216,7 +222,7 @@ def _csv_chunks(
             ),
             convert_options=pacsv.ConvertOptions(
                 # Every column as text: this module converts them, naming each bad value.
-                column_types=dict.fromkeys(header, pa.string()),
+                column_types={n: pa.int64() if n in integers else pa.string() for n in header},
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
@@ -346,25 +352,59 @@ def _parquet_chunks(path: Path, compression: str | None, rows: int) -> Iterator[
 
 
 def raw_chunks(
-    path: Path, fmt: str, compression: str | None, parquet_rows: int
+    path: Path,
+    fmt: str,
+    compression: str | None,
+    parquet_rows: int,
+    integers: Callable[[list[str]], frozenset[str]] | None = None,
 ) -> Iterator[tuple[int, Chunk]]:
     """The raw chunks of ``path`` read as ``fmt``, each with the bytes of the file read so far
-    (Parquet files are read ``parquet_rows`` rows at a time)."""
+    (Parquet files are read ``parquet_rows`` rows at a time).
+
+    The columns of a CSV file that ``integers`` names (given the header) are first parsed as
+    integers, which is faster; when one holds something else, the rest of the file is read
+    again as text, for the conversion to name each bad value by its line.
+    """
     if fmt == "parquet":
         size = path.stat().st_size
         for chunk in _parquet_chunks(path, compression, parquet_rows):
             yield size, chunk
         return
+    if fmt == "jsonl":
+        raw, stream = _open(path, compression)
+        try:
+            for chunk in _jsonl_chunks(path, stream):
+                yield raw.tell(), chunk
+        finally:
+            raw.close()
+        return
     delimiter = "\t" if fmt == "tsv" else ","
-    header = _csv_header(path, compression, delimiter) if fmt != "jsonl" else []
+    header = _csv_header(path, compression, delimiter)
+    typed = integers(header) if integers is not None else frozenset()
+    done = 1  # the last line of the rows yielded
+    reported: set[int] = set()  # the lines of the bad rows yielded
+    if typed:
+        raw, stream = _open(path, compression)
+        try:
+            for chunk in _csv_chunks(path, stream, delimiter, header, typed):
+                if len(chunk.lines):
+                    done = int(chunk.lines[-1])
+                reported.update(b.line for b in chunk.bad)
+                yield raw.tell(), chunk
+            return
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc):
+                raise
+        finally:
+            raw.close()
     raw, stream = _open(path, compression)
     try:
-        chunks = (
-            _jsonl_chunks(path, stream)
-            if fmt == "jsonl"
-            else _csv_chunks(path, stream, delimiter, header)
-        )
-        for chunk in chunks:
-            yield raw.tell(), chunk
+        for chunk in _csv_chunks(path, stream, delimiter, header):
+            keep = chunk.lines > done
+            if not keep.all():
+                chunk = Chunk(chunk.table.filter(pa.array(keep)), chunk.lines[keep], chunk.bad)
+            chunk.bad = [b for b in chunk.bad if b.line not in reported]
+            if chunk.table.num_rows or chunk.bad:
+                yield raw.tell(), chunk
     finally:
         raw.close()
