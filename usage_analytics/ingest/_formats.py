@@ -210,29 +210,23 @@ def _csv_chunks(
         invalid.append((int(row.number or 0), reason, text))
         return "skip"
 
-    try:
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(
-                delimiter=delimiter,
-                newlines_in_values=True,
-                ignore_empty_lines=False,
-                invalid_row_handler=on_invalid,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                # Every column as text: this module converts them, naming each bad value.
-                column_types={n: pa.int64() if n in integers else pa.string() for n in header},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            raise InvalidArgumentError(
-                f"cannot load {path}: it has no header line; nothing was written"
-            ) from None
-        raise
+    reader = pacsv.open_csv(  # the header was read already: the file is not empty
+        stream,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=_BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter,
+            newlines_in_values=True,
+            ignore_empty_lines=False,
+            invalid_row_handler=on_invalid,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            # Texts as they are (this module converts them, naming each bad value), and the
+            # integer columns as integers.
+            column_types={n: pa.int64() if n in integers else pa.string() for n in header},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
     record = 2  # the line of the next row: the header is line 1
     skipped: list[int] = []
     for batch in reader:
