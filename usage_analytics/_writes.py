@@ -91,7 +91,15 @@ class Writer:
                     continue
                 if staged:
                     tx.flush()  # the rows of the batches before go to disk and are let go
-                    earlier.update((p, f) for p, f in staged.items() if f is not None)
+                    # Their summaries are computed by now (the flush wrote them); the spans
+                    # need only the kinds that spans have.
+                    for path, future in staged.items():
+                        if future is not None:
+                            kept: Future[Computed] = Future()
+                            kept.set_result(
+                                {k: t for k, t in future.result().items() if k in SPAN_KINDS}
+                            )
+                            earlier[path] = kept
                 batch = batch.reset_index(drop=True)
                 days = batch["timestamp"].to_numpy() // NS_PER_DAY
                 stored = self._stored_keys(tx.pending() if tx.flushed else tx.base, batch, days)

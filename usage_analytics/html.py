@@ -1,193 +1,324 @@
 """The HTML report of one tenant's usage: one self-contained file that opens offline.
 
-Every number comes from :meth:`Store.report`; the charts are inline SVG drawn by matplotlib
-(``pip install 'usage_analytics[plot]'``), so the file fetches nothing: no scripts, fonts or
-images from anywhere.
+Every number on the page comes from :meth:`Store.report <usage_analytics.Store.report>`, printed
+as the engine gives it. The charts are inline SVG drawn by matplotlib (``pip install
+'usage_analytics[plot]'``) with their text kept as text, so the file fetches nothing: no scripts,
+fonts, style sheets or images from anywhere. matplotlib is imported when a page is drawn, not
+when this module is, and only through :class:`matplotlib.figure.Figure` under its default style:
+pyplot's figures, the backend and the style of a notebook are left alone.
 """
 
 from __future__ import annotations
 
+import errno
 import html
 import io
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
 from ._validation import to_window
-from .errors import UsageAnalyticsError
+from .errors import InvalidArgumentError, StorageError, UsageAnalyticsError
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
     from .reports.prices import Prices
     from .store import Store
 
 __all__ = ["render_report", "write_report"]
 
 _TOP: Final = 10
+_MAX_SERIES: Final = 10  # lines in a chart; past it the smallest series are added up into one
 _NO_MODEL: Final = "(no model)"
+_NONE: Final = "(none)"
+_DAY: Final = 86_400 * 10**9
+_LATENCY: Final = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99")
+_TTFT: Final = ("time_to_first_token_ms_p50", "time_to_first_token_ms_p95")
+_TOKENS: Final = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 _STYLE: Final = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
-       max-width: 1100px; color: #1f2328; padding: 0 1rem; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       margin: 2rem auto; max-width: 1100px; padding: 0 1rem; line-height: 1.4; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; }
-h2 { font-size: 1.2rem; margin-top: 2.2rem; border-bottom: 1px solid #d0d7de;
+h2 { font-size: 1.2rem; margin-top: 2.4rem; border-bottom: 1px solid #d0d7de;
      padding-bottom: .3rem; }
 .window { color: #57606a; margin-top: 0; }
 .totals { display: flex; flex-wrap: wrap; gap: .8rem; margin: 1rem 0; }
 .totals div { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px;
               padding: .5rem .9rem; }
-.totals b { display: block; font-size: 1.15rem; }
+.totals b { display: block; font-size: 1.15rem; font-variant-numeric: tabular-nums; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
 th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; }
 th { background: #f6f8fa; text-align: left; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: .5rem 0; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: .8rem 0; }
 figure svg { max-width: 100%; height: auto; }
 p.note { color: #57606a; font-size: .85rem; }
 """
 
-
 # -- formatting -------------------------------------------------------------------------------
 
 
-def _count(v: Any) -> str:
-    return f"{int(v):,}"
+def _count(value: Any) -> str:
+    return f"{int(value):,}"
 
 
-def _number(v: Any) -> str:
-    return "-" if pd.isna(v) else f"{float(v):,.2f}"
+def _ms(value: Any) -> str:
+    return "-" if pd.isna(value) else f"{float(value):,.2f}"
 
 
-def _percent(v: Any) -> str:
-    return "-" if pd.isna(v) else f"{100 * float(v):.1f}%"
+def _percent(value: Any) -> str:
+    return "-" if pd.isna(value) else f"{100 * float(value):.1f}%"
 
 
-def _money(v: Any) -> str:
-    return "-" if pd.isna(v) else f"{float(v):,.4f}"
+def _money(value: Any) -> str:
+    return "-" if pd.isna(value) else f"{float(value):,.4f}"
 
 
-def _text(v: Any) -> str:
-    return html.escape(str(v)) if str(v) else "<i>(none)</i>"
+def _moment(ns: int, tz: str) -> str:
+    """An instant to the second on the wall clock of ``tz``."""
+    return str(pd.Timestamp(ns, unit="ns", tz="UTC").tz_convert(tz).strftime("%Y-%m-%d %H:%M:%S"))
 
 
-def _time(ns: int, tz: str) -> str:
-    moment = pd.Timestamp(ns, unit="ns", tz="UTC").tz_convert(tz)
-    return str(moment.strftime("%Y-%m-%d %H:%M:%S"))
+def _label(value: object, empty: str = _NO_MODEL) -> str:
+    """A string of the data as matplotlib text: shortened, and never read as mathtext."""
+    text = str(value) or empty
+    if len(text) > 40:
+        text = text[:39] + "\u2026"
+    return text.replace("$", r"\$")
 
 
-def _table(frame: pd.DataFrame, formats: dict[str, Callable[[Any], str]]) -> str:
-    """An HTML table of ``frame``; columns in ``formats`` are numbers, the others text."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+# A column of a table: (frame column, header, formatter of a number; None: text of the data).
+_Column = tuple[str, str, Callable[[Any], str] | None]
+
+
+def _table(frame: pd.DataFrame, columns: Sequence[_Column], *, empty: str = _NONE) -> str:
+    """An HTML table of ``frame``; text cells are escaped, an empty one shows ``empty``."""
+    head = "".join(
+        ("<th>" if fmt is None else '<th class="n">') + f"{html.escape(title)}</th>"
+        for _, title, fmt in columns
+    )
+
     rows = []
-    for record in frame.itertuples(index=False):
+    for record in frame[[name for name, _, _ in columns]].itertuples(index=False):
         cells = []
-        for column, value in zip(frame.columns, record, strict=True):
-            if column in formats:
-                cells.append(f'<td class="n">{formats[column](value)}</td>')
+        for value, (_, _, fmt) in zip(record, columns, strict=True):
+            if fmt is not None:
+                cells.append(f'<td class="n">{fmt(value)}</td>')
             else:
-                cells.append(f"<td>{_text(value)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+                cells.append(f"<td>{html.escape(str(value)) or f'<i>{empty}</i>'}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 # -- charts -----------------------------------------------------------------------------------
 
 
-def _figure() -> Any:
+def _require_matplotlib() -> None:
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         raise UsageAnalyticsError(
             "the HTML report draws its charts with matplotlib, which is not installed: "
             "pip install 'usage_analytics[plot]'"
         ) from None
-    return Figure(figsize=(10, 3.6), layout="constrained")
 
 
-def _svg(fig: Any) -> str:
-    """The figure as inline SVG, text kept as text, with no date or external reference."""
-    import matplotlib
+_XMLNS: Final = re.compile(r'\s+xmlns(?::\w+)?="[^"]*"')
 
-    buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "usage-analytics"}):
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
-    svg = buffer.getvalue()
+
+def _inline(svg: str, alt: str) -> str:
+    """matplotlib's SVG document as an element of the page: no XML prologue, doctype or
+    metadata, no namespace declarations (an HTML parser knows them), and a text alternative."""
     svg = svg[svg.index("<svg") :]
-    if "<metadata>" in svg:  # an RDF block of namespaces: nothing a reader needs
-        svg = svg[: svg.index("<metadata>")] + svg[svg.index("</metadata>") + 11 :]
-    return f"<figure>{svg}</figure>"
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, count=1, flags=re.DOTALL)
+    end = svg.index(">")
+    tag = _XMLNS.sub("", svg[:end]) + f' role="img" aria-label="{html.escape(alt)}"'
+    return f"<figure>{tag}{svg[end:]}</figure>"
 
 
-def _thousands(ax: Any, decimals: int = 0) -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.{decimals}f}"))
+def _thousands(value: float, _: object) -> str:
+    return f"{value:,.0f}"
 
 
-def _lines(
-    frame: pd.DataFrame, column: str, series: str, title: str, ylabel: str, xlabel: str
-) -> str:
-    """One line per value of ``series`` over the buckets."""
-    fig = _figure()
-    ax = fig.subplots()
-    wide = frame.pivot_table(index="bucket", columns=series, values=column, aggfunc="sum")
-    x = wide.index.tz_localize(None) if hasattr(wide.index, "tz") else wide.index
-    for name in wide.columns:
-        ax.plot(x, wide[name].to_numpy(), marker=".", label=str(name) or _NO_MODEL)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    _thousands(ax, 1 if ylabel.startswith("%") else 0)
-    if len(wide.columns) > 1:
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.autofmt_xdate()
-    return _svg(fig)
+def _legend(ax: Axes, handles: Sequence[Any], labels: Sequence[str]) -> None:
+    # Handles and labels given explicitly: a label that starts with "_" is shown too.
+    ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
-def _bars(labels: Sequence[str], groups: dict[str, np.ndarray], title: str, ylabel: str) -> str:
-    """Grouped bars: one group per label, one bar per entry of ``groups``."""
-    fig = _figure()
-    ax = fig.subplots()
-    x = np.arange(len(labels))
-    width = 0.8 / max(len(groups), 1)
-    for i, (name, values) in enumerate(groups.items()):
-        ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width, label=name)
-    ax.set_xticks(x, [label or _NO_MODEL for label in labels], rotation=20, ha="right")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, axis="y")
-    _thousands(ax)
-    if len(groups) > 1:
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _svg(fig)
+class _Charts:
+    """Draws the page's figures, each as inline SVG whose ids no other figure uses."""
+
+    def __init__(self, tz: str, unit: str) -> None:
+        self.tz, self.unit, self.drawn = tz, unit, 0
+
+    def draw(self, paint: Callable[[Figure], None], *, height: float, alt: str) -> str:
+        import matplotlib
+        import matplotlib.style
+        from matplotlib.figure import Figure
+
+        self.drawn += 1
+        buffer = io.StringIO()
+        with (
+            matplotlib.style.context("default"),
+            matplotlib.rc_context(
+                {"svg.fonttype": "none", "svg.hashsalt": f"usage-analytics-{self.drawn}"}
+            ),
+        ):
+            fig = Figure(figsize=(10, height), layout="constrained")
+            try:
+                paint(fig)
+                fig.savefig(buffer, format="svg", metadata={"Date": None})
+            finally:
+                fig.clear()
+        return _inline(buffer.getvalue(), alt)
+
+    def lines(
+        self,
+        x: pd.DatetimeIndex,
+        series: Sequence[tuple[str, np.ndarray]],
+        *,
+        title: str,
+        ylabel: str,
+        percent: bool = False,
+        dashed: Sequence[tuple[str, np.ndarray]] = (),
+    ) -> str:
+        """One line per series over the buckets ``x``, time labelled on the zone's clock."""
+
+        def paint(fig: Figure) -> None:
+            from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+            from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+            ax = fig.subplots()
+            instants = x.to_pydatetime()  # tz-aware: placed at their instant, even around DST
+            marker = "." if len(x) <= 120 else None
+            handles = [ax.plot(instants, v, marker=marker)[0] for _, v in series]
+            handles += [ax.plot(instants, v, "k--", marker=marker)[0] for _, v in dashed]
+            zone = ZoneInfo(self.tz)
+            locator = AutoDateLocator(  # type: ignore[no-untyped-call]
+                tz=zone, minticks=4, maxticks=12
+            )
+            ax.xaxis.set_major_locator(locator)
+            labels = ConciseDateFormatter(locator, tz=zone)  # type: ignore[no-untyped-call]
+            ax.xaxis.set_major_formatter(labels)
+            ax.yaxis.set_major_formatter(
+                PercentFormatter(100, decimals=1) if percent else FuncFormatter(_thousands)
+            )
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.set_title(title)
+            ax.set_xlabel(f"{self.unit} ({self.tz})")
+            ax.set_ylabel(ylabel)
+            _legend(ax, handles, [name for name, _ in (*series, *dashed)])
+
+        return self.draw(paint, height=3.6, alt=title)
+
+    def percentiles(self, models: pd.DataFrame) -> str:
+        """Latency and time-to-first-token percentiles per model, as horizontal bars."""
+        title = "Latency and time to first token per model"
+
+        def paint(fig: Figure) -> None:
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
+            left, right = fig.subplots(1, 2, sharey=True)
+            y = np.arange(len(models))
+            for ax, columns, what in (
+                (left, _LATENCY, "latency"),
+                (right, _TTFT, "time to first token"),
+            ):
+                values = models[list(columns)].to_numpy(dtype=float)
+                width = 0.8 / len(columns)
+                handles = [
+                    ax.barh(y + (i - (len(columns) - 1) / 2) * width, values[:, i], width)
+                    for i in range(len(columns))
+                ]
+                positive = values[values > 0]
+                log = positive.size > 0 and positive.max() > 100 * positive.min()
+                if log:  # milliseconds to minutes side by side: each bar readable
+                    ax.set_xscale("log")
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
+                ax.set_xlabel(f"{what} (ms{', log scale' if log else ''})")
+                ax.set_title(f"{what} percentiles")
+                ax.grid(alpha=0.3, axis="x")
+                if ax is left:  # p50, p95, p99: the same colours in both
+                    fig.legend(
+                        handles,
+                        [c.rsplit("_", 1)[1] for c in columns],
+                        loc="outside right upper",
+                        fontsize="small",
+                    )
+            left.set_yticks(y, [_label(m) for m in models["model_id"]])
+            left.invert_yaxis()
+            fig.suptitle(title)
+
+        return self.draw(paint, height=1.4 + 0.45 * len(models), alt=title)
+
+
+def _series(
+    frame: pd.DataFrame, by: str, value: str, *, rank: str, empty: str, what: str
+) -> tuple[pd.DatetimeIndex, list[tuple[str, np.ndarray]]]:
+    """One series of ``value`` per value of ``by`` over the buckets, the largest total of
+    ``rank`` first (so charts ranked alike colour a model alike); past ``_MAX_SERIES`` the
+    smallest are added up into one, so that no row is left out."""
+    wide = frame.pivot(index="bucket", columns=by, values=value)
+    totals = frame.groupby(by)[rank].sum()
+    order = sorted(wide.columns, key=lambda c: (-totals[c], str(c)))
+    series = [(_label(c, empty), wide[c].to_numpy(dtype=float)) for c in order]
+    if len(series) > _MAX_SERIES:
+        rest = series[_MAX_SERIES - 1 :]
+        summed = np.sum([v for _, v in rest], axis=0)
+        series = [*series[: _MAX_SERIES - 1], (f"{len(rest)} other {what}", summed)]
+    return pd.DatetimeIndex(wide.index), series
 
 
 # -- the sections -----------------------------------------------------------------------------
 
 
-class _Page:
-    def __init__(
-        self, store: Store, tenant: str, start: int, end: int, tz: str, prices: Prices | None
-    ) -> None:
-        self.store, self.tenant, self.start, self.end = store, tenant, start, end
-        self.tz, self.prices = tz, prices
-        self.every = "1d" if end - start > 2 * 86_400 * 10**9 else "1h"
-        self.axis = f"{'day' if self.every == '1d' else 'hour'} ({tz})"
+def _every(lo: int, hi: int) -> tuple[str, str]:
+    """The charts' bucket width and its name: hours for a window of two days or less, else days
+    (weeks past a year and months past five, to keep a chart's points few)."""
+    span = hi - lo
+    if span <= 2 * _DAY:
+        return "1h", "hour"
+    if span <= 366 * _DAY:
+        return "1d", "day"
+    return ("1w", "week") if span <= 5 * 366 * _DAY else ("1mo", "month")
 
-    def report(self, **kwargs: Any) -> pd.DataFrame:
-        return self.store.report(self.tenant, self.start, self.end, tz=self.tz, **kwargs)
+
+class _Page:
+    """The report's sections, each one HTML fragment from a few reports of the engine."""
+
+    def __init__(
+        self, store: Store, tenant: str, window: tuple[int, int], tz: str, prices: Prices | None
+    ) -> None:
+        self.store, self.tenant, self.window = store, tenant, window
+        self.tz, self.prices = tz, prices
+        self.every, self.unit = _every(*window)
+        self.charts = _Charts(tz, self.unit)
+        self.money: list[_Column] = [] if prices is None else [("cost", "cost", _money)]
+
+    def report(self, **args: Any) -> pd.DataFrame:
+        lo, hi = self.window
+        return self.store.report(self.tenant, lo, hi, tz=self.tz, **args)
 
     def totals(self) -> tuple[str, int]:
+        """The boxes of the window's totals, and its requests."""
         metrics = ["requests", "error_rate", "prompt_tokens", "completion_tokens", "users"]
-        if self.prices is not None:
-            metrics.append("cost")
+        metrics += ["api_keys"] + [name for name, _, _ in self.money]
         frame = self.report(metrics=metrics, prices=self.prices)
-        if frame.empty:  # no row in the window: nothing to add up
-            frame = pd.DataFrame({m: [0 if m != "error_rate" else np.nan] for m in metrics})
+        if frame.empty:  # no row in the window
+            frame = pd.DataFrame(
+                {m: [np.nan if m in ("error_rate", "cost") else 0] for m in metrics}
+            )
         row = frame.iloc[0]
         boxes = [
             ("requests", _count(row["requests"])),
@@ -195,88 +326,87 @@ class _Page:
             ("prompt tokens", _count(row["prompt_tokens"])),
             ("completion tokens", _count(row["completion_tokens"])),
             ("distinct users", _count(row["users"])),
+            ("API keys", _count(row["api_keys"])),
         ]
         if self.prices is not None:
             boxes.append(("cost", _money(row["cost"])))
         cells = "".join(f"<div>{name}<b>{value}</b></div>" for name, value in boxes)
         return f'<div class="totals">{cells}</div>', int(row["requests"])
 
-    def models_over_time(self) -> str:
-        frame = self.report(by="model_id", every=self.every, metrics=["requests", "total_tokens"])
-        unit = "day" if self.every == "1d" else "hour"
+    def models(self) -> str:
+        """Requests and tokens per model over time; the models' totals and percentiles."""
+        over_time = self.report(
+            by="model_id", every=self.every, metrics=["requests", "total_tokens"]
+        )
+        per = f"per model per {self.unit}"
+        charts = []
+        for value, title, ylabel in (
+            ("requests", f"Requests {per}", "requests"),
+            ("total_tokens", f"Tokens (prompt + completion) {per}", "tokens"),
+        ):
+            x, series = _series(
+                over_time, "model_id", value, rank="requests", empty=_NO_MODEL, what="models"
+            )
+            charts.append(self.charts.lines(x, series, title=title, ylabel=ylabel))
+        metrics = [*_TOKENS, *_LATENCY, *_TTFT] + [name for name, _, _ in self.money]
+        models = self.report(by="model_id", metrics=metrics, prices=self.prices)
+        model: _Column = ("model_id", "model", None)
+        counts: list[_Column] = [(m, m.replace("_", " "), _count) for m in _TOKENS]
+        latency: list[_Column] = [(m, f"latency {m[-3:]} (ms)", _ms) for m in _LATENCY]
+        ttft: list[_Column] = [(m, f"first token {m[-3:]} (ms)", _ms) for m in _TTFT]
         return (
             "<h2>Requests and tokens per model</h2>"
-            + _lines(frame, "requests", "model_id", f"Requests per model per {unit}",
-                     "requests", self.axis)
-            + _lines(frame, "total_tokens", "model_id",
-                     f"Tokens (prompt + completion) per model per {unit}", "tokens", self.axis)
-        )  # fmt: skip
-
-    def latency(self) -> str:
-        metrics = [
-            "requests",
-            "latency_ms_p50",
-            "latency_ms_p95",
-            "latency_ms_p99",
-            "time_to_first_token_ms_p50",
-            "time_to_first_token_ms_p95",
-        ]
-        frame = self.report(by="model_id", metrics=metrics)
-        labels = frame["model_id"].tolist()
-        chart = _bars(
-            labels,
-            {q: frame[f"latency_ms_{q}"].to_numpy(dtype=float) for q in ("p50", "p95", "p99")},
-            "Latency percentiles per model",
-            "latency (ms)",
-        )
-        shown = frame.assign(model_id=[m or _NO_MODEL for m in labels]).rename(
-            columns={m: f"{m} (ms)" for m in metrics[1:]}
-        )
-        formats: dict[str, Callable[[Any], str]] = {
-            str(c): _number for c in shown.columns if str(c).endswith("(ms)")
-        }
-        formats["requests"] = _count
-        return (
-            "<h2>Latency and time to first token per model</h2>"
-            '<p class="note">Exact percentiles (linear interpolation between closest ranks) '
-            "of each model's requests in the window.</p>" + chart + _table(shown, formats)
+            + "".join(charts)
+            + _table(models, [model, *counts, *self.money], empty=_NO_MODEL)
+            + "<h2>Latency and time to first token per model</h2>"
+            + '<p class="note">Exact percentiles (linear interpolation between the closest '
+            "ranks) of each model's requests in the window; first token: the time to the first "
+            "token.</p>"
+            + self.charts.percentiles(models)
+            + _table(models, [model, counts[0], *latency, *ttft], empty=_NO_MODEL)
         )
 
     def errors(self) -> str:
-        frame = self.report(by="status_class", every=self.every, metrics=["requests"])
-        totals = frame.groupby("bucket")["requests"].transform("sum")
-        share = frame.assign(requests=np.where(totals > 0, frame["requests"] / totals * 100, 0.0))
-        share = share[share["status_class"] != "2xx"]
-        unit = "day" if self.every == "1d" else "hour"
-        rate = self.report(every=self.every, metrics=["requests", "error_rate"])
-        chart = (
-            _lines(share, "requests", "status_class",
-                   f"Requests per status class other than 2xx, per {unit}",
-                   "% of requests", self.axis)
-            if not share.empty
-            else ""
-        )  # fmt: skip
-        rate_chart = _lines(
-            rate.assign(error_rate=rate["error_rate"].fillna(0) * 100, series="error rate"),
-            "error_rate",
-            "series",
-            f"Error rate (status other than 200) per {unit}",
-            "% of requests",
-            self.axis,
+        """The share of requests per status class over time, beside the error rate."""
+        classes = self.report(by="status_class", every=self.every, metrics=["requests"])
+        overall = self.report(every=self.every, metrics=["requests", "error_rate"])
+        share = classes.merge(overall[["bucket", "requests"]], on="bucket", suffixes=("", "_all"))
+        all_requests = share["requests_all"].where(share["requests_all"] > 0)
+        share["share"] = 100 * share["requests"] / all_requests
+        others = share[share["status_class"] != "2xx"]
+        x = pd.DatetimeIndex(overall["bucket"])
+        series = _series(
+            others, "status_class", "share", rank="requests", empty=_NONE, what="classes"
+        )[1]
+        rate = [("error rate (status other than 200)", overall["error_rate"].to_numpy() * 100)]
+        title = f"Share of requests per status class other than 2xx, per {self.unit}"
+        chart = self.charts.lines(
+            x, series, title=title, ylabel="% of requests", percent=True, dashed=rate
         )
-        return "<h2>Errors</h2>" + rate_chart + chart
+        window = self.report(by="status_class", metrics=["requests"])
+        window["share"] = window["requests"] / window["requests"].sum()
+        table = _table(
+            window,
+            [
+                ("status_class", "status class", None),
+                ("requests", "requests", _count),
+                ("share", "% of requests", _percent),
+            ],
+        )
+        return "<h2>Errors per status class</h2>" + chart + table
 
     def top(self, by: str, what: str, order_by: str) -> str:
-        metrics = ["requests", "prompt_tokens", "completion_tokens", "total_tokens"]
-        if self.prices is not None:
-            metrics.append("cost")
+        """The ``_TOP`` API keys or users with the most ``order_by``, the most first."""
+        metrics = [*_TOKENS] + [name for name, _, _ in self.money]
         frame = self.report(by=by, metrics=metrics, prices=self.prices, top=_TOP, order_by=order_by)
         frame = frame.sort_values([order_by, by], ascending=[False, True], kind="stable")
-        formats: dict[str, Callable[[Any], str]] = dict.fromkeys(metrics[:4], _count)
-        if self.prices is not None:
-            formats["cost"] = _money
-        title = f"Top {_TOP} {what} by {'cost' if order_by == 'cost' else 'tokens'}"
-        return f"<h2>{title}</h2>" + _table(frame, formats)
+        key: _Column = (by, "API key" if by == "api_key_id" else "user", None)
+        counts: list[_Column] = [(m, m.replace("_", " "), _count) for m in _TOKENS]
+        title = f"Top {_TOP} {what} by {order_by.replace('_', ' ')}"
+        return f"<h2>{title}</h2>" + _table(frame, [key, *counts, *self.money])
+
+
+# -- the page ---------------------------------------------------------------------------------
 
 
 def render_report(
@@ -288,48 +418,69 @@ def render_report(
     tz: str = "UTC",
     prices: Prices | None = None,
 ) -> str:
-    """The HTML report of ``tenant_id``'s usage in ``[start, end)``, as text.
+    """The HTML report of ``tenant_id``'s usage in ``start <= timestamp < end``, as text.
 
-    It shows the window's totals, requests and tokens per model over time (per day for windows
-    longer than two days, else per hour, in ``tz``), latency and time-to-first-token
-    percentiles per model, the error rate and the status classes over time, and the top API
-    keys and users by tokens, and by cost when ``prices`` is given.
+    The page shows the window's totals; requests and tokens per model over time (per hour for
+    a window of two days or less, else per day, on the wall clock of ``tz``); latency and
+    time-to-first-token percentiles per model; the share of requests per status class and the
+    error rate over time; the top 10 API keys and users by total tokens, and by cost when
+    ``prices`` is given. It is one file that fetches nothing.
+
+    Args:
+        store: the dataset.
+        tenant_id: the tenant.
+        start, end: the window, as :meth:`Store.report` takes it (int ns since the epoch,
+            datetime, pd.Timestamp or ISO string; naive values are UTC).
+        tz: the IANA zone of the times shown and of the buckets.
+        prices: a price table, for the cost figures.
 
     Raises:
-        InvalidArgumentError: a bad window, zone or price table (as ``Store.report``).
+        InvalidArgumentError: a bad tenant, window or zone (as ``Store.report`` says).
+        MissingPriceError: tokens of a model the prices lack.
         UsageAnalyticsError: matplotlib is not installed.
 
     Example:
         >>> from usage_analytics import Store
-        >>> page = render_report(Store("data/sample"), "tenant-005", "2026-11-01", "2026-11-08")
-        >>> page.startswith("<!DOCTYPE html>"), "Latency percentiles per model" in page
-        (True, True)
+        >>> page = render_report(Store("data/sample"), "tenant-005", "2026-11-01T00:00-05:00",
+        ...                      "2026-11-08T00:00-05:00", tz="America/New_York")
+        >>> "2026-11-01 00:00:00 to 2026-11-08 00:00:00 America/New_York" in page
+        True
+        >>> page.count("<svg")
+        4
     """
-    _figure()  # the error about matplotlib, before any work
-    lo, hi = to_window(start, end)
-    page = _Page(store, tenant_id, lo, hi, tz, prices)
-    window = f"{_time(lo, tz)} to {_time(hi, tz)} ({html.escape(tz)})"
-    title = f"Usage of tenant {html.escape(str(tenant_id))}"
-    totals, requests = page.totals()
+    if not isinstance(tenant_id, str):
+        raise InvalidArgumentError(f"tenant_id must be a str, not {tenant_id!r}")
+    _require_matplotlib()  # before any work
+    window = to_window(start, end)
+    page = _Page(store, tenant_id, window, tz, prices)
+    totals, requests = page.totals()  # the engine checks the zone and the prices first
+    tenant = html.escape(tenant_id)
+    when = f"{_moment(window[0], tz)} to {_moment(window[1], tz)} {html.escape(tz)}"
     if requests == 0:
-        body = f"{totals}<p>No rows for this tenant in the window.</p>"
+        body = f"{totals}<p><b>No rows for tenant {tenant} in the window.</b></p>"
     else:
-        body = (
-            totals
-            + page.models_over_time()
-            + page.latency()
-            + page.errors()
-            + page.top("api_key_id", "API keys", "total_tokens")
-            + page.top("user_id", "users", "total_tokens")
-        )
+        sections = [
+            totals,
+            page.models(),
+            page.errors(),
+            page.top("api_key_id", "API keys", "total_tokens"),
+            page.top("user_id", "users", "total_tokens"),
+        ]
         if prices is not None:
-            body += page.top("api_key_id", "API keys", "cost")
-            body += page.top("user_id", "users", "cost")
+            sections += [
+                page.top("api_key_id", "API keys", "cost"),
+                page.top("user_id", "users", "cost"),
+            ]
+        body = "".join(sections)
+    note = "start included, end excluded"
+    if prices is not None:
+        note += "; costs in the currency of the price table"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title}, {window}</title><style>{_STYLE}</style></head><body>"
-        f'<h1>{title}</h1><p class="window">{window}; times in {html.escape(tz)}, '
-        f"from the start (inclusive) to the end (exclusive)</p>{body}</body></html>\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Usage of tenant {tenant}, {when}</title><style>{_STYLE}</style></head>\n"
+        f'<body><h1>Usage of tenant {tenant}</h1><p class="window">{when} ({note})</p>\n'
+        f"{body}\n</body></html>\n"
     )
 
 
@@ -343,34 +494,41 @@ def write_report(
     tz: str = "UTC",
     prices: Prices | None = None,
 ) -> Path:
-    """Write :func:`render_report` to ``path`` atomically (a temporary file in the same
-    folder, then a rename); returns the path.
+    """Write :func:`render_report` to ``path`` atomically: into a temporary file in the same
+    folder, then renamed over ``path`` (a reader sees the old file or the new one, never part).
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Raises:
+        StorageError: the file cannot be written (nothing is left behind).
+        and what :func:`render_report` raises.
 
     Example:
         >>> from usage_analytics import Store
-        >>> out = write_report(Store("data/sample"), tmp / "r.html", "tenant-005",
+        >>> out = write_report(Store("data/sample"), tmp / "report.html", "tenant-005",
         ...                    "2026-11-01", "2026-11-03", tz="Europe/Paris")
-        >>> out.read_text().count("<svg") >= 4
-        True
+        >>> out.name, out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+        ('report.html', True)
     """
     target = Path(path)
     text = render_report(store, tenant_id, start, end, tz=tz, prices=prices)
-    folder = target.parent if str(target.parent) else Path(".")
+    # A name of our own, created exclusively: the file gets the mode open() gives (the umask's).
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
+            with open(temporary, "x", encoding="utf-8") as out:
                 out.write(text)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
-            os.replace(tmp, target)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise UsageAnalyticsError(
-            f"cannot write the HTML report to {target} ({exc.strerror or exc}); give a "
-            "writable path"
+        raise StorageError(
+            exc.errno or errno.EIO,
+            f"cannot write the HTML report to {target} ({exc.strerror or exc}); give a path in "
+            "a folder that exists and is writable",
         ) from exc
     return target
