@@ -38,6 +38,8 @@ __all__ = ["render_report", "write_report"]
 
 _TOP: Final = 10
 _MAX_SERIES: Final = 10  # lines in a chart; past it the smallest series are added up into one
+_MAX_BARS: Final = 25  # models in the percentile chart; the table lists them all
+
 _NO_MODEL: Final = "(no model)"
 _NONE: Final = "(none)"
 _DAY: Final = 86_400 * 10**9
@@ -106,7 +108,6 @@ def _table(frame: pd.DataFrame, columns: Sequence[_Column], *, empty: str = _NON
         ("<th>" if fmt is None else '<th class="n">') + f"{html.escape(title)}</th>"
         for _, title, fmt in columns
     )
-
     rows = []
     for record in frame[[name for name, _, _ in columns]].itertuples(index=False):
         cells = []
@@ -139,6 +140,7 @@ def _inline(svg: str, alt: str) -> str:
     """matplotlib's SVG document as an element of the page: no XML prologue, doctype or
     metadata, no namespace declarations (an HTML parser knows them), and a text alternative."""
     svg = svg[svg.index("<svg") :]
+    svg = re.sub(r'<g id="[^"]*"', "<g", svg)  # "figure_1", "axes_1": in every figure, unused
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, count=1, flags=re.DOTALL)
     end = svg.index(">")
     tag = _XMLNS.sub("", svg[:end]) + f' role="img" aria-label="{html.escape(alt)}"'
@@ -194,7 +196,7 @@ class _Charts:
         """One line per series over the buckets ``x``, time labelled on the zone's clock."""
 
         def paint(fig: Figure) -> None:
-            from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+            from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DayLocator
             from matplotlib.ticker import FuncFormatter, PercentFormatter
 
             ax = fig.subplots()
@@ -203,9 +205,15 @@ class _Charts:
             handles = [ax.plot(instants, v, marker=marker)[0] for _, v in series]
             handles += [ax.plot(instants, v, "k--", marker=marker)[0] for _, v in dashed]
             zone = ZoneInfo(self.tz)
-            locator = AutoDateLocator(  # type: ignore[no-untyped-call]
-                tz=zone, minticks=4, maxticks=12
-            )
+            if self.unit == "day":  # ticks on the days' buckets, never between them
+                step = max(1, -(-len(x) // 12))
+                locator: Any = DayLocator(  # type: ignore[no-untyped-call]
+                    interval=step, tz=zone
+                )
+            else:
+                locator = AutoDateLocator(  # type: ignore[no-untyped-call]
+                    tz=zone, minticks=4, maxticks=12
+                )
             ax.xaxis.set_major_locator(locator)
             labels = ConciseDateFormatter(locator, tz=zone)  # type: ignore[no-untyped-call]
             ax.xaxis.set_major_formatter(labels)
@@ -222,8 +230,13 @@ class _Charts:
         return self.draw(paint, height=3.6, alt=title)
 
     def percentiles(self, models: pd.DataFrame) -> str:
-        """Latency and time-to-first-token percentiles per model, as horizontal bars."""
+        """Latency and time-to-first-token percentiles per model, as horizontal bars (of the
+        ``_MAX_BARS`` models with the most requests when there are more)."""
         title = "Latency and time to first token per model"
+        if len(models) > _MAX_BARS:
+            busiest = models.sort_values(["requests", "model_id"], ascending=[False, True])
+            models = busiest.head(_MAX_BARS).sort_values("model_id")
+            title += f" (the {_MAX_BARS} models with the most requests)"
 
         def paint(fig: Figure) -> None:
             from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -319,7 +332,8 @@ class _Page:
             frame = pd.DataFrame(
                 {m: [np.nan if m in ("error_rate", "cost") else 0] for m in metrics}
             )
-        row = frame.iloc[0]
+        row = frame.to_dict("records")[0]  # each value of its column's dtype
+
         boxes = [
             ("requests", _count(row["requests"])),
             ("error rate", _percent(row["error_rate"])),
@@ -441,9 +455,9 @@ def render_report(
 
     Example:
         >>> from usage_analytics import Store
-        >>> page = render_report(Store("data/sample"), "tenant-005", "2026-11-01T00:00-05:00",
-        ...                      "2026-11-08T00:00-05:00", tz="America/New_York")
-        >>> "2026-11-01 00:00:00 to 2026-11-08 00:00:00 America/New_York" in page
+        >>> page = render_report(Store("data/sample"), "tenant-005", "2026-11-02T00:00-05:00",
+        ...                      "2026-11-09T00:00-05:00", tz="America/New_York")
+        >>> "2026-11-02 00:00:00 to 2026-11-09 00:00:00 America/New_York" in page
         True
         >>> page.count("<svg")
         4
