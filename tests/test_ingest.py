@@ -493,6 +493,25 @@ def test_bad_arguments(tmp_path: Path, rows: pd.DataFrame) -> None:
             load_files(store, [path], **kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="one or more files"):
         load_files(store, [])
+    with pytest.raises(InvalidArgumentError, match="cannot write the rejects file"):
+        load_files(store, [path], rejects=tmp_path / "missing" / "rejects.csv")
+    assert store.info().rows == 0
+
+
+def test_an_unreadable_file_is_an_error_naming_it(
+    tmp_path: Path, rows: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path / "a.csv", rows)
+    real_open = open
+
+    def refuse(file: object, *args: object, **kwargs: object) -> object:
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(InvalidArgumentError, match=r"cannot read .*a\.csv \(Permission denied\)"):
+        read_usage_file(path)
 
 
 def test_a_bad_number_deep_in_a_file_is_found_after_chunks_were_read(

@@ -381,7 +381,13 @@ def load_files(
             if target.is_dir():
                 raise InvalidArgumentError(f"rejects file {target} is a folder")
             tmp = target.with_name(f".{target.name}.tmp")
-            out = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+            try:
+                out = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+            except OSError as exc:
+                raise InvalidArgumentError(
+                    f"cannot write the rejects file {target} ({exc.strerror or exc}); give a "
+                    "path in a folder that exists and can be written; nothing was written"
+                ) from exc
             stack.callback(lambda: tmp.unlink(missing_ok=True))
             writer = csv.writer(out)
             writer.writerow(["file", "line", "reasons", "row"])

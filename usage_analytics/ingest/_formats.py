@@ -86,8 +86,13 @@ def check_file(path: Path) -> None:
 
 def compression_of(path: Path) -> str | None:
     """The compression of ``path`` by its first bytes (its extension is only a name)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"cannot read {path} ({exc.strerror or exc}); nothing was written"
+        ) from exc
     for magic, codec in _MAGIC.items():
         if head.startswith(magic):
             return codec
