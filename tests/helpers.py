@@ -9,8 +9,10 @@ from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+from click.testing import CliRunner, Result
 
 from usage_analytics import COLUMNS, Store
+from usage_analytics.cli import cli
 
 NS_PER_DAY: Final = 86_400 * 1_000_000_000
 #: Midnight UTC of 2026-11-01, in nanoseconds since the epoch.
@@ -353,3 +355,33 @@ __all__ = [
     "usage_frame",
     "usage_row",
 ]
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def cli_invoke(*args: object) -> Result:
+    """Run the command line in-process (click's CliRunner), arguments as text."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def cli_ok(*args: object) -> str:
+    """stdout of a command that must succeed and print nothing on stderr."""
+    result = cli_invoke(*args)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert result.stderr == ""
+    return result.stdout
+
+
+def cli_fails(code: int, *args: object) -> str:
+    """stderr of a command that must fail with ``code`` and print nothing on stdout."""
+    result = cli_invoke(*args)
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    if code == 1:
+        assert result.stderr.startswith("usage-analytics: error: ")
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    return result.stderr

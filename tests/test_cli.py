@@ -14,7 +14,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
+from helpers import cli_fails as fails
+from helpers import cli_invoke as invoke
+from helpers import cli_ok as ok
+from helpers import snapshot_files
 
 from usage_analytics import Not, Prices, Store
 from usage_analytics.cli import cli, main
@@ -55,39 +59,6 @@ PRICES_CSV = (
     "gpt-4o-mini,0.15,0.60\n"
     "text-embedding-3-small,0.02,0\n"
 )
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def ok(*args: object) -> str:
-    """stdout of a command that must succeed and print nothing on stderr."""
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    assert result.stderr == ""
-    return result.stdout
-
-
-def fails(code: int, *args: object) -> str:
-    """stderr of a command that must fail with ``code`` and print nothing on stdout."""
-    result = invoke(*args)
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), result.exception
-    if code == 1:
-        assert result.stderr.startswith("usage-analytics: error: ")
-        assert len(result.stderr.splitlines()) == 1, result.stderr
-    return result.stderr
-
-
-def on_disk(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` with its bytes."""
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.fixture
@@ -682,7 +653,7 @@ def test_init_is_idempotent_and_refuses_a_file(tmp_path: Path) -> None:
 
 
 def test_retention_dry_run_counts_and_writes_nothing(sample_copy: Path, now: int) -> None:
-    before = on_disk(sample_copy)
+    before = snapshot_files(sample_copy)
     cutoff = now - 30 * 86_400 * S  # 2026-11-08
     n = int((Store(sample_copy).find_usages()["timestamp"] < cutoff).sum())
     assert 0 < n < 40_000
@@ -693,7 +664,7 @@ def test_retention_dry_run_counts_and_writes_nothing(sample_copy: Path, now: int
             f"dry run: {n:,} rows older than {what} (before 2026-11-08 00:00:00 UTC) would be "
             f"deleted from {sample_copy}\n"
         )
-    assert on_disk(sample_copy) == before
+    assert snapshot_files(sample_copy) == before
 
 
 def test_retention_deletes_exactly_the_rows_before_the_cutoff(sample_copy: Path, now: int) -> None:

@@ -9,30 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _crash_worker import T0, batch
-from click.testing import CliRunner, Result
+from helpers import cli_fails, cli_invoke, cli_ok
 
 from usage_analytics import Store
-from usage_analytics.cli import cli
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def ok(*args: object) -> str:
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    assert result.stderr == ""
-    return result.stdout
-
-
-def fails(*args: object) -> str:
-    result = invoke(*args)
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    assert result.stderr.startswith("usage-analytics: error: ")
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    return result.stderr
 
 
 @pytest.fixture
@@ -45,13 +24,13 @@ def root(tmp_path: Path) -> Path:
 def test_load_prints_what_it_did_and_reruns_with_ignore(root: Path, tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     batch(3).to_csv(path, index=False)
-    assert ok("load", root, path) == (
+    assert cli_ok("load", root, path) == (
         "30 rows read from 1 file: 30 written, 0 skipped as duplicates, 0 rejected\n"
     )
-    assert ok("load", root, path, "--on-conflict", "ignore", "--quiet") == (
+    assert cli_ok("load", root, path, "--on-conflict", "ignore", "--quiet") == (
         "30 rows read from 1 file: 0 written, 30 skipped as duplicates, 0 rejected\n"
     )
-    err = fails("load", root, path)
+    err = cli_fails(1, "load", root, path)
     assert "30 (user_id, timestamp) key(s) already stored" in err
     assert "--on-conflict ignore to skip" in err
     rows = Store(root).find_usages()
@@ -63,12 +42,12 @@ def test_several_files_load_all_or_nothing(root: Path, tmp_path: Path) -> None:
     good, bad = tmp_path / "a.csv", tmp_path / "b.csv"
     batch(1).to_csv(good, index=False)
     bad.write_text("user_id,tenant,timestamp,status_code\nu,t0,5,not-a-code\n")
-    err = fails("load", root, good, bad)
+    err = cli_fails(1, "load", root, good, bad)
     assert str(bad) in err
     assert Store(root).info().rows == 0
     other = tmp_path / "c.parquet"
     batch(2).to_parquet(other)
-    assert ok("load", root, good, other) == (
+    assert cli_ok("load", root, good, other) == (
         "60 rows read from 2 files: 60 written, 0 skipped as duplicates, 0 rejected\n"
     )
 
@@ -81,7 +60,7 @@ def test_rejects_keep_the_good_rows(root: Path, tmp_path: Path) -> None:
         f"u2,t0,{T0 + 1},not-a-code\n"
         f"u3,t0,{T0 + 2},404\n"
     )
-    out = ok("load", root, path, "--rejects", rejects)
+    out = cli_ok("load", root, path, "--rejects", rejects)
     assert out == (
         f"3 rows read from 1 file: 2 written, 0 skipped as duplicates, 1 rejected (written to "
         f"{rejects})\n"
@@ -99,7 +78,7 @@ def test_units_renames_defaults_and_a_forced_format(root: Path, tmp_path: Path) 
         )
         + "\n"
     )
-    out = ok(
+    out = cli_ok(
         "load", root, path, "--format", "jsonl", "--timestamp-unit", "ms",
         "--rename", "ts=timestamp", "--rename", "who=user_id", "--rename", "latency=latency_ms",
         "--default", "tenant=acme",
@@ -115,7 +94,7 @@ def test_load_into_a_folder_without_a_dataset_says_run_init(tmp_path: Path) -> N
     path = tmp_path / "in.csv"
     batch(1).to_csv(path, index=False)
     missing = tmp_path / "new"
-    err = fails("load", missing, path)
+    err = cli_fails(1, "load", missing, path)
     assert err == (
         f"usage-analytics: error: no usage dataset at {missing}: run 'usage-analytics init "
         f"{missing}' to create it\n"
@@ -134,7 +113,7 @@ def test_bad_load_options_exit_2(root: Path, tmp_path: Path) -> None:
         ([path, "--format", "xml"], "Invalid value for '--format'"),
         ([path, "--on-conflict", "replace"], "Invalid value for '--on-conflict'"),
     ]:
-        result = invoke("load", root, *args)
+        result = cli_invoke("load", root, *args)
         assert result.exit_code == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
     assert Store(root).info().rows == 0
