@@ -169,6 +169,31 @@ def test_summary_files_read_one_value_as_a_filter_would(
         assert got.to_pylist() == want.to_pylist(), value
 
 
+def test_summary_files_larger_than_their_tail_read_each_value(tmp_path: Path) -> None:
+    """Frames before the bytes read at first are read where they are; each value's rows
+    come from its own frame, or its slice of a shared one, with strings as dictionaries of
+    that frame's values only."""
+    rng = np.random.default_rng(5)
+    counts = {"big": 40_000, "mid": 3_000, "s1": 7, "s2": 300, "s3": 1}
+    firsts = [k for k, n in sorted(counts.items()) for _ in range(n)]
+    users = pa.array([f"user-{i}" for i in rng.integers(0, 20_000, len(firsts))])
+    table = pa.table({"tenant": firsts, "user": users, "n": rng.integers(0, 1 << 40, len(firsts))})
+    path = tmp_path / "x.rollup"
+    summary_files.write_summary(table, path)
+    data = path.read_bytes()
+    assert len(data) > summary_files._TAIL_BYTES
+    assert data.startswith(summary_files.SUMMARY_MAGIC)
+    assert data.endswith(summary_files.SUMMARY_MAGIC)
+    for value, n in counts.items():
+        got = summary_files.read_summary(path, value)
+        want = table.filter(pa.compute.equal(table.column("tenant"), value))
+        assert got.num_rows == n and got.to_pylist() == want.to_pylist(), value
+        assert len(got.column("user").chunk(0).dictionary) <= max(n, 1024)
+    assert summary_files.read_summary(path, None).to_pylist() == table.to_pylist()
+    empty = summary_files.read_summary(path, "none")
+    assert empty.num_rows == 0 and empty.schema.names == ["tenant", "user", "n"]
+
+
 def test_a_value_with_many_rows_has_batches_of_its_own() -> None:
     rows = summary_files.SUMMARY_BATCH_ROWS
     firsts = ["a"] * 3 + ["b"] * (rows + 5) + ["c"] * 2 + ["d"] * (rows - 1) + ["e"]

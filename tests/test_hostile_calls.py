@@ -36,6 +36,7 @@ from usage_analytics import (
     _layout,
     synthetic,
 )
+from usage_analytics._storage import files as summary_files
 from usage_analytics.cli import cli
 
 #: A call that takes longer than this is taken to hang (the calls here take milliseconds).
@@ -593,6 +594,15 @@ def _hostile_roots(tmp_path: Path, good: Store) -> dict[str, Path]:
     shutil.copytree(good.root, garbage_rollup)
     for path in garbage_rollup.glob("_rollups/**/*.rollup"):
         path.write_bytes(b"ARROW1\x00\x00" + b"\xff" * 100)
+    garbage_footer = roots / "garbage-footer"
+    shutil.copytree(good.root, garbage_footer)
+    magic = summary_files.SUMMARY_MAGIC
+    for path in garbage_footer.glob("_rollups/**/*.rollup"):
+        path.write_bytes(magic + b"\xff" * 100 + (40).to_bytes(8, "little") + magic)
+    cut_summary = roots / "cut-summary"
+    shutil.copytree(good.root, cut_summary)
+    for path in cut_summary.glob("_rollups/**/*.rollup"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return {
         "missing": roots / "missing",
         "a file": file_root,
@@ -606,6 +616,8 @@ def _hostile_roots(tmp_path: Path, good: Store) -> dict[str, Path]:
         "a data file missing": missing_file,
         "garbage data files": garbage_file,
         "garbage summary files": garbage_rollup,
+        "summary files with a garbage footer": garbage_footer,
+        "summary files cut in half": cut_summary,
     }
 
 

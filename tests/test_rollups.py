@@ -22,6 +22,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -278,7 +279,28 @@ def _as_written_by_0_2(table: pa.Table, path: Path) -> None:
             w.write_batch(batch)
 
 
-@pytest.mark.parametrize("write_old", [_as_written_by_0_1, _as_written_by_0_2])
+def _as_written_by_0_3(table: pa.Table, path: Path) -> None:
+    """An Arrow IPC file with zstd-compressed buffers, strings dictionary-encoded (one
+    dictionary per file), integers narrowed, batches by tenant with their index."""
+    stored = pa.table(
+        {
+            name: pc.dictionary_encode(column).cast(summary_files.SUMMARY_TEXT)
+            if pa.types.is_large_string(column.type)
+            else column
+            for name, column in zip(table.column_names, table.columns, strict=True)
+        }
+    ).unify_dictionaries()
+    batches, index = summary_files.summary_batches(stored)
+    schema = stored.schema.with_metadata(
+        {summary_files.SUMMARY_INDEX_KEY: json.dumps(index).encode()}
+    )
+    with pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        for batch in batches:
+            w.write_batch(batch)
+    assert path.read_bytes()[:6] == b"ARROW1"
+
+
+@pytest.mark.parametrize("write_old", [_as_written_by_0_1, _as_written_by_0_2, _as_written_by_0_3])
 def test_summaries_written_by_older_versions_are_still_read(
     tmp_path: Path, write_old: Callable[[pa.Table, Path], None]
 ) -> None:

@@ -7,7 +7,7 @@ later commit removed a file on the way).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Final, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from ._storage import Dataset, FileEntry, Snapshot
 from .errors import CorruptDatasetError, DatasetChangedError
 from .reports import planner
 from .reports.engine import Report
+from .reports.grains import Grain
 from .reports.planner import Piece
 from .reports.spec import Filter
 from .schema import (
@@ -31,6 +32,8 @@ from .schema import (
 
 __all__ = ["pieces", "read_rows", "run_report", "scan_batches", "scan_frame", "to_frame"]
 
+#: A summary table to combine, with the piece it covers and the hours of it used (None: all).
+_Part: TypeAlias = "tuple[pa.Table, Piece, tuple[int, int] | None]"
 #: Rows per record batch that ``scan_batches`` yields at most.
 BATCH_ROWS: Final = 1 << 16
 
@@ -105,15 +108,19 @@ def run_report(
             for rows in ds.scan(entries, columns, expr, dictionary=strings):
                 partials.append(report.from_rows(rows))
         reads = [
-            (read, grain, [c for c, g in read.grains.items() if g is grain])
+            (read, grain, tuple(c for c, g in read.grains.items() if g is grain))
             for read in plan.reads
             for grain in dict.fromkeys(read.grains.values())
         ]
         if reads:
             paths = [_summary_path(read.piece, grain.name) for read, grain, _ in reads]
             tables = ds.read_summaries(paths, report.spec.tenant)
+            # One partial per grain and set of components, of every table read for them.
+            together: dict[tuple[Grain, tuple[str, ...]], list[_Part]] = {}
             for (read, grain, wanted), table in zip(reads, tables, strict=True):
-                partials.append(report.from_summary(grain, table, read.piece, wanted, read.hours))
+                together.setdefault((grain, wanted), []).append((table, read.piece, read.hours))
+            for (grain, wanted), parts in together.items():
+                partials.append(report.from_summaries(grain, parts, wanted))
         return report.finish(partials)
 
     return ds.read(read)

@@ -6,7 +6,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import errno
-import functools
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -373,9 +372,8 @@ class Transaction:
             for path, tables in self._more.items()
             for k, t in tables.items()
         ]
-        write_span = functools.partial(write_summary, compression="zstd")
         summaries += [
-            (new_span.span.path(k), t, write_span, new_span)
+            (new_span.span.path(k), t, write_summary, new_span)
             for new_span in self._new_spans
             for k, t in new_span.tables.items()
         ]

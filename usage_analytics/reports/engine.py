@@ -127,24 +127,43 @@ class Report:
             cost=cost,
         )
 
-    def from_summary(
+    def from_summaries(
         self,
         grain: Grain,
-        table: pa.Table,
-        piece: Piece,
+        parts: Sequence[tuple[pa.Table, Piece, tuple[int, int] | None]],
         components: Sequence[str],
-        hours: tuple[int, int] | None = None,
     ) -> Partial:
-        """The ``components`` of the partial of a summary table of ``grain`` covering
-        ``piece`` (whose tenant rows a reader already picked when the report has a tenant),
-        or only its ``hours`` (hour numbers, inclusive) of an hourly grain."""
+        """The ``components`` of the partial of summary tables of ``grain``, each covering its
+        piece (whose tenant rows a reader already picked when the report has a tenant), or only
+        the hours given (hour numbers, inclusive) of an hourly grain.
+
+        The tables are combined first, each with its piece's bucket and price time, so that a
+        report over many pieces computes its partial once.
+        """
         spec = self.spec
+        bucketed = self.buckets is not None and not grain.hourly
+        tables = []
+        for table, piece, hours in parts:
+            if hours is not None:
+                table = table.filter(
+                    (pc.field("hour") >= hours[0]) & (pc.field("hour") <= hours[1])
+                )
+            if bucketed:
+                assert self.buckets is not None
+                at = self.buckets.index(np.array([piece.first]))[0]
+                table = table.append_column("_bucket", pa.array(np.full(table.num_rows, at)))
+            if spec.needs.cost:  # no price changes inside the piece (the planner checked)
+                at = max(piece.first, spec.lo)
+                table = table.append_column("_at", pa.array(np.full(table.num_rows, at)))
+            tables.append(table)
+        table = (
+            tables[0]
+            if len(tables) == 1
+            else pa.concat_tables(tables, promote_options="permissive")
+        )
         condition = None
         for where in spec.where:
             condition = where.expression() if condition is None else condition & where.expression()
-        if hours is not None:
-            in_hours = (pc.field("hour") >= hours[0]) & (pc.field("hour") <= hours[1])
-            condition = in_hours if condition is None else condition & in_hours
         if condition is not None:
             table = table.filter(condition)
         bucket = None
@@ -152,7 +171,7 @@ class Report:
             if grain.hourly:
                 bucket = self.buckets.index(ints(table.column("hour")) * HOUR_NS)
             else:
-                bucket = np.full(table.num_rows, self.buckets.index(np.array([piece.first]))[0])
+                bucket = ints(table.column("_bucket"))
         keys = dict(zip(self.keys, self._key_table(table, bucket).columns, strict=True))
         out: Partial = {}
         for component in components:
@@ -166,12 +185,11 @@ class Report:
                 columns["count"] = pa.array(grain.measure(table, "requests"))
             elif kind == "distinct":
                 columns["value"] = table.column(column)
-            else:  # cost: no price changes inside the piece (the planner checked)
+            else:  # cost
                 assert spec.prices is not None
                 model = table.column("model_id")
                 columns["model_id"] = model
-                at = np.full(table.num_rows, max(piece.first, spec.lo))
-                columns["price"] = pa.array(spec.prices.lookup(model, at))
+                columns["price"] = pa.array(spec.prices.lookup(model, ints(table.column("_at"))))
                 columns["prompt_tokens"] = pa.array(grain.measure(table, "sum_prompt_tokens"))
                 columns["completion_tokens"] = pa.array(
                     grain.measure(table, "sum_completion_tokens")
