@@ -807,6 +807,10 @@ def test_explain_shows_summaries_for_whole_files_and_scans_at_the_edges(
     assert (cut["read"] == "summary").any() and set(cut.query("read == 'summary'")["grain"]) == {
         "summary"
     }
+    statuses = store.report(
+        None, "2026-10-31", "2026-11-06", by=["tenant", "status_class"], every="1d", explain=True
+    )
+    assert set(statuses["read"]) == {"summary"} and set(statuses["grain"]) == {"statuses"}
     hourly = store.report("t0", "2026-10-31", "2026-11-06", every="1h", explain=True)
     assert set(hourly["read"]) == {"summary"}  # hourly summaries: files hold many hours
     assert set(hourly["grain"]) == {"hourly"}

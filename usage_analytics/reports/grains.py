@@ -19,8 +19,9 @@ What a grain can give a report:
   whole hours (every zone but those with half- or quarter-hour offsets); a grain of whole files
   or spans only when the file or span lies inside one bucket.
 
-The first two grains answer the source system's two reports; they keep their file names and
-column names from earlier versions, so that datasets written then are read as they are.
+The grains ``summary`` and ``groups`` answer the source system's two reports; they keep their
+file names and column names from earlier versions, so that datasets written then are read as
+they are.
 """
 
 from __future__ import annotations
@@ -212,6 +213,12 @@ _RUNTIME: Final = {
 #: The grains, smallest first within what they cover (the planner takes the first that fits).
 #: Chosen from measurements on the benchmark's data (README, "How summaries are chosen").
 GRAINS: Final = (
+    Grain(
+        "statuses",
+        ("tenant", "status_code"),
+        {"requests": "total_requests", **_SUMS},
+        derive_from="daily",
+    ),
     Grain(
         "summary",
         ("tenant", "api_method"),
