@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
@@ -155,38 +156,47 @@ def summary_batches(
     table: pa.Table, batch_rows: int = SUMMARY_BATCH_ROWS
 ) -> tuple[list[pa.RecordBatch], list[list[Any]]]:
     """``table`` (sorted by its first column) cut into record batches for a summary file, with
-    the first and last first-column value of each.
+    the first and last first-column value of each (see :func:`_cuts`)."""
+    batches, index = [], []
+    for lo, hi, runs in _cuts(table, batch_rows):
+        for batch in table.slice(lo, hi - lo).to_batches():
+            batches.append(batch)
+            index.append([runs[0][0], runs[-1][0]])
+    return batches, index
+
+
+def _cuts(table: pa.Table, batch_rows: int) -> list[tuple[int, int, list[tuple[Any, int, int]]]]:
+    """Where ``table`` (sorted by its first column, one chunk) is cut into batches: (start,
+    stop, runs of first-column values inside as (value, start, stop) from the batch's start).
 
     A value with at least ``batch_rows`` rows gets a batch of its own, so that reading it
     decodes nothing else; values with fewer rows share batches of about that many rows,
     because every batch costs a few buffers to write and read.
     """
     if not table.num_rows:
-        return [], []
-    table = table.combine_chunks()
-    cuts: list[tuple[int, int, Any, Any]] = []  # (start, end, first value, last value)
-    shared: list[Any] = []
-    shared_start = start = 0
-    for value, _, end in _runs(table.column(0).chunk(0)):
+        return []
+    cuts: list[tuple[int, int, list[tuple[Any, int, int]]]] = []
+    shared: list[tuple[Any, int, int]] = []
+    shared_start = 0
+
+    def cut(lo: int, hi: int, runs: list[tuple[Any, int, int]]) -> None:
+        cuts.append((lo, hi, [(v, a - lo, b - lo) for v, a, b in runs]))
+
+    for run in _runs(table.column(0).combine_chunks()):
+        start, end = run[1], run[2]
         if end - start >= batch_rows:
             if shared:
-                cuts.append((shared_start, start, shared[0], shared[-1]))
-            cuts.append((start, end, value, value))
+                cut(shared_start, start, shared)
+            cut(start, end, [run])
             shared, shared_start = [], end
         else:
-            shared.append(value)
+            shared.append(run)
             if end - shared_start >= batch_rows:
-                cuts.append((shared_start, end, shared[0], shared[-1]))
+                cut(shared_start, end, shared)
                 shared, shared_start = [], end
-        start = end
     if shared:
-        cuts.append((shared_start, start, shared[0], shared[-1]))
-    batches, index = [], []
-    for lo, hi, first_value, last_value in cuts:
-        for batch in table.slice(lo, hi - lo).to_batches():
-            batches.append(batch)
-            index.append([first_value, last_value])
-    return batches, index
+        cut(shared_start, shared[-1][2], shared)
+    return cuts
 
 
 def _narrowest_int(column: pa.ChunkedArray) -> pa.DataType:
@@ -238,14 +248,28 @@ _TAIL_BYTES: Final = 64 * 1024
 
 
 def _compact_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """``batch`` with each dictionary column re-encoded to the values it holds (a slice of a
-    table keeps the whole table's dictionary, which a frame would store again)."""
+    """``batch`` with each large dictionary cut to the values its rows use (a slice of a table
+    keeps the whole table's dictionary, which every frame would store again)."""
     columns = []
     for column in batch.columns:
-        if pa.types.is_dictionary(column.type) and len(column.dictionary) > len(column):
-            column = pc.dictionary_encode(column.dictionary_decode()).cast(column.type)
+        if pa.types.is_dictionary(column.type) and len(column.dictionary) > _SMALL_DICTIONARY:
+            if column.null_count:  # summaries have no missing keys; other tables may
+                column = pc.dictionary_encode(column.dictionary_decode()).cast(column.type)
+            else:
+                indices = column.indices.to_numpy()
+                present = np.bincount(indices, minlength=len(column.dictionary)) > 0
+                if not present.all():
+                    codes = (np.cumsum(present, dtype=np.int32) - 1)[indices]
+                    used = pa.array(np.flatnonzero(present))
+                    column = pa.DictionaryArray.from_arrays(
+                        pa.array(codes), column.dictionary.take(used)
+                    )
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+
+#: Dictionaries of at most this many values are stored in each frame as they are.
+_SMALL_DICTIONARY: Final = 64
 
 
 def _runs(first: pa.Array) -> list[tuple[Any, int, int]]:
@@ -266,22 +290,21 @@ def _runs(first: pa.Array) -> list[tuple[Any, int, int]]:
 def write_summary(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
     """Write and fsync one summary file (see the module docstring), each batch compressed as
     one frame with ``compression`` ("zstd", or "lz4": read a little faster, a half larger)."""
-    stored = _summary_on_disk(table)
-    batches, _ = summary_batches(stored, SUMMARY_FRAME_ROWS)
+    stored = _summary_on_disk(table).combine_chunks()
     codec = pa.Codec(compression)
     parts: list[bytes] = [SUMMARY_MAGIC]
     offset = len(SUMMARY_MAGIC)
     frames: list[int] = []  # offset, length, decompressed length of each frame
     runs: list[int] = []  # frame, start, stop of each run of a first-column value
     values: list[bytes] = []
-    for batch in batches:
-        batch = _compact_dictionaries(batch)
+    for start, stop, inside in _cuts(stored, SUMMARY_FRAME_ROWS):
+        batch = _compact_dictionaries(stored.slice(start, stop - start).to_batches()[0])
         sink = pa.BufferOutputStream()
         with ipc.new_stream(sink, batch.schema, options=_STREAM_OPTIONS) as writer:
             writer.write_batch(batch)
         raw = sink.getvalue()
         frame = codec.compress(raw, asbytes=True)
-        for value, lo, hi in _runs(batch.column(0)):
+        for value, lo, hi in inside:
             values.append(str(value).encode())
             runs += (len(frames) // 3, lo, hi)
         frames += (offset, len(frame), raw.size)
