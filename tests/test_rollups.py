@@ -267,21 +267,27 @@ def _as_written_by_0_1(table: pa.Table, path: Path) -> None:
     assert path.read_bytes()[:4] == b"PAR1"
 
 
-def _as_written_by_0_2(table: pa.Table, path: Path) -> None:
-    """Arrow IPC with lz4-compressed buffers, strings plain, integers int64, batches by tenant
-    with the same index as now."""
+def _write_ipc_file(table: pa.Table, path: Path, compression: str) -> None:
+    """An Arrow IPC file as 0.2 and 0.3 wrote summaries: batches by tenant, their first and
+    last tenants in the schema metadata, buffers compressed with ``compression``."""
     batches, index = summary_files.summary_batches(table)
     schema = table.schema.with_metadata(
         {summary_files.SUMMARY_INDEX_KEY: json.dumps(index).encode()}
     )
-    with pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_file(path, schema, options=options) as w:
         for batch in batches:
             w.write_batch(batch)
+    assert path.read_bytes()[:6] == b"ARROW1"
+
+
+def _as_written_by_0_2(table: pa.Table, path: Path) -> None:
+    """lz4-compressed buffers, strings plain, integers int64."""
+    _write_ipc_file(table, path, "lz4")
 
 
 def _as_written_by_0_3(table: pa.Table, path: Path) -> None:
-    """An Arrow IPC file with zstd-compressed buffers, strings dictionary-encoded (one
-    dictionary per file), integers narrowed, batches by tenant with their index."""
+    """zstd-compressed buffers, strings dictionary-encoded (one dictionary per file)."""
     stored = pa.table(
         {
             name: pc.dictionary_encode(column).cast(summary_files.SUMMARY_TEXT)
@@ -290,14 +296,7 @@ def _as_written_by_0_3(table: pa.Table, path: Path) -> None:
             for name, column in zip(table.column_names, table.columns, strict=True)
         }
     ).unify_dictionaries()
-    batches, index = summary_files.summary_batches(stored)
-    schema = stored.schema.with_metadata(
-        {summary_files.SUMMARY_INDEX_KEY: json.dumps(index).encode()}
-    )
-    with pa.ipc.new_file(path, schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
-        for batch in batches:
-            w.write_batch(batch)
-    assert path.read_bytes()[:6] == b"ARROW1"
+    _write_ipc_file(stored, path, "zstd")
 
 
 @pytest.mark.parametrize("write_old", [_as_written_by_0_1, _as_written_by_0_2, _as_written_by_0_3])
