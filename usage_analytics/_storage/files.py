@@ -289,7 +289,7 @@ def _runs(first: pa.Array) -> list[tuple[Any, int, int]]:
 
 def write_summary(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
     """Write and fsync one summary file (see the module docstring), each batch compressed as
-    one frame with ``compression`` ("zstd", or "lz4": read a little faster, a half larger)."""
+    one frame with ``compression`` ("zstd", or "lz4": written and read faster, 1.6x larger)."""
     stored = _summary_on_disk(table).combine_chunks()
     codec = pa.Codec(compression)
     parts: list[bytes] = [SUMMARY_MAGIC]
