@@ -15,9 +15,9 @@ smaller in all (files' summaries a third smaller, spans a sixth larger). Reading
 file is slower than it was (a frame each), which only all-tenant reports and maintenance do.
 
 Layout: ``MAGIC``, the frames, the schema (an uncompressed IPC schema message), the footer
-(JSON), the footer's length (8 bytes, little-endian), ``MAGIC``. Readers get strings as
-``SUMMARY_TEXT`` dictionaries and integers as stored, one table per file, also from files of
-older versions: Arrow IPC files (0.2 and 0.3) and Parquet (before 0.2).
+(binary, see ``_FOOTER_HEAD``), the footer's length (8 bytes, little-endian), ``MAGIC``.
+Readers get strings as ``SUMMARY_TEXT`` dictionaries and integers as stored, one table per file,
+also from files of older versions: Arrow IPC files (0.2 and 0.3) and Parquet (before 0.2).
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def summary_batches(
 ) -> tuple[list[pa.RecordBatch], list[list[Any]]]:
     """``table`` (sorted by its first column) cut into record batches for a summary file, with
     the first and last first-column value of each (see :func:`_cuts`)."""
+    table = table.combine_chunks()
     batches, index = [], []
     for lo, hi, runs in _cuts(table, batch_rows):
         for batch in table.slice(lo, hi - lo).to_batches():
@@ -182,7 +183,7 @@ def _cuts(table: pa.Table, batch_rows: int) -> list[tuple[int, int, list[tuple[A
     def cut(lo: int, hi: int, runs: list[tuple[Any, int, int]]) -> None:
         cuts.append((lo, hi, [(v, a - lo, b - lo) for v, a, b in runs]))
 
-    for run in _runs(table.column(0).combine_chunks()):
+    for run in _runs(table.column(0).chunk(0)):
         start, end = run[1], run[2]
         if end - start >= batch_rows:
             if shared:
