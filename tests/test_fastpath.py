@@ -194,6 +194,44 @@ def test_summary_files_larger_than_their_tail_read_each_value(tmp_path: Path) ->
     assert empty.num_rows == 0 and empty.schema.names == ["tenant", "user", "n"]
 
 
+def test_summary_frames_keep_only_the_keys_their_rows_use(tmp_path: Path) -> None:
+    """Users belong to one tenant, in a dictionary in no useful order (as rollups make it):
+    a tenant with a frame of its own stores exactly its users, and tenants sharing a frame
+    store at most the users of that frame's rows."""
+    rng = np.random.default_rng(8)
+    sizes = {f"t{i:02}": int(n) for i, n in enumerate(rng.choice([3, 40, 900, 2500], 30))}
+    tenants, users = [], []
+    for tenant, n in sizes.items():
+        tenants += [tenant] * n
+        users += [f"{tenant}-u{j}" for j in rng.integers(0, max(2, n // 3), n)]
+    values = np.array(sorted(set(users)))
+    shuffled = values[rng.permutation(len(values))]
+    codes = pd.Index(shuffled).get_indexer(users)
+    table = pa.table(
+        {
+            "tenant": tenants,
+            "user": pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(shuffled)),
+            "n": rng.integers(0, 1 << 40, len(tenants)),
+        }
+    )
+    path = tmp_path / "x.rollup"
+    summary_files.write_summary(table, path)
+    small = sum(n for n in sizes.values() if n < summary_files.SUMMARY_FRAME_ROWS)
+    for tenant, n in sizes.items():
+        got = summary_files.read_summary(path, tenant)
+        want = table.filter(pa.compute.equal(table.column("tenant"), tenant))
+        assert got.to_pylist() == want.to_pylist(), tenant
+        dictionary = got.column("user").chunk(0).dictionary.to_pylist()
+        if n >= summary_files.SUMMARY_FRAME_ROWS:
+            assert sorted(dictionary) == sorted(set(want.column("user").to_pylist()))
+        else:
+            assert len(dictionary) <= min(small, summary_files.SUMMARY_FRAME_ROWS * 2)
+            assert all(
+                sizes[u.split("-")[0]] < summary_files.SUMMARY_FRAME_ROWS for u in dictionary
+            )
+    assert summary_files.read_summary(path, None).to_pylist() == table.to_pylist()
+
+
 def test_a_value_with_many_rows_has_batches_of_its_own() -> None:
     rows = summary_files.SUMMARY_BATCH_ROWS
     firsts = ["a"] * 3 + ["b"] * (rows + 5) + ["c"] * 2 + ["d"] * (rows - 1) + ["e"]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
@@ -248,6 +249,26 @@ _READ_OPTIONS: Final = ipc.IpcReadOptions(use_threads=False)
 _TAIL_BYTES: Final = 64 * 1024
 
 
+def _in_first_use_order(table: pa.Table) -> pa.Table:
+    """``table`` (one chunk) with each large dictionary holding only the values its rows use,
+    in the order the rows first use them: the rows of one tenant then mostly use a run of
+    codes of their own (users and keys belong to a tenant), which a frame cuts out as a slice
+    (see :func:`_compact_dictionaries`)."""
+    for i, column in enumerate(table.columns):
+        if not pa.types.is_dictionary(column.type) or column.null_count or not column.num_chunks:
+            continue
+        array = column.chunk(0)
+        if len(array.dictionary) <= _SMALL_DICTIONARY:
+            continue
+        codes, in_order = pd.factorize(array.indices.to_numpy())  # codes by first use
+        array = pa.DictionaryArray.from_arrays(
+            pa.array(codes.astype(array.type.index_type.to_pandas_dtype())),
+            array.dictionary.take(pa.array(in_order)),
+        )
+        table = table.set_column(i, table.field(i), pa.chunked_array([array]))
+    return table
+
+
 def _compact_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
     """``batch`` with each large dictionary cut to the values its rows use (a slice of a table
     keeps the whole table's dictionary, which every frame would store again)."""
@@ -258,6 +279,14 @@ def _compact_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
                 column = pc.dictionary_encode(column.dictionary_decode()).cast(column.type)
             else:
                 indices = column.indices.to_numpy()
+                lo, hi = (int(indices.min()), int(indices.max())) if len(indices) else (0, -1)
+                if hi - lo < len(indices):  # a run of codes no longer than the rows: cut it out
+                    column = pa.DictionaryArray.from_arrays(
+                        pa.array(indices - indices.dtype.type(lo)),
+                        column.dictionary.slice(lo, hi - lo + 1),
+                    )
+                    columns.append(column)
+                    continue
                 present = np.bincount(indices, minlength=len(column.dictionary)) > 0
                 if not present.all():
                     codes = (np.cumsum(present, dtype=np.int32) - 1)[indices]
@@ -291,7 +320,7 @@ def _runs(first: pa.Array) -> list[tuple[Any, int, int]]:
 def write_summary(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
     """Write and fsync one summary file (see the module docstring), each batch compressed as
     one frame with ``compression`` ("zstd", or "lz4": written and read faster, 1.6x larger)."""
-    stored = _summary_on_disk(table).combine_chunks()
+    stored = _in_first_use_order(_summary_on_disk(table).combine_chunks())
     codec = pa.Codec(compression)
     parts: list[bytes] = [SUMMARY_MAGIC]
     offset = len(SUMMARY_MAGIC)

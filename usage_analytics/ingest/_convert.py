@@ -161,6 +161,9 @@ def _int_values(
     those that hold something else (named in ``problems``). Rows in neither hold nothing."""
     kind = column.type
     n = len(column)
+    if kind == pa.int64() and column.null_count == 0:  # the common case: parsed as int64
+        values = column.to_numpy() if isinstance(column, pa.Array) else _int64s(column)
+        return values, np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
     if pa.types.is_integer(kind):
         valid = column.is_valid().to_numpy(zero_copy_only=False)
         invalid = np.zeros(n, dtype=bool)
@@ -207,13 +210,18 @@ def _int_values(
     return values, valid, invalid
 
 
+def _int64s(column: pa.ChunkedArray) -> np.ndarray:
+    values: np.ndarray = (column.chunk(0) if column.num_chunks == 1 else column).to_numpy()
+    return values
+
+
 def _int_column(
     name: str, column: pa.ChunkedArray, options: Options, problems: _Problems
 ) -> pd.Series:
     values, valid, invalid = _int_values(name, column, problems)
     if not options.fill_nulls:
         problems.add(~valid & ~invalid, _no_value(name, "0"))
-    return pd.Series(values, dtype=np.int64)
+    return pd.Series(values, dtype=np.int64, copy=False)
 
 
 def _timestamp_column(
@@ -259,7 +267,7 @@ def _timestamp_column(
     problems.add(empty, "column 'timestamp' has no value")
     if ints.any():
         values = _apply_unit(path, values, ints, lines, options.timestamp_unit, problems)
-    return pd.Series(values, dtype=np.int64)
+    return pd.Series(values, dtype=np.int64, copy=False)
 
 
 def _iso(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
