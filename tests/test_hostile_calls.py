@@ -469,6 +469,8 @@ def _every_call(store: Store) -> dict[str, Callable[[], Any]]:
         "auto_migrate": store.auto_migrate,
         "info": store.info,
         "files": store.files,
+        "to_duckdb": store.to_duckdb,
+        "to_polars": store.to_polars,
         "find_usages": store.find_usages,
         "aggregated_usage": lambda: store.aggregated_usage("t0", GOOD_START, GOOD_END),
         "get_usages_by_groups": lambda: store.get_usages_by_groups("t0", GOOD_START, GOOD_END),
@@ -524,6 +526,8 @@ def _hostile_calls(store: Store) -> dict[str, Callable[[], Any]]:
         calls[f"Prices.from_dict({value!r})"] = lambda v=value: Prices.from_dict(v)
     for value in (None, pd.DataFrame(), pd.DataFrame({"model_id": [1]}), [1, 2]):
         calls[f"Prices.from_frame({value!r})"] = lambda v=value: Prices.from_frame(v)
+    for value in (5, "memory", object(), store):
+        calls[f"to_duckdb({value!r})"] = lambda v=value: store.to_duckdb(v)
     for value in HOSTILE_TIMES:
         calls[f"delete_usage({value!r})"] = lambda v=value: store.delete_usage(v)
     for limit in HOSTILE_LIMITS:

@@ -151,6 +151,25 @@ class Store:
         """
         return [self._ds.path_of(f) for f in self._ds.snapshot().files]
 
+    def to_duckdb(self, connection: Any = None) -> Any:
+        """A DuckDB relation of the latest committed state, in the current schema (see
+        :mod:`usage_analytics.interop`); on ``connection``, else DuckDB's default one.
+
+        Example:
+            >>> Store("data/sample").to_duckdb().filter("status_code >= 500").count("*").fetchall()
+            [(305,)]
+        """
+        from .interop import to_duckdb
+
+        return to_duckdb(self, connection)
+
+    def to_polars(self) -> Any:
+        """A Polars LazyFrame of the latest committed state, in the current schema (see
+        :mod:`usage_analytics.interop`)."""
+        from .interop import to_polars
+
+        return to_polars(self)
+
     # -- writing -----------------------------------------------------------------------------
 
     def create_usage(self, *usages: Any, on_conflict: Literal["error", "ignore"] = "error") -> int:

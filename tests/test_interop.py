@@ -1,0 +1,134 @@
+"""Store.to_duckdb and Store.to_polars: exactly one committed state, in the current schema, after
+an upgrade, a delete that rewrites a partition and compaction."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pytest
+from _crash_worker import DAY, T0, batch, make_v1
+
+from usage_analytics import COLUMNS, Store, UsageAnalyticsError
+from usage_analytics.schema import ADDED_IN_V2
+
+STAGES = ("upgraded", "deleted", "compacted")
+
+
+def at_stage(root: Path, stage: str) -> Store:
+    """A version-1 dataset, upgraded, with new rows (and their runtime columns) added; then a
+    delete that rewrites a partition; then compaction."""
+    make_v1(root)
+    store = Store(root)
+    store.auto_migrate()
+    new = batch(9, days=(1, 2))
+    new["runtime_latency_ms"] = 7
+    new["runtime_time_to_first_token_ms"] = 3
+    store.create_usage(new)
+    if stage in ("deleted", "compacted"):
+        assert store.delete_usage(T0 + DAY + 3 * 60_000_000_000 + 5_000_000) > 0
+    if stage == "compacted":
+        assert store.compact() >= 1
+    return store
+
+
+def by_id(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("id").reset_index(drop=True)
+
+
+def as_stored(frame: pd.DataFrame) -> pd.DataFrame:
+    """Another engine's rows with the dtypes the store's frames have (strings as str)."""
+    out = frame.copy()
+    for name in out.columns:
+        if out[name].dtype == object or pd.api.types.is_string_dtype(out[name]):
+            out[name] = out[name].astype("str")
+    out["created_at"] = out["created_at"].dt.tz_convert("UTC")
+    return out
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_duckdb_and_polars_read_the_rows_the_store_reads(tmp_path: Path, stage: str) -> None:
+    store = at_stage(tmp_path / "usage", stage)
+    expected = by_id(store.find_usages())
+    if stage != "compacted":  # old files are still there, without the runtime columns
+        versions = {e.schema_version for e in store._ds.snapshot().files}
+        assert versions == {1, 2}
+    assert (expected.loc[expected["id"] <= 30, list(ADDED_IN_V2)] == 0).all().all()
+    assert (expected.loc[expected["id"] > 30, "runtime_latency_ms"] == 7).all()
+    from_duckdb = by_id(as_stored(store.to_duckdb().df()))
+    from_polars = by_id(as_stored(store.to_polars().collect().to_pandas()))
+    for got in (from_duckdb, from_polars):
+        assert list(got.columns) == list(COLUMNS)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=True)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_report_over_the_relation_equals_the_stores(tmp_path: Path, stage: str) -> None:
+    store = at_stage(tmp_path / "usage", stage)
+    tenant = store.find_usages()["tenant"].mode()[0]
+    report = store.report(
+        tenant,
+        0,
+        2**63,
+        by="model_id",
+        metrics=["requests", "prompt_tokens", "runtime_latency_ms_mean"],
+    )
+    con = duckdb.connect()
+    store.to_duckdb(con).create_view("usage")
+    sql = con.sql(
+        "SELECT model_id, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, "
+        "avg(runtime_latency_ms) AS runtime_latency_ms_mean FROM usage WHERE tenant = $t "
+        "GROUP BY model_id ORDER BY model_id",
+        params={"t": tenant},
+    ).df()
+    got = report[["model_id", "requests", "prompt_tokens", "runtime_latency_ms_mean"]]
+    got = got.sort_values("model_id").reset_index(drop=True)
+    assert got["requests"].tolist() == sql["requests"].tolist()
+    assert got["prompt_tokens"].tolist() == sql["prompt_tokens"].tolist()
+    means = sql["runtime_latency_ms_mean"].tolist()
+    assert got["runtime_latency_ms_mean"].tolist() == pytest.approx(means, rel=1e-12)
+    assert any(means)  # rows of before the upgrade read zeros, later ones 7
+    polars = (
+        store.to_polars()
+        .filter(pl.col("tenant") == tenant)
+        .group_by("model_id")
+        .agg(pl.col("prompt_tokens").sum())
+        .sort("model_id")
+        .collect()
+    )
+    assert polars["prompt_tokens"].to_list() == sql["prompt_tokens"].tolist()
+
+
+def test_each_reads_the_snapshot_it_was_made_from(tmp_path: Path) -> None:
+    store = at_stage(tmp_path / "usage", "upgraded")
+    before = len(store.find_usages())
+    rel, lazy = store.to_duckdb(duckdb.connect()), store.to_polars()
+    store.create_usage(batch(11, days=(4,)))
+    assert rel.aggregate("count(*)").fetchall() == [(before,)]
+    assert lazy.select(pl.len()).collect().item() == before
+    assert store.to_duckdb().aggregate("count(*)").fetchall() == [(before + 10,)]
+
+
+def test_an_empty_store_gives_no_rows_with_every_column(tmp_path: Path) -> None:
+    store = Store(tmp_path / "empty")
+    store.auto_migrate()
+    rel = store.to_duckdb()
+    assert rel.columns == list(COLUMNS) and rel.aggregate("count(*)").fetchall() == [(0,)]
+    lazy = store.to_polars().collect()
+    assert lazy.columns == list(COLUMNS) and lazy.height == 0
+    assert lazy.schema["status_code"] == pl.Int32
+    assert rel.types[list(COLUMNS).index("status_code")] == "INTEGER"
+
+
+@pytest.mark.parametrize("module", ["duckdb", "polars"])
+def test_a_missing_engine_is_an_error_that_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    store = Store(tmp_path / "s")
+    store.auto_migrate()
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    with pytest.raises(UsageAnalyticsError, match=f"pip install {module}"):
+        store.to_duckdb() if module == "duckdb" else store.to_polars()
