@@ -7,7 +7,8 @@ later commit removed a file on the way).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Final, TypeAlias
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from .errors import CorruptDatasetError, DatasetChangedError
 from .reports import planner
 from .reports.engine import Report
 from .reports.grains import Grain
+from .reports.kernels import Partial
 from .reports.planner import Piece
 from .reports.spec import Filter
 from .schema import (
@@ -30,10 +32,18 @@ from .schema import (
     arrow_schema,
 )
 
-__all__ = ["pieces", "read_rows", "run_report", "scan_batches", "scan_frame", "to_frame"]
+__all__ = [
+    "Task",
+    "pieces",
+    "plan_tasks",
+    "read_rows",
+    "run_report",
+    "run_task",
+    "scan_batches",
+    "scan_frame",
+    "to_frame",
+]
 
-#: A summary table to combine, with the piece it covers and the hours of it used (None: all).
-_Part: TypeAlias = "tuple[pa.Table, Piece, tuple[int, int] | None]"
 #: Rows per record batch that ``scan_batches`` yields at most.
 BATCH_ROWS: Final = 1 << 16
 
@@ -87,41 +97,76 @@ def _summary_path(piece: Piece, kind: str) -> str:
     return str(piece.ref.sidecar_path(kind))
 
 
+@dataclass(frozen=True)
+class Task:
+    """One independent part of a report's work on one snapshot, which :func:`run_task` turns
+    into partials: a scan of the rows of ``entries`` inside ``ranges``, or (``grain`` set) the
+    reads of summaries of one grain, each with the piece it covers and the hours of it used."""
+
+    entries: tuple[FileEntry, ...] = ()
+    ranges: tuple[tuple[int, int], ...] = ()
+    grain: Grain | None = None
+    components: tuple[str, ...] = ()
+    reads: tuple[tuple[str, Piece, tuple[int, int] | None], ...] = ()
+
+
+def plan_tasks(
+    report: Report, snap: Snapshot, *, use_summaries: bool = True, task_rows: int | None = None
+) -> tuple[planner.Plan, list[Task]]:
+    """The plan of ``report`` on ``snap`` and the tasks that compute it. Rows are scanned in
+    one task per set of time ranges, or with ``task_rows`` in tasks of files of about that many
+    rows (for workers that run them side by side)."""
+    files, spans = pieces(snap)
+    plan = planner.plan(report.spec, report.buckets, files, spans, use_summaries=use_summaries)
+    tasks: list[Task] = []
+    by_ranges: dict[tuple[tuple[int, int], ...], list[FileEntry]] = {}
+    for scan in plan.scans:
+        by_ranges.setdefault(scan.ranges, []).append(scan.piece.ref)
+    for ranges, entries in by_ranges.items():
+        group: list[FileEntry] = []
+        for entry in entries:
+            if group and task_rows is not None and sum(e.rows for e in group) >= task_rows:
+                tasks.append(Task(tuple(group), ranges))
+                group = []
+            group.append(entry)
+        tasks.append(Task(tuple(group), ranges))
+    # One partial per grain and set of components, of every summary read for them.
+    together: dict[tuple[Grain, tuple[str, ...]], list[tuple[str, Piece, Any]]] = {}
+    for read in plan.reads:
+        for grain in dict.fromkeys(read.grains.values()):
+            wanted = tuple(c for c, g in read.grains.items() if g is grain)
+            path = _summary_path(read.piece, grain.name)
+            together.setdefault((grain, wanted), []).append((path, read.piece, read.hours))
+    for (grain, wanted), reads in together.items():
+        tasks.append(Task(grain=grain, components=wanted, reads=tuple(reads)))
+    return plan, tasks
+
+
+def run_task(ds: Dataset, report: Report, task: Task) -> list[Partial]:
+    """The partials of one task (see :class:`Task`)."""
+    if task.grain is None:
+        columns = report.scan_columns
+        strings = [c for c in columns if c in STRING_COLUMNS]
+        expr = report.scan_filter(task.ranges)
+        return [
+            report.from_rows(rows)
+            for rows in ds.scan(task.entries, columns, expr, dictionary=strings)
+        ]
+    tables = ds.read_summaries([path for path, _, _ in task.reads], report.spec.tenant)
+    parts = [(t, piece, hours) for t, (_, piece, hours) in zip(tables, task.reads, strict=True)]
+    return [report.from_summaries(task.grain, parts, task.components)]
+
+
 def run_report(
     ds: Dataset, report: Report, *, use_summaries: bool = True, explain: bool = False
 ) -> pd.DataFrame:
     """The report's frame (or, with ``explain``, its plan) on one snapshot."""
 
     def read(snap: Snapshot) -> pd.DataFrame:
-        files, spans = pieces(snap)
-        plan = planner.plan(report.spec, report.buckets, files, spans, use_summaries=use_summaries)
+        plan, tasks = plan_tasks(report, snap, use_summaries=use_summaries)
         if explain:
             return plan.frame()
-        partials = []
-        by_ranges: dict[tuple[tuple[int, int], ...], list[FileEntry]] = {}
-        for scan in plan.scans:
-            by_ranges.setdefault(scan.ranges, []).append(scan.piece.ref)
-        columns = report.scan_columns
-        strings = [c for c in columns if c in STRING_COLUMNS]
-        for ranges, entries in by_ranges.items():
-            expr = report.scan_filter(ranges)
-            for rows in ds.scan(entries, columns, expr, dictionary=strings):
-                partials.append(report.from_rows(rows))
-        reads = [
-            (read, grain, tuple(c for c, g in read.grains.items() if g is grain))
-            for read in plan.reads
-            for grain in dict.fromkeys(read.grains.values())
-        ]
-        if reads:
-            paths = [_summary_path(read.piece, grain.name) for read, grain, _ in reads]
-            tables = ds.read_summaries(paths, report.spec.tenant)
-            # One partial per grain and set of components, of every table read for them.
-            together: dict[tuple[Grain, tuple[str, ...]], list[_Part]] = {}
-            for (read, grain, wanted), table in zip(reads, tables, strict=True):
-                together.setdefault((grain, wanted), []).append((table, read.piece, read.hours))
-            for (grain, wanted), parts in together.items():
-                partials.append(report.from_summaries(grain, parts, wanted))
-        return report.finish(partials)
+        return report.finish(p for task in tasks for p in run_task(ds, report, task))
 
     return ds.read(read)
 

@@ -1,0 +1,176 @@
+"""Reports and scans with Dask (``pip install 'usage_analytics[dask]'``), over the same dataset.
+
+:func:`report` runs :meth:`Store.report` on a Dask cluster: the client plans the report on one
+committed snapshot as the store does, workers compute the exact partials of its parts (row
+scans of data files, reads of the summaries that cover the rest), and the client combines them
+with the same code as the store. The result equals ``store.report(...)`` exactly.
+
+:func:`scan` gives the rows of a window of one snapshot as a ``dask.dataframe.DataFrame``, one
+partition per data file.
+
+Workers open the dataset by its root, so every worker must see it at the same path: a local
+folder for a :class:`distributed.LocalCluster`, or shared storage (NFS, a mounted bucket) for
+a cluster of machines::
+
+    from distributed import Client
+    client = Client("tcp://scheduler:8786")    # or Client(): a LocalCluster on this machine
+    usage_analytics.dask.report(store, None, "2026-11-01", "2026-12-01", by="model_id")
+
+A delete or compaction committed while workers read removes files they may still need; the
+report then starts again on the newer snapshot, as the store's own reads do.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Final
+
+import pandas as pd
+import pyarrow as pa
+
+from . import _reads
+from ._storage import Snapshot
+from .errors import InvalidArgumentError, UsageAnalyticsError
+from .reports.engine import Report
+from .reports.spec import parse_spec
+from .schema import arrow_schema
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    from distributed import Client
+
+    from .store import Store
+
+__all__ = ["report", "scan"]
+
+#: Rows of the data files one worker task scans, about.
+TASK_ROWS: Final = 1 << 20
+
+
+def _client(client: Client | None) -> Client:
+    try:
+        import distributed
+    except ImportError:
+        raise UsageAnalyticsError(
+            "usage_analytics.dask needs dask and distributed: pip install 'usage_analytics[dask]'"
+        ) from None
+    if client is not None:
+        if not isinstance(client, distributed.Client):
+            raise InvalidArgumentError(
+                f"client must be a distributed.Client or None, not {type(client).__name__}"
+            )
+        return client
+    try:
+        return distributed.get_client()
+    except ValueError:
+        raise UsageAnalyticsError(
+            "no Dask client is running: start one (distributed.Client() for a cluster on this "
+            "machine, distributed.Client('tcp://scheduler:8786') for a cluster) or pass client="
+        ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_store(root: str) -> Store:
+    from .store import Store
+
+    return Store(root)
+
+
+def _run(root: str, report: Report, task: _reads.Task) -> list[Any]:
+    """On a worker: the partials of one task."""
+    return _reads.run_task(_worker_store(root)._ds, report, task)
+
+
+def report(
+    store: Store,
+    tenant_id: str | None,
+    start: Any,
+    end: Any,
+    *,
+    client: Client | None = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """:meth:`Store.report` computed on a Dask cluster (``client``, else the current one),
+    with the same arguments and the same result.
+
+    Example:
+        >>> import usage_analytics as ua, usage_analytics.dask
+        >>> from distributed import Client, LocalCluster
+        >>> store = ua.Store("data/sample")
+        >>> args = ("tenant-000", "2026-11-02", "2026-11-04")
+        >>> with LocalCluster(n_workers=2, processes=False) as cluster, Client(cluster):
+        ...     frame = ua.dask.report(store, *args, by="model_id", metrics=["latency_ms_p95"])
+        >>> frame.equals(store.report(*args, by="model_id", metrics=["latency_ms_p95"]))
+        True
+    """
+    explain = kwargs.pop("explain", False)
+    if explain is not False:  # a plan is made on the client anyway
+        return store.report(tenant_id, start, end, explain=explain, **kwargs)
+    spec = parse_spec(tenant_id, start, end, **kwargs)
+    rep = Report.of(spec)
+    dask_client = _client(client)
+    root = str(store.root.resolve())
+    use_summaries = store._use_rollups
+
+    def read(snap: Snapshot) -> pd.DataFrame:
+        _, tasks = _reads.plan_tasks(rep, snap, use_summaries=use_summaries, task_rows=TASK_ROWS)
+        scattered = dask_client.scatter(rep, broadcast=True)  # type: ignore[no-untyped-call]
+        futures = [dask_client.submit(_run, root, scattered, task, pure=False) for task in tasks]
+        done = dask_client.gather(futures)  # type: ignore[no-untyped-call]
+        partials = [p for found in done for p in found]
+        return rep.finish(partials)
+
+    return store._ds.read(read)
+
+
+def _partition(root: str, entry: Any, args: tuple[Any, ...]) -> pd.DataFrame:
+    """On a worker: the rows of one data file inside the window, as :meth:`Store.scan` gives
+    them."""
+    tenant, lo, hi, columns, where = args
+    ds = _worker_store(root)._ds
+    wanted = list(dict.fromkeys([*columns, "timestamp", "id"]))
+    table = ds.read_file(entry, wanted, _reads._row_filter(tenant, lo, hi, where))
+    table = table.cast(pa.schema([arrow_schema().field(c) for c in wanted]))
+    table = table.sort_by([("timestamp", "ascending"), ("id", "ascending")])
+    return _reads.to_frame(table.select(list(columns)))
+
+
+def scan(
+    store: Store,
+    tenant_id: str | None = None,
+    start: Any = None,
+    end: Any = None,
+    *,
+    columns: Any = None,
+    where: Any = None,
+) -> dd.DataFrame:
+    """The rows of :meth:`Store.scan` (same arguments) as a Dask DataFrame of the latest
+    committed snapshot: one partition per data file of the window, each sorted by time (the
+    partitions are in the order of their files' first times, which may overlap). Strings come
+    in Dask's string dtype (``dataframe.convert-string``), the other columns as the store's.
+
+    Example:
+        >>> import usage_analytics as ua, usage_analytics.dask
+        >>> store = ua.Store("data/sample")
+        >>> frame = ua.dask.scan(store, "tenant-000", columns=["model_id", "prompt_tokens"])
+        >>> frame.npartitions, len(frame) == len(store.scan("tenant-000"))
+        (14, True)
+    """
+    try:
+        import dask.dataframe as dd
+    except ImportError:
+        raise UsageAnalyticsError(
+            "usage_analytics.dask needs dask: pip install 'usage_analytics[dask]'"
+        ) from None
+    args = store._scan_args(tenant_id, start, end, columns, where)
+    _, lo, hi, names, _ = args
+    entries = _reads._window_files(store._ds.snapshot(), lo, hi)
+    meta = _reads.to_frame(arrow_schema().empty_table().select(list(names)))
+    if not entries:
+        empty: dd.DataFrame = dd.from_pandas(meta, npartitions=1)  # type: ignore[no-untyped-call]
+        return empty
+    root = str(store.root.resolve())
+    frame: dd.DataFrame = dd.from_map(  # type: ignore[no-untyped-call]
+        _partition, [root] * len(entries), entries, args=(args,), meta=meta, enforce_metadata=False
+    )
+    return frame
