@@ -127,3 +127,29 @@ def test_without_a_client_the_error_says_how_to_start_one(tmp_path: Path) -> Non
     except ValueError:
         with pytest.raises(UsageAnalyticsError, match="no Dask client"):
             ua_dask.report(store, None, 0, 1)
+
+
+def test_a_compaction_under_the_workers_starts_the_report_again(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "s")
+    store.auto_migrate()
+    frame = synthetic.generate(600, start="2026-11-01", days=1, seed=4)
+    for i in range(0, 600, 100):  # small files, which compaction merges (and removes)
+        store.create_usage(frame.iloc[i : i + 100])
+    plans: list[int] = []
+    plan_tasks = ua_dask._reads.plan_tasks
+
+    def compacting(*args: Any, **kwargs: Any) -> Any:
+        out = plan_tasks(*args, **kwargs)
+        plans.append(len(out[1]))
+        if len(plans) == 1:
+            assert store.compact() == 1  # the files the tasks name are gone
+        return out
+
+    monkeypatch.setattr(ua_dask._reads, "plan_tasks", compacting)
+    got = ua_dask.report(store, None, "2026-11-01", "2026-11-02", by="model_id", client=client)
+    assert len(plans) == 2
+    monkeypatch.setattr(ua_dask._reads, "plan_tasks", plan_tasks)
+    expected = store.report(None, "2026-11-01", "2026-11-02", by="model_id")
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
