@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import _reads
+from . import _reads, interop
 from ._storage import Dataset
 from ._summaries import Summaries
 from ._summaries import verify as verify_dataset
@@ -152,23 +152,13 @@ class Store:
         return [self._ds.path_of(f) for f in self._ds.snapshot().files]
 
     def to_duckdb(self, connection: Any = None) -> Any:
-        """A DuckDB relation of the latest committed state, in the current schema (see
-        :mod:`usage_analytics.interop`); on ``connection``, else DuckDB's default one.
-
-        Example:
-            >>> Store("data/sample").to_duckdb().filter("status_code >= 500").count("*").fetchall()
-            [(305,)]
-        """
-        from .interop import to_duckdb
-
-        return to_duckdb(self, connection)
+        """The latest commit as a DuckDB relation (on ``connection``, else DuckDB's default
+        one), in the current schema: see :mod:`usage_analytics.interop`."""
+        return interop.to_duckdb(self, connection)
 
     def to_polars(self) -> Any:
-        """A Polars LazyFrame of the latest committed state, in the current schema (see
-        :mod:`usage_analytics.interop`)."""
-        from .interop import to_polars
-
-        return to_polars(self)
+        """The latest commit as a Polars LazyFrame, in the current schema (see above)."""
+        return interop.to_polars(self)
 
     # -- writing -----------------------------------------------------------------------------
 
