@@ -124,11 +124,13 @@ def plan_tasks(
         by_ranges.setdefault(scan.ranges, []).append(scan.piece.ref)
     for ranges, entries in by_ranges.items():
         group: list[FileEntry] = []
+        rows = 0
         for entry in entries:
-            if group and task_rows is not None and sum(e.rows for e in group) >= task_rows:
+            if group and task_rows is not None and rows >= task_rows:
                 tasks.append(Task(tuple(group), ranges))
-                group = []
+                group, rows = [], 0
             group.append(entry)
+            rows += entry.rows
         tasks.append(Task(tuple(group), ranges))
     # One partial per grain and set of components, of every summary read for them.
     together: dict[tuple[Grain, tuple[str, ...]], list[tuple[str, Piece, Any]]] = {}
