@@ -37,11 +37,15 @@ __all__ = [
     "pieces",
     "plan_tasks",
     "read_rows",
+    "row_filter",
     "run_report",
     "run_task",
     "scan_batches",
     "scan_frame",
+    "scanned_columns",
+    "sorted_frame",
     "to_frame",
+    "window_files",
 ]
 
 #: Rows per record batch that ``scan_batches`` yields at most.
@@ -173,7 +177,7 @@ def run_report(
     return ds.read(read)
 
 
-def _row_filter(tenant: str | None, lo: int, hi: int, where: Sequence[Filter]) -> pc.Expression:
+def row_filter(tenant: str | None, lo: int, hi: int, where: Sequence[Filter]) -> pc.Expression:
     expr = (pc.field("timestamp") >= lo) & (pc.field("timestamp") <= hi - 1)
     if tenant is not None:
         expr = (pc.field("tenant") == tenant) & expr
@@ -182,7 +186,7 @@ def _row_filter(tenant: str | None, lo: int, hi: int, where: Sequence[Filter]) -
     return expr
 
 
-def _window_files(snap: Snapshot, lo: int, hi: int) -> list[FileEntry]:
+def window_files(snap: Snapshot, lo: int, hi: int) -> list[FileEntry]:
     """The files that may hold rows of [lo, hi), in time order."""
     if lo >= hi:
         return []
@@ -199,23 +203,33 @@ def scan_frame(
     where: Sequence[Filter],
 ) -> pd.DataFrame:
     """The rows of a window as a frame sorted by (timestamp, id), ``columns`` only."""
-    wanted = list(dict.fromkeys([*columns, "timestamp", "id"]))
+    wanted = scanned_columns(columns)
 
     def read(snap: Snapshot) -> pd.DataFrame:
-        entries = _window_files(snap, lo, hi)
+        entries = window_files(snap, lo, hi)
         tables = (
-            list(ds.scan(entries, wanted, _row_filter(tenant, lo, hi, where))) if entries else []
+            list(ds.scan(entries, wanted, row_filter(tenant, lo, hi, where))) if entries else []
         )
-        if not tables:
-            table = arrow_schema().empty_table().select(wanted)
-        else:
-            table = pa.concat_tables(tables).cast(
-                pa.schema([arrow_schema().field(c) for c in wanted])
-            )
-        table = table.sort_by([("timestamp", "ascending"), ("id", "ascending")])
-        return to_frame(table.select(list(columns)))
+        return sorted_frame(tables, columns)
 
     return ds.read(read).reset_index(drop=True)
+
+
+def scanned_columns(columns: Sequence[str]) -> list[str]:
+    """The columns a scan of ``columns`` reads: with those it sorts by."""
+    return list(dict.fromkeys([*columns, "timestamp", "id"]))
+
+
+def sorted_frame(tables: Sequence[pa.Table], columns: Sequence[str]) -> pd.DataFrame:
+    """Scanned tables (of :func:`scanned_columns`) as one frame of ``columns``, in the stored
+    dtypes, sorted by (timestamp, id)."""
+    wanted = scanned_columns(columns)
+    if not tables:
+        table = arrow_schema().empty_table().select(wanted)
+    else:
+        table = pa.concat_tables(tables).cast(pa.schema([arrow_schema().field(c) for c in wanted]))
+    table = table.sort_by([("timestamp", "ascending"), ("id", "ascending")])
+    return to_frame(table.select(list(columns)))
 
 
 def scan_batches(
@@ -234,9 +248,9 @@ def scan_batches(
             after the first batch was yielded (a scan cannot start again from where it was).
     """
     snap = ds.snapshot()
-    entries = _window_files(snap, lo, hi)
+    entries = window_files(snap, lo, hi)
     schema = pa.schema([arrow_schema().field(c) for c in columns])
-    expr = _row_filter(tenant, lo, hi, where)
+    expr = row_filter(tenant, lo, hi, where)
     for entry in entries:
         try:
             chunks = list(ds.scan([entry], list(columns), expr, chunk_rows=BATCH_ROWS))

@@ -26,14 +26,12 @@ import functools
 from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
-import pyarrow as pa
 
 from . import _reads
 from ._storage import Snapshot
 from .errors import InvalidArgumentError, UsageAnalyticsError
 from .reports.engine import Report
 from .reports.spec import parse_spec
-from .schema import arrow_schema
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -128,11 +126,9 @@ def _partition(root: str, entry: Any, args: tuple[Any, ...]) -> pd.DataFrame:
     them."""
     tenant, lo, hi, columns, where = args
     ds = _worker_store(root)._ds
-    wanted = list(dict.fromkeys([*columns, "timestamp", "id"]))
-    table = ds.read_file(entry, wanted, _reads._row_filter(tenant, lo, hi, where))
-    table = table.cast(pa.schema([arrow_schema().field(c) for c in wanted]))
-    table = table.sort_by([("timestamp", "ascending"), ("id", "ascending")])
-    return _reads.to_frame(table.select(list(columns)))
+    wanted = _reads.scanned_columns(columns)
+    table = ds.read_file(entry, wanted, _reads.row_filter(tenant, lo, hi, where))
+    return _reads.sorted_frame([table], columns)
 
 
 def scan(
@@ -164,8 +160,8 @@ def scan(
         ) from None
     args = store._scan_args(tenant_id, start, end, columns, where)
     _, lo, hi, names, _ = args
-    entries = _reads._window_files(store._ds.snapshot(), lo, hi)
-    meta = _reads.to_frame(arrow_schema().empty_table().select(list(names)))
+    entries = _reads.window_files(store._ds.snapshot(), lo, hi)
+    meta = _reads.sorted_frame([], names)
     if not entries:
         empty: dd.DataFrame = dd.from_pandas(meta, npartitions=1)  # type: ignore[no-untyped-call]
         return empty
