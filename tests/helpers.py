@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -100,6 +102,57 @@ GROUP_DTYPES: Final[dict[str, str]] = {
 
 PARTITION_RE: Final = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 METADATA_FILE: Final = "_usage_analytics.json"
+
+
+def latest_commit(root: Path) -> Path:
+    """The newest commit file of a dataset's log."""
+    return max((root / "_delta_log").glob("*.json"))
+
+
+def edit_latest_commit(root: Path, change: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Rewrite the newest commit of a dataset's log after ``change`` edited its actions (a
+    list of ``{kind: body}``; the usage_analytics domain's configuration and each add's
+    entry tag are given decoded, and encoded again)."""
+    path = latest_commit(root)
+    actions = [json.loads(line) for line in path.read_text().splitlines()]
+    for action in actions:
+        _code(action, json.loads)
+    change(actions)
+    for action in actions:
+        _code(action, json.dumps)
+    path.write_text("".join(json.dumps(a) + "\n" for a in actions))
+
+
+def _code(action: Any, how: Callable[[Any], Any]) -> None:
+    """Decode (or encode) the JSON text an action of a commit holds."""
+    if not isinstance(action, dict):
+        return
+    domain, add = action.get("domainMetadata"), action.get("add")
+    if isinstance(domain, dict) and "configuration" in domain:
+        domain["configuration"] = how(domain["configuration"])
+    if isinstance(add, dict) and "usage_analytics" in add.get("tags", {}):
+        add["tags"]["usage_analytics"] = how(add["tags"]["usage_analytics"])
+
+
+def dataset_state(root: Path) -> dict[str, Any]:
+    """The usage_analytics state the newest commit records (schema version, next id, spans)."""
+    for line in latest_commit(root).read_text().splitlines():
+        action = json.loads(line)
+        if "domainMetadata" in action:
+            return json.loads(action["domainMetadata"]["configuration"])  # type: ignore[no-any-return]
+    raise AssertionError("the newest commit has no usage_analytics state")
+
+
+def to_manifest_format(root: Path) -> None:
+    """Turn a dataset into the older layout, whose manifest lists the live files (no log)."""
+    snap = Store(root)._ds.snapshot()
+    (root / METADATA_FILE).write_bytes(snap.to_bytes())
+    shutil.rmtree(root / "_delta_log")
+
+
+def is_bookkeeping(rel: str) -> bool:
+    """Whether a path under a dataset root is the dataset's own (marker, lock, commit log)."""
+    return rel in {METADATA_FILE, "_usage_analytics.lock"} or rel.startswith("_delta_log/")
 
 
 # -- files on disk ----------------------------------------------------------------------------
@@ -341,9 +394,13 @@ __all__ = [
     "assert_report_equal",
     "assert_stored_dtypes",
     "data_files",
+    "dataset_state",
     "day_of",
+    "edit_latest_commit",
     "empty_groups",
     "empty_summary",
+    "is_bookkeeping",
+    "latest_commit",
     "list_entries",
     "new_store",
     "partition_dirs",
@@ -352,6 +409,7 @@ __all__ = [
     "reference_summary",
     "snapshot_files",
     "stored_input_columns",
+    "to_manifest_format",
     "usage_frame",
     "usage_row",
 ]

@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+from helpers import is_bookkeeping
 
 from usage_analytics import LockTimeoutError, Store, UsageAnalyticsError
 
@@ -26,7 +27,6 @@ CTX = mp.get_context("spawn")
 #: Upper bound of every wait on a child process, in seconds.
 WAIT = 180.0
 WORKERS_SCRIPT = Path(__file__).with_name("_workers.py")
-BOOKKEEPING = {"_usage_analytics.json", "_usage_analytics.lock"}
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def _assert_clean(store: Store) -> None:
         p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if not p.is_dir()
     }
     live = set(store._ds.live_paths())  # the data files and their rollups
-    assert on_disk - BOOKKEEPING == live
+    assert {p for p in on_disk if not is_bookkeeping(p)} == live
     assert {p for p in live if p.endswith(".parquet")} == {
         p.relative_to(store.root).as_posix() for p in store.files()
     }
@@ -307,7 +307,7 @@ ALL_POINTS = [
     ("data_tmp_written:3", False),
     ("data_renamed", False),
     ("data_renamed:3", False),
-    ("manifest_tmp_written", False),
+    ("commit_tmp_written", False),
     ("committed", True),
     ("cleanup_done", True),
 ]

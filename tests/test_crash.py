@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _crash_worker import batch, loop_op, make_v1, run, single_row
+from helpers import is_bookkeeping
 
 from usage_analytics import Store, _layout
 from usage_analytics._storage.faults import FAULT_ENV, FAULT_POINTS
@@ -31,21 +32,24 @@ BEFORE_COMMIT = (
     "journal_written",
     "data_tmp_written",
     "data_renamed",
-    "manifest_tmp_written",
+    "commit_tmp_written",
 )
-AFTER_COMMIT = ("committed", "file_removed", "cleanup_done")
+CLEANUP = ("committed", "file_removed", "cleanup_done")
+#: The marker is written by the first commit of a dataset moved from its manifest to the log.
+AFTER_COMMIT = ("marker_tmp_written", *CLEANUP)
 
 # The points each operation reaches (others must leave the operation to finish normally).
 REACHED = {
     "append": set(BEFORE_COMMIT) | {"committed", "cleanup_done"},
-    "append_merge": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
-    "delete": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
-    "delete_limit": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
-    "compact": set(BEFORE_COMMIT) | set(AFTER_COMMIT),
+    "append_merge": set(BEFORE_COMMIT) | set(CLEANUP),
+    "delete": set(BEFORE_COMMIT) | set(CLEANUP),
+    "delete_limit": set(BEFORE_COMMIT) | set(CLEANUP),
+    "compact": set(BEFORE_COMMIT) | set(CLEANUP),
     "upgrade": {
         "journal_tmp_written",
         "journal_written",
-        "manifest_tmp_written",
+        "commit_tmp_written",
+        "marker_tmp_written",  # the first commit moves the dataset from its manifest to the log
         "committed",
         "cleanup_done",
     },
@@ -66,11 +70,10 @@ def leftovers(root: Path) -> list[str]:
 
 def orphans(root: Path) -> set[str]:
     """Files on disk that the latest commit does not list (nor the manifest and the lock)."""
-    bookkeeping = {"_usage_analytics.json", "_usage_analytics.lock"}
     on_disk = {
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
-        if p.is_file() and p.name not in bookkeeping
+        if p.is_file() and not is_bookkeeping(p.relative_to(root).as_posix())
     }
     return on_disk - set(Store(root)._ds.live_paths())
 
@@ -183,7 +186,7 @@ def test_recovery_killed_part_way_is_run_again(
 
 def test_kill_during_first_migrate_leaves_a_root_that_migrates(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    assert run_child(root, "migrate", "manifest_tmp_written") == -signal.SIGKILL
+    assert run_child(root, "migrate", "commit_tmp_written") == -signal.SIGKILL
     Store(root).auto_migrate()
     assert len(rows(root)) == 0
     assert leftovers(root) == []

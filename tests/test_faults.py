@@ -27,7 +27,7 @@ BEFORE_COMMIT = (
     "journal_written",
     "data_tmp_written",
     "data_renamed",
-    "manifest_tmp_written",
+    "commit_tmp_written",
 )
 AFTER_COMMIT = ("committed", "file_removed", "cleanup_done")
 OPS = ("append", "delete", "delete_limit", "compact")

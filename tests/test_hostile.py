@@ -19,7 +19,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import INT32_COLUMNS, STRING_COLUMNS
+from helpers import (
+    INT32_COLUMNS,
+    STRING_COLUMNS,
+    dataset_state,
+    edit_latest_commit,
+    is_bookkeeping,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -442,8 +448,7 @@ def _stray_setup(tmp_path: Path) -> tuple[Store, Path]:
 
 
 def _strays(root: Path, live: set[str]) -> dict[str, bytes]:
-    bookkeeping = {"_usage_analytics.json", "_usage_analytics.lock"}
-    return {k: v for k, v in _tree(root).items() if k not in live | bookkeeping}
+    return {k: v for k, v in _tree(root).items() if k not in live and not is_bookkeeping(k)}
 
 
 def _live(store: Store) -> set[str]:
@@ -621,10 +626,13 @@ HOSTILE_PATHS: Final = [
 
 
 def _edit_manifest(store: Store, path: str) -> None:
-    manifest = store.root / "_usage_analytics.json"
-    raw = json.loads(manifest.read_bytes())
-    raw["files"][0]["path"] = path
-    manifest.write_text(json.dumps(raw))
+    """Name ``path`` as the first file of the latest commit."""
+
+    def edit(actions: list[dict[str, Any]]) -> None:
+        add = next(a["add"] for a in actions if "add" in a)
+        add["path"] = add["tags"]["usage_analytics"]["path"] = path
+
+    edit_latest_commit(store.root, edit)
 
 
 @pytest.mark.parametrize("template", HOSTILE_PATHS)
@@ -674,8 +682,7 @@ def test_journal_with_a_foreign_path_is_refused(tmp_path: Path, committed: bool)
     store.create_usage(_row(1))
     victim = tmp_path / "victim.parquet"
     victim.write_bytes(b"precious")
-    manifest = json.loads((store.root / "_usage_analytics.json").read_bytes())
-    txid = manifest["txid"] if committed else _hex()
+    txid = dataset_state(store.root)["txid"] if committed else _hex()
     journal = {"txid": txid, "adds": ["../victim.parquet"], "removes": ["../victim.parquet"]}
     (store.root / "_usage_analytics.journal").write_text(json.dumps(journal))
     with pytest.raises(CorruptDatasetError):

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from _crash_worker import DAY, T0, batch
 from click.testing import CliRunner
+from helpers import edit_latest_commit, latest_commit, snapshot_files, to_manifest_format
 
 from usage_analytics import (
     CorruptDatasetError,
@@ -208,8 +209,16 @@ MANIFEST_DAMAGE: Final[dict[str, Callable[[Any], Any]]] = {
 }
 
 
+@pytest.fixture
+def legacy(plain: Store) -> Store:
+    """``plain`` in the older layout: a manifest that lists the live files, no log."""
+    to_manifest_format(plain.root)
+    return plain
+
+
 @pytest.mark.parametrize("damage", list(MANIFEST_DAMAGE))
-def test_a_damaged_manifest_is_a_corrupt_dataset_error(plain: Store, damage: str) -> None:
+def test_a_damaged_manifest_is_a_corrupt_dataset_error(legacy: Store, damage: str) -> None:
+    plain = legacy
     manifest = plain.root / "_usage_analytics.json"
     _edit(manifest, MANIFEST_DAMAGE[damage])
     reopened = Store(plain.root)
@@ -217,6 +226,90 @@ def test_a_damaged_manifest_is_a_corrupt_dataset_error(plain: Store, damage: str
         exc = outcome(name, call)
         assert isinstance(exc, CorruptDatasetError), (name, exc)
         assert str(manifest) in str(exc), (name, str(exc))
+
+
+def _action(kind: str, change: Callable[[dict[str, Any]], Any]) -> Callable[[list[Any]], None]:
+    """A change of the first action of ``kind`` in a commit (the usage_analytics domain's
+    configuration and the add's entry tag given decoded)."""
+
+    def edit(actions: list[Any]) -> None:
+        change(next(a[kind] for a in actions if kind in a))
+
+    return edit
+
+
+def _state(change: Callable[[dict[str, Any]], Any]) -> Callable[[list[Any]], None]:
+    return _action("domainMetadata", lambda d: change(d["configuration"]))
+
+
+def _entry(change: Callable[[dict[str, Any]], Any]) -> Callable[[list[Any]], None]:
+    return _action("add", lambda a: change(a["tags"]["usage_analytics"]))
+
+
+def _drop(kind: str) -> Callable[[list[Any]], None]:
+    def edit(actions: list[Any]) -> None:
+        actions[:] = [a for a in actions if kind not in a]
+
+    return edit
+
+
+COMMIT_DAMAGE: Final[dict[str, Callable[[list[Any]], None]]] = {
+    "an action of two keys": lambda actions: actions.append({"add": {}, "remove": {}}),
+    "an action not an object": lambda actions: actions.append([1]),
+    "no state": _drop("domainMetadata"),
+    "no txid": _state(lambda c: c.pop("txid")),
+    "next_id null": _state(lambda c: c.update(next_id=None)),
+    "spans not a list": _state(lambda c: c.update(spans={"a": 1})),
+    "span not an object": _state(lambda c: c.update(spans=["x"])),
+    "span with text days": _state(
+        lambda c: c.update(spans=[{"name": "0" * 32, "first_day": "1", "last_day": 2, "kinds": []}])
+    ),
+    "add without its tag": _action("add", lambda a: a.update(tags={})),
+    "add of another path": _action("add", lambda a: a.update(path=a["path"][:-9] + "0.parquet")),
+    "add with a negative size": _action("add", lambda a: a.update(size=-1)),
+    "entry not an object": _entry(lambda e: e.clear() or e.update(x=1)),
+    "entry without stats": _entry(lambda e: e.pop("stats")),
+    "stats without timestamp": _entry(lambda e: e["stats"].pop("timestamp")),
+    "stats reversed": _entry(lambda e: e["stats"].update(timestamp=e["stats"]["timestamp"][::-1])),
+    "schema version 7": _entry(lambda e: e.update(schema_version=7)),
+    "rows as text": _entry(lambda e: e.update(rows="10")),
+    "odd sidecars": _entry(lambda e: e.update(sidecars="summary")),
+    "remove of a file not live": lambda actions: actions.append(
+        {"remove": {"path": "date=2026-11-01/" + "0" * 32 + ".parquet"}}
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(COMMIT_DAMAGE))
+def test_a_damaged_commit_is_a_corrupt_dataset_error(plain: Store, damage: str) -> None:
+    commit = latest_commit(plain.root)
+    edit_latest_commit(plain.root, COMMIT_DAMAGE[damage])
+    reopened = Store(plain.root)
+    for name, call in _every_call(reopened).items():
+        exc = outcome(name, call)
+        assert isinstance(exc, CorruptDatasetError), (name, exc)
+        assert str(commit) in str(exc), (name, str(exc))
+
+
+@pytest.mark.parametrize("damage", ["not JSON", "cut short", "binary"])
+def test_a_commit_that_is_not_json_is_a_corrupt_dataset_error(plain: Store, damage: str) -> None:
+    commit = latest_commit(plain.root)
+    data = commit.read_bytes()
+    commit.write_bytes(
+        {"not JSON": b"{nope\n", "cut short": data[: len(data) // 2], "binary": b"\xff\xfe"}[damage]
+    )
+    for name, call in _every_call(Store(plain.root)).items():
+        exc = outcome(name, call)
+        assert isinstance(exc, CorruptDatasetError), (name, exc)
+        assert str(commit) in str(exc), (name, str(exc))
+
+
+def test_a_missing_log_is_a_corrupt_dataset_error(plain: Store) -> None:
+    shutil.rmtree(plain.root / "_delta_log")
+    for name, call in _every_call(Store(plain.root)).items():
+        exc = outcome(name, call)
+        assert isinstance(exc, CorruptDatasetError), (name, exc)
+        assert "commit log" in str(exc) and "missing" in str(exc), (name, str(exc))
 
 
 JOURNAL_DAMAGE: Final[dict[str, str]] = {
@@ -255,11 +348,40 @@ def test_a_damaged_journal_blocks_writes_with_a_message_and_never_reads(
     pd.testing.assert_frame_equal(reopened.find_usages(), expected)
 
 
-def test_a_manifest_linked_to_another_dataset_is_refused(tmp_path: Path, plain: Store) -> None:
+def test_a_log_linked_to_another_dataset_is_refused(tmp_path: Path, plain: Store) -> None:
+    other = Store(tmp_path / "other")
+    other.auto_migrate()
+    other.create_usage(batch(5))
+    before = snapshot_files(other.root)
+    log = plain.root / "_delta_log"
+    shutil.rmtree(log)
+    log.symlink_to(other.root / "_delta_log")
+    for name, call in _every_call(Store(plain.root)).items():
+        exc = outcome(name, call)
+        assert isinstance(exc, CorruptDatasetError), (name, exc)
+        assert "symbolic link" in str(exc), (name, exc)
+    assert snapshot_files(other.root) == before
+
+
+def test_a_linked_commit_is_refused(tmp_path: Path, plain: Store) -> None:
+    commit = latest_commit(plain.root)
+    elsewhere = tmp_path / "commit.json"
+    elsewhere.write_bytes(commit.read_bytes())
+    commit.unlink()
+    commit.symlink_to(elsewhere)
+    for name, call in _every_call(Store(plain.root)).items():
+        exc = outcome(name, call)
+        assert isinstance(exc, CorruptDatasetError), (name, exc)
+        assert "symbolic link" in str(exc), (name, exc)
+
+
+def test_a_manifest_linked_to_another_dataset_is_refused(tmp_path: Path, legacy: Store) -> None:
+    plain = legacy
     other = Store(tmp_path / "other")
     other.auto_migrate()
     other.create_usage(batch(5))
     other.create_usage(batch(6))
+    to_manifest_format(other.root)
     other_manifest = (other.root / "_usage_analytics.json").read_bytes()
     manifest = plain.root / "_usage_analytics.json"
     manifest.unlink()

@@ -20,6 +20,7 @@ from helpers import (
     NS_PER_DAY,
     PARTITION_RE,
     data_files,
+    dataset_state,
     day_of,
     new_store,
     partition_dirs,
@@ -153,9 +154,8 @@ def test_root_holds_only_partitions_and_hidden_files(shared: Store) -> None:
 
 def test_metadata_file(shared: Store) -> None:
     meta = json.loads((shared.root / METADATA_FILE).read_text())
-    assert meta["format"] == "usage_analytics"
-    assert meta["schema_version"] == 2
-    assert isinstance(meta["format_version"], int)
+    assert meta == {"format": "usage_analytics", "format_version": 2, "log": "_delta_log"}
+    assert dataset_state(shared.root)["schema_version"] == 2
 
 
 def test_files_keep_stored_types(shared: Store) -> None:

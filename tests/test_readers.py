@@ -168,7 +168,7 @@ def _other_user_sees(root: Path) -> dict[str, Any]:
         ("append", "committed", True),
         ("delete", "journal_written", False),
         ("delete", "file_removed", True),
-        ("compact", "manifest_tmp_written", False),
+        ("compact", "commit_tmp_written", False),
         ("compact", "committed", True),
     ],
 )

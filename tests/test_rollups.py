@@ -30,6 +30,7 @@ from _crash_worker import T0, make_v1
 from helpers import (
     DAY0,
     NS_PER_DAY,
+    is_bookkeeping,
     random_usage_frame,
     reference_groups,
     reference_summary,
@@ -610,7 +611,7 @@ def _random_operations(root: Path, seed: int, steps: int) -> None:
         on_disk = {
             p.relative_to(root).as_posix()
             for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith("_usage_analytics.")
+            if p.is_file() and not is_bookkeeping(p.relative_to(root).as_posix())
         }
         assert on_disk == set(ds.live_paths()), step
         rows = store.find_usages()

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from _crash_worker import DAY, T0, batch, make_v1
-from helpers import snapshot_files
+from helpers import dataset_state, snapshot_files
 
 from usage_analytics import IncompatibleDatasetError, Store
 from usage_analytics.schema import ADDED_IN_V2
@@ -56,7 +56,7 @@ def test_upgrade_keeps_data_files_byte_identical(v1: Path) -> None:
     after = snapshot_files(v1)
     data = {k for k in before if k.endswith(".parquet")}
     assert data and {k: after[k] for k in data} == {k: before[k] for k in data}
-    assert manifest(v1)["schema_version"] == 2
+    assert dataset_state(v1)["schema_version"] == 2
     assert Store(v1).info().schema_version == 2
     pd.testing.assert_frame_equal(Store(v1).find_usages(), rows_before)
     pd.testing.assert_frame_equal(
@@ -91,7 +91,7 @@ def test_upgraded_dataset_mixes_old_and_new_files(v1: Path) -> None:
     for path in store.files():
         names = pq.read_schema(path).names
         assert set(ADDED_IN_V2) <= set(names) or path.name in {
-            Path(f["path"]).name for f in manifest(v1)["files"] if f["schema_version"] == 1
+            Path(f.path).name for f in store._ds.snapshot().files if f.schema_version == 1
         }
     assert store.compact() >= 1
     pd.testing.assert_frame_equal(store.find_usages(), kept)
@@ -110,7 +110,7 @@ def test_newer_or_unknown_versions_are_refused(v1: Path) -> None:
             Store(v1).find_usages()
         assert snapshot_files(v1) == before
     raw["schema_version"] = 1
-    raw["format_version"] = 2
+    raw["format_version"] = 3
     (v1 / MANIFEST).write_text(json.dumps(raw))
     with pytest.raises(IncompatibleDatasetError, match="format version"):
         Store(v1).find_usages()

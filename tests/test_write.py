@@ -22,7 +22,9 @@ from helpers import (
     STRING_COLUMNS,
     assert_stored_dtypes,
     data_files,
+    dataset_state,
     day_of,
+    edit_latest_commit,
     list_entries,
     new_store,
     partition_dirs,
@@ -588,9 +590,8 @@ def test_auto_migrate_creates_the_dataset(tmp_path: Path) -> None:
     assert store.auto_migrate() is None
     assert root.is_dir()
     meta = json.loads((root / METADATA_FILE).read_text())
-    assert meta["format"] == "usage_analytics"
-    assert isinstance(meta["format_version"], int)
-    assert meta["schema_version"] == 2 == usage_analytics.SCHEMA_VERSION
+    assert meta == {"format": "usage_analytics", "format_version": 2, "log": "_delta_log"}
+    assert dataset_state(root)["schema_version"] == 2 == usage_analytics.SCHEMA_VERSION
     assert all(name.startswith(("_", ".")) for name in os.listdir(root))
     assert store.find_usages().empty
 
@@ -615,10 +616,12 @@ def test_auto_migrate_is_idempotent(tmp_path: Path) -> None:
 
 
 def _bump_schema_version(root: Path, version: int = 99) -> None:
-    path = root / METADATA_FILE
-    meta = json.loads(path.read_text())
-    meta["schema_version"] = version
-    path.write_text(json.dumps(meta))
+    def bump(actions: list[dict[str, Any]]) -> None:
+        for action in actions:
+            if "domainMetadata" in action:
+                action["domainMetadata"]["configuration"]["schema_version"] = version
+
+    edit_latest_commit(root, bump)
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,7 @@ class Store:
             self._root,
             schema_version=SCHEMA_VERSION,
             columns_for_version=columns_for_version,
+            schema_for_version=arrow_schema,
             fill_values={name: pa.scalar(0, pa.int32()) for name in ADDED_IN_V2},
             stats_columns=("timestamp", "id"),
             pruned_by=("tenant", "timestamp"),

@@ -2,7 +2,9 @@
 
 Layout of a dataset root::
 
-    _usage_analytics.json          the manifest: format, schema version, live files (commit point)
+    _delta_log/                    the commit log: every committed state (see ``log``)
+    _usage_analytics.json          a marker naming the log (older datasets: the manifest, which
+                                   listed the live files; the first commit moves it to the log)
     _usage_analytics.lock          the writers' advisory lock
     _usage_analytics.journal       present only while a write is in flight (or was interrupted)
     date=YYYY-MM-DD/<hex>.parquet  immutable data files, never modified after they are renamed in
@@ -18,19 +20,20 @@ A write (a *transaction*) goes through these steps, all under the lock:
 2. each new file (data, sidecar, span) is written under a temporary name, fsynced, and renamed
    to its final name (a span staged as a future whose computation failed is not written, and
    those of its files already written are removed: the commit goes on without it);
-3. the manifest is replaced by a new one that lists the new set of files: **the commit point**;
+3. the commit, naming the files added and removed, is linked into the log as the next version,
+   only if no such version exists yet: **the commit point**;
 4. the files the write removes are unlinked and emptied partition folders removed;
 5. the journal is removed.
 
 Recovery, run at the start of the next write (and opportunistically by readers when no writer
-holds the lock), reads the journal: when the manifest carries the journal's transaction id the
+holds the lock), reads the journal: when the latest commit carries the journal's transaction id the
 write committed and steps 4-5 are finished (roll forward); otherwise the files of step 2 are
 removed (roll back). Both are idempotent, so an interrupted recovery is simply run again.
 
-Readers load the manifest (always whole: it is replaced atomically) and read exactly the files it
-lists. Files are immutable, so a file that opens has the contents the manifest promised; a file
-removed by a later commit while a reader was on its way to it raises ``FileNotFoundError``, and
-:meth:`Dataset.read` starts the read again on the newer manifest.
+Readers load the latest state (a commit file is linked in whole, so it is never seen in part) and
+read exactly the files it lists. Files are immutable, so a file that opens has the contents the
+state promised; a file removed by a later commit while a reader was on its way to it raises
+``FileNotFoundError``, and :meth:`Dataset.read` starts the read again on the newer state.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from .files import (
     unlink_missing_ok,
     write_parquet,
 )
+from .log import CHECKPOINT_EVERY, COMMIT_TMP, LOG_DIR, Log
 from .manifest import (
     JOURNAL_NAME,
     LOCK_NAME,
@@ -80,6 +84,7 @@ from .manifest import (
     FileEntry,
     Snapshot,
     check_relative_path,
+    json_bytes,
     valid_date,
 )
 from .transaction import Transaction
@@ -87,6 +92,9 @@ from .transaction import Transaction
 __all__ = ["Dataset"]
 
 _READ_ATTEMPTS: Final = 20
+#: What the manifest's path holds once the dataset's states are in the log: older versions of
+#: usage_analytics refuse the format, and no one mistakes an old manifest for the state.
+MARKER: Final = {"format": "usage_analytics", "format_version": 2, "log": LOG_DIR}
 
 T = TypeVar("T")
 
@@ -100,6 +108,7 @@ class Dataset:
         *,
         schema_version: int,
         columns_for_version: Callable[[int], Sequence[str]],
+        schema_for_version: Callable[[int], pa.Schema],
         fill_values: Mapping[str, pa.Scalar],
         stats_columns: Sequence[str],
         pruned_by: Sequence[str] = (),
@@ -121,6 +130,13 @@ class Dataset:
         )
         self.lock_timeout = lock_timeout
         self._cached: tuple[bytes | None, Snapshot | None] = (None, None)
+        self._log = Log(
+            root,
+            read_bytes=self._read_own_file,
+            schema_for_version=schema_for_version,
+            max_schema_version=schema_version,
+            stats_columns=stats_columns,
+        )
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -189,8 +205,9 @@ class Dataset:
     # -- reading the manifest ----------------------------------------------------------------
 
     def exists(self) -> bool:
-        """Whether something is at the manifest's path (a link there is refused on reading)."""
-        return os.path.lexists(self.manifest_path)
+        """Whether something is at the manifest's path or a log is there (a link there is
+        refused on reading)."""
+        return os.path.lexists(self.manifest_path) or self._log.exists()
 
     def _read_own_file(self, path: Path) -> bytes:
         """The bytes of a file of the dataset itself (manifest, journal), never through a link.
@@ -245,6 +262,8 @@ class Dataset:
         )
 
     def _load_manifest(self) -> Snapshot:
+        if self._log.exists():
+            return self._log.load()
         try:
             data = self._read_own_file(self.manifest_path)
         except FileNotFoundError:
@@ -261,6 +280,11 @@ class Dataset:
             raise CorruptDatasetError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise CorruptDatasetError(f"{self.manifest_path} does not hold a JSON object")
+        if raw.get("format_version") == MARKER["format_version"]:
+            raise CorruptDatasetError(
+                f"the commit log {self._log.dir} of the dataset at {self.root} is missing; "
+                "restore it from a backup"
+            )
         try:
             snap = Snapshot.from_json(raw, self.schema_version, self._stats_columns)
         except Damaged as exc:
@@ -450,9 +474,10 @@ class Dataset:
                     files=(),
                 )
                 try:
-                    self._write_manifest(snap)
+                    self.commit(None, snap, operation="CREATE TABLE")
                 except OSError as exc:
                     with contextlib.suppress(OSError):
+                        unlink_missing_ok(self.root / COMMIT_TMP)
                         unlink_missing_ok(self.root / ("." + MANIFEST_NAME + ".tmp"))
                     raise StorageError(
                         exc.errno or errno.EIO,
@@ -468,9 +493,21 @@ class Dataset:
             tx.commit()
         return True
 
-    def _write_manifest(self, snap: Snapshot) -> None:
-        data = replace_bytes(self.manifest_path, snap.to_bytes(), "manifest_tmp_written")
-        self._cached = (data, snap)
+    def commit(self, base: Snapshot | None, new: Snapshot, *, operation: str) -> Snapshot:
+        """Commit ``new`` as the state after ``base`` (None: the dataset is being created).
+        Call with the lock held; returns the state as committed."""
+        moved = not self._log.exists()  # created, or moved from its manifest to the log
+        snap = self._log.commit(None if moved else base, new, operation=operation)
+        if moved:  # past the commit point: the log wins whatever the manifest holds
+            with contextlib.suppress(OSError):
+                replace_bytes(self.manifest_path, json_bytes(MARKER), "marker_tmp_written")
+        return snap
+
+    def after_commit(self, snap: Snapshot) -> None:
+        """Work a commit leaves for after its cleanup: a checkpoint every so many commits."""
+        if snap.version and snap.version % CHECKPOINT_EVERY == 0:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                self._log.checkpoint(snap)
 
     @property
     def _journal_tmp(self) -> Path:
@@ -550,6 +587,7 @@ class Dataset:
         """Finish or undo an interrupted write. Call with the lock held. Idempotent."""
         unlink_missing_ok(self._journal_tmp)
         unlink_missing_ok(self.root / ("." + MANIFEST_NAME + ".tmp"))
+        unlink_missing_ok(self.root / COMMIT_TMP)
         try:
             txid, adds, removes = self._read_journal()
         except FileNotFoundError:

@@ -51,6 +51,8 @@ class FileEntry:
     stats: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     sidecars: tuple[str, ...] = ()  # kinds of summary file written with it
     skipped: tuple[str, ...] = ()  # kinds computed for it and found not worth writing
+    #: Bytes of the data file (0: not known yet, before it is written or in an older manifest).
+    size: int = field(default=0, compare=False)
 
     @property
     def date(self) -> str:

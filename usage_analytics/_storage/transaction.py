@@ -90,6 +90,8 @@ class Transaction:
         #: How many staged data files flush() has written; the txid their journal names.
         self._flushed = 0
         self._txid: str | None = None
+        #: What the commit log names the commit (Delta Lake's operation names).
+        self.operation = "WRITE"
 
     def reserve_ids(self, n: int) -> int:
         """Reserve ``n`` consecutive row ids; returns the first."""
@@ -259,7 +261,7 @@ class Transaction:
                 new = dataclasses.replace(
                     new, spans=tuple(sp for sp in new.spans if sp.name not in failed)
                 )
-            ds._write_manifest(new)
+            new = ds.commit(self.base, new, operation=self.operation)
             committed = True
         except BaseException as exc:
             if not committed:
@@ -279,6 +281,7 @@ class Transaction:
         # Past the commit point: failures only leave garbage that the next recovery removes.
         with contextlib.suppress(OSError):
             self._cleanup(removes)
+        ds.after_commit(new)
 
     def _without_unwritten(self, new: Snapshot) -> Snapshot:
         """``new`` with the summary kinds that resolved to None moved from the entries' kinds to

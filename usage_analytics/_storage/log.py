@@ -1,0 +1,476 @@
+"""The commit log: every committed state of a dataset, as a Delta Lake transaction log.
+
+Layout, under the dataset root::
+
+    _delta_log/<version, 20 digits>.json     one commit: Delta actions, one JSON object a line
+    _delta_log/<version>.checkpoint.parquet  the whole state at a version (every 100 commits)
+    _delta_log/_last_checkpoint              the latest checkpoint's version (a hint)
+
+A commit is one new file, created only if absent (a hard link of a fully written temporary
+file: no reader ever sees part of a commit, and no commit replaces another). So the cost of a
+commit is the size of its change, not of the dataset, and a reader that knows version ``v``
+catches up by reading ``v+1``, ``v+2``, ... until one is missing.
+
+The log is a valid Delta Lake table (reader version 1; writer version 7 with the
+``domainMetadata`` feature): ``deltalake``, Polars' ``scan_delta``, DuckDB's and Spark's
+Delta readers read exactly the files of one committed state, partitioned by ``date``. What
+only this package needs rides along where Delta readers ignore it: each ``add`` carries its
+file's entry (rows, schema version, statistics, summary kinds) in the tag ``usage_analytics``,
+and each commit a ``domainMetadata`` action of the domain ``usage_analytics`` with the
+transaction id, schema version, next row id and spans. Summary files live under ``_rollups/``,
+which no Delta action names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import CorruptDatasetError, IncompatibleDatasetError
+from .faults import fault
+from .files import fsync_dir, replace_bytes, unlink_missing_ok, write_bytes_durably
+from .manifest import (
+    Damaged,
+    FileEntry,
+    Snapshot,
+    SpanEntry,
+    int_field,
+    is_int,
+)
+
+__all__ = ["CHECKPOINT_EVERY", "LOG_DIR", "Log"]
+
+LOG_DIR: Final = "_delta_log"
+LAST_CHECKPOINT: Final = "_last_checkpoint"
+#: A checkpoint is written after every this many commits.
+CHECKPOINT_EVERY: Final = 100
+DOMAIN: Final = "usage_analytics"
+TAG: Final = "usage_analytics"
+#: Where a commit is written before it is linked into the log (skipped by every reader).
+COMMIT_TMP: Final = "._usage_analytics.commit.tmp"
+PROTOCOL: Final = {
+    "minReaderVersion": 1,
+    "minWriterVersion": 7,
+    "writerFeatures": ["domainMetadata"],
+}
+
+_DELTA_TYPES: Final = {
+    pa.int64(): "long",
+    pa.int32(): "integer",
+    pa.string(): "string",
+    pa.timestamp("us", tz="UTC"): "timestamp",
+}
+_STR_MAP: Final = pa.map_(pa.string(), pa.string())
+_CHECKPOINT_SCHEMA: Final = pa.schema(
+    [
+        (
+            "add",
+            pa.struct(
+                [
+                    ("path", pa.string()),
+                    ("partitionValues", _STR_MAP),
+                    ("size", pa.int64()),
+                    ("modificationTime", pa.int64()),
+                    ("dataChange", pa.bool_()),
+                    ("stats", pa.string()),
+                    ("tags", _STR_MAP),
+                ]
+            ),
+        ),
+        (
+            "metaData",
+            pa.struct(
+                [
+                    ("id", pa.string()),
+                    ("name", pa.string()),
+                    ("description", pa.string()),
+                    ("format", pa.struct([("provider", pa.string()), ("options", _STR_MAP)])),
+                    ("schemaString", pa.string()),
+                    ("partitionColumns", pa.list_(pa.string())),
+                    ("configuration", _STR_MAP),
+                    ("createdTime", pa.int64()),
+                ]
+            ),
+        ),
+        (
+            "protocol",
+            pa.struct(
+                [
+                    ("minReaderVersion", pa.int32()),
+                    ("minWriterVersion", pa.int32()),
+                    ("readerFeatures", pa.list_(pa.string())),
+                    ("writerFeatures", pa.list_(pa.string())),
+                ]
+            ),
+        ),
+        (
+            "domainMetadata",
+            pa.struct(
+                [("domain", pa.string()), ("configuration", pa.string()), ("removed", pa.bool_())]
+            ),
+        ),
+    ]
+)
+
+
+def delta_schema(schema: pa.Schema) -> str:
+    """The Delta ``schemaString`` of data files of ``schema``, with the ``date`` partition."""
+    fields = [
+        {"name": f.name, "type": _DELTA_TYPES[f.type], "nullable": f.nullable, "metadata": {}}
+        for f in schema
+    ]
+    fields.append({"name": "date", "type": "string", "nullable": False, "metadata": {}})
+    return json.dumps({"type": "struct", "fields": fields}, separators=(",", ":"))
+
+
+def _line(action: Mapping[str, Any]) -> bytes:
+    return json.dumps(action, separators=(",", ":")).encode() + b"\n"
+
+
+class Log:
+    """The commit log of the dataset at ``root``: reading states and committing new ones.
+
+    Args:
+        read_bytes: reads a file of the dataset itself (refusing links).
+        schema_for_version: the Arrow schema of data files of a schema version.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        read_bytes: Callable[[Path], bytes],
+        schema_for_version: Callable[[int], pa.Schema],
+        max_schema_version: int,
+        stats_columns: Iterable[str],
+    ) -> None:
+        self.root = root
+        self.dir = root / LOG_DIR
+        self._read_bytes = read_bytes
+        self._schema_for_version = schema_for_version
+        self._max_schema_version = max_schema_version
+        self._stats_columns = tuple(stats_columns)
+        #: The latest state read or committed, and the identity of its commit file.
+        self._cached: tuple[Snapshot, tuple[int, int, int]] | None = None
+
+    def commit_path(self, version: int) -> Path:
+        return self.dir / f"{version:020d}.json"
+
+    def exists(self) -> bool:
+        """Whether the dataset keeps its states in this log (else in the older manifest)."""
+        return self.commit_path(0).exists() or (self.dir / LAST_CHECKPOINT).exists()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        """The latest committed state."""
+        if self.dir.is_symlink():
+            raise CorruptDatasetError(
+                f"{self.dir} is a symbolic link; the store never reads through links: put the "
+                "folder itself there"
+            )
+        cached = self._cached
+        if cached is not None and self._identity(cached[0].version) == cached[1]:
+            snap = cached[0]
+        else:
+            snap = self._from_checkpoint()
+        while True:
+            try:
+                data = self._read_bytes(self.commit_path(snap.version + 1))
+            except FileNotFoundError:
+                break
+            snap = self._apply(snap, snap.version + 1, data)
+        if cached is None or cached[0] is not snap:
+            self._remember(snap)
+        return snap
+
+    def _identity(self, version: int) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.commit_path(version))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _remember(self, snap: Snapshot) -> None:
+        identity = self._identity(snap.version)
+        self._cached = None if identity is None else (snap, identity)
+
+    def _from_checkpoint(self) -> Snapshot:
+        """The state of the latest checkpoint, or the empty state before version 0."""
+        try:
+            hint = json.loads(self._read_bytes(self.dir / LAST_CHECKPOINT))
+            version = hint["version"]
+            if not is_int(version) or version < 0:
+                raise ValueError(f"version {version!r}")
+        except FileNotFoundError:
+            return Snapshot(version=-1, txid="", schema_version=1, next_id=1, files=())
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise self._damaged(
+                self.dir / LAST_CHECKPOINT, f"not a checkpoint hint ({exc})"
+            ) from exc
+        path = self.dir / f"{version:020d}.checkpoint.parquet"
+        if path.is_symlink():
+            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
+        try:
+            table = pq.read_table(path, columns=["add", "protocol", "domainMetadata"])
+        except FileNotFoundError:
+            raise CorruptDatasetError(
+                f"the checkpoint {path} that {self.dir / LAST_CHECKPOINT} names is missing; "
+                "restore it from a backup"
+            ) from None
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged(path, f"not a checkpoint ({' '.join(str(exc).split())})") from exc
+        actions: list[dict[str, Any]] = []
+        for name in ("protocol", "domainMetadata"):
+            actions += [{name: a} for a in table.column(name).to_pylist() if a is not None]
+        for add in table.column("add").to_pylist():
+            if add is not None:
+                add["tags"] = dict(add["tags"] or ())
+                add["partitionValues"] = dict(add["partitionValues"] or ())
+                actions.append({"add": add})
+        empty = Snapshot(version=-1, txid="", schema_version=1, next_id=1, files=())
+        return self._state(empty, version, actions, path)
+
+    def _apply(self, snap: Snapshot, version: int, data: bytes) -> Snapshot:
+        """``snap`` changed by commit ``version``, whose bytes are ``data``."""
+        path = self.commit_path(version)
+        try:
+            actions = [json.loads(line) for line in data.splitlines() if line.strip()]
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._damaged(path, f"a line is not JSON ({exc})") from exc
+        return self._state(snap, version, actions, path)
+
+    def _state(self, base: Snapshot, version: int, actions: list[Any], path: Path) -> Snapshot:
+        files = {f.path: f for f in base.files}
+        state: Mapping[str, Any] | None = None
+        try:
+            for action in actions:
+                if not isinstance(action, dict) or len(action) != 1:
+                    raise Damaged(f"an action is not an object of one key ({action!r:.80})")
+                ((kind, body),) = action.items()
+                if not isinstance(body, dict):
+                    raise Damaged(f"the {kind!r} action is not an object")
+                if kind == "add":
+                    entry = self._entry(body)
+                    files[entry.path] = entry
+                elif kind == "remove":
+                    if files.pop(body.get("path"), None) is None:  # type: ignore[arg-type]
+                        raise Damaged(f"it removes {body.get('path')!r}, which is not live")
+                elif kind == "protocol":
+                    _check_protocol(body, path)
+                elif kind == "domainMetadata" and body.get("domain") == DOMAIN:
+                    state = json.loads(body["configuration"])
+            if state is None:
+                raise Damaged(
+                    f"it has no {DOMAIN!r} domain metadata (another program wrote it? only "
+                    "usage_analytics may write to its datasets)"
+                )
+            schema_version = state.get("schema_version")
+            if not is_int(schema_version) or not 1 <= schema_version <= self._max_schema_version:
+                raise IncompatibleDatasetError(
+                    f"the dataset has schema version {schema_version!r}; this usage_analytics "
+                    f"knows versions 1 to {self._max_schema_version}: upgrade usage_analytics"
+                )
+            txid, spans = state.get("txid"), state.get("spans")
+            if not isinstance(txid, str) or not isinstance(spans, list):
+                raise Damaged("its domain metadata has no text 'txid' or no list 'spans'")
+            return Snapshot(
+                version=version,
+                txid=txid,
+                schema_version=schema_version,
+                next_id=int_field(state, "next_id", "its domain metadata"),
+                files=tuple(files.values()),
+                spans=tuple(SpanEntry.from_json(sp) for sp in spans),
+            )
+        except (Damaged, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise self._damaged(path, str(exc)) from None
+
+    def _entry(self, add: Mapping[str, Any]) -> FileEntry:
+        tags = add.get("tags") or {}
+        if not isinstance(tags, dict) or not isinstance(tags.get(TAG), str):
+            raise Damaged(
+                f"it adds {add.get('path')!r} without the {TAG!r} tag (another program wrote "
+                "it? only usage_analytics may write to its datasets)"
+            )
+        entry = FileEntry.from_json(
+            json.loads(tags[TAG]),
+            max_schema_version=self._max_schema_version,
+            stats_columns=self._stats_columns,
+        )
+        size = add.get("size")
+        if add.get("path") != entry.path or not is_int(size) or size < 0:
+            raise Damaged(f"the add of {add.get('path')!r} does not match its entry")
+        return FileEntry(
+            entry.path,
+            entry.rows,
+            entry.schema_version,
+            entry.stats,
+            entry.sidecars,
+            entry.skipped,
+            size=size,
+        )
+
+    def _damaged(self, path: Path, why: str) -> CorruptDatasetError:
+        return CorruptDatasetError(
+            f"the commit log file {path} is damaged: {why}; restore it from a backup"
+        )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def commit(self, base: Snapshot | None, new: Snapshot, *, operation: str) -> Snapshot:
+        """Commit ``new`` as the state after ``base`` (the state the log holds now, or None
+        when the dataset is being created or moved from its manifest to the log: the commit
+        is then version 0 and holds the whole state). Call with the writer lock held.
+
+        The commit point is the link of the commit file; returns the state as committed.
+        """
+        version = 0 if base is None else base.version + 1
+        now = int(time.time() * 1000)
+        out = [
+            _line(
+                {
+                    "commitInfo": {
+                        "timestamp": now,
+                        "operation": operation,
+                        "engineInfo": "usage_analytics",
+                        "txnId": new.txid,
+                    }
+                }
+            )
+        ]
+        old = {} if base is None else {f.path: f for f in base.files}
+        if base is None or base.schema_version != new.schema_version:
+            out.append(self._metadata(new.schema_version, now, fresh=base is None))
+        live = {f.path for f in new.files}
+        for path, entry in old.items():
+            if path not in live:
+                out.append(_line({"remove": _remove(entry, now)}))
+        for entry in new.files:
+            before = old.get(entry.path)
+            if before is None or before.json_bytes != entry.json_bytes:
+                out.append(_line({"add": self._add(entry, now, data_change=before is None)}))
+        out.append(_line({"domainMetadata": _domain(new)}))
+        data = b"".join(out)
+        tmp = self.root / COMMIT_TMP
+        self.dir.mkdir(exist_ok=True)
+        write_bytes_durably(tmp, data)
+        fault("commit_tmp_written")
+        final = self.commit_path(version)
+        try:
+            os.link(tmp, final)  # put-if-absent: the commit point
+        except FileExistsError:
+            raise CorruptDatasetError(
+                f"{final} appeared while this write held the lock: another program writes to "
+                "the dataset; only usage_analytics may write to it"
+            ) from None
+        finally:
+            unlink_missing_ok(tmp)
+        fsync_dir(self.dir)
+        snap = self._apply(base or Snapshot(-1, "", 1, 1, ()), version, data)
+        self._remember(snap)
+        return snap
+
+    def _metadata(self, schema_version: int, now: int, *, fresh: bool) -> bytes:
+        out = b""
+        if fresh:
+            out += _line({"protocol": PROTOCOL})
+        meta = {
+            "id": str(uuid.uuid4()),
+            "format": {"provider": "parquet", "options": {}},
+            "schemaString": delta_schema(self._schema_for_version(schema_version)),
+            "partitionColumns": ["date"],
+            "configuration": {},
+            "createdTime": now,
+        }
+        return out + _line({"metaData": meta})
+
+    def _add(self, entry: FileEntry, now: int, *, data_change: bool) -> dict[str, Any]:
+        size = entry.size or os.stat(self.root / entry.path).st_size
+        stats = {
+            "numRecords": entry.rows,
+            "minValues": {c: lo for c, (lo, _) in entry.stats.items()},
+            "maxValues": {c: hi for c, (_, hi) in entry.stats.items()},
+        }
+        return {
+            "path": entry.path,
+            "partitionValues": {"date": entry.date},
+            "size": size,
+            "modificationTime": now,
+            "dataChange": data_change,
+            "stats": json.dumps(stats, separators=(",", ":")),
+            "tags": {TAG: entry.json_bytes.decode()},
+        }
+
+    def checkpoint(self, snap: Snapshot) -> None:
+        """Write the whole state ``snap`` (the latest, just committed) as a checkpoint."""
+        now = int(time.time() * 1000)
+        meta = json.loads(self._metadata(snap.schema_version, now, fresh=False))["metaData"]
+        meta.update(name=None, description=None, configuration=[])
+        meta["format"]["options"] = []
+        adds = [self._add(f, now, data_change=True) for f in snap.files]
+        for add in adds:
+            add["partitionValues"] = list(add["partitionValues"].items())
+            add["tags"] = list(add["tags"].items())
+        n = 3 + len(adds)
+        nones: list[Any] = [None] * n
+        protocol = dict(PROTOCOL, readerFeatures=None)
+        table = pa.table(
+            {
+                "add": [None, None, None, *adds],
+                "metaData": [meta, *nones[1:]],
+                "protocol": [None, protocol, *nones[2:]],
+                "domainMetadata": [None, None, _domain(snap), *nones[3:]],
+            },
+            schema=_CHECKPOINT_SCHEMA,
+        )
+        path = self.dir / f"{snap.version:020d}.checkpoint.parquet"
+        tmp = self.root / ("." + path.name + ".tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        hint = {"version": snap.version, "size": n, "numOfAddFiles": len(adds)}
+        replace_bytes(self.dir / LAST_CHECKPOINT, _line(hint), "checkpoint_hint_tmp_written")
+
+
+def _remove(entry: FileEntry, now: int) -> dict[str, Any]:
+    return {
+        "path": entry.path,
+        "deletionTimestamp": now,
+        "dataChange": True,
+        "extendedFileMetadata": True,
+        "partitionValues": {"date": entry.date},
+        "size": entry.size,
+    }
+
+
+def _domain(snap: Snapshot) -> dict[str, Any]:
+    state = {
+        "txid": snap.txid,
+        "schema_version": snap.schema_version,
+        "next_id": snap.next_id,
+        "spans": [sp.to_json() for sp in snap.spans],
+    }
+    return {
+        "domain": DOMAIN,
+        "configuration": json.dumps(state, separators=(",", ":")),
+        "removed": False,
+    }
+
+
+def _check_protocol(protocol: Mapping[str, Any], path: Path) -> None:
+    reader = protocol.get("minReaderVersion")
+    features = protocol.get("readerFeatures") or []
+    if not is_int(reader) or reader > 3 or features:
+        raise IncompatibleDatasetError(
+            f"{path} asks for Delta reader version {reader!r} with features {features!r}; "
+            "this usage_analytics reads only the tables it writes (reader version 1)"
+        )
