@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner, Result
 
 from usage_analytics import COLUMNS, Store
@@ -148,6 +150,17 @@ def to_manifest_format(root: Path) -> None:
     snap = Store(root)._ds.snapshot()
     (root / METADATA_FILE).write_bytes(snap.to_bytes())
     shutil.rmtree(root / "_delta_log")
+
+
+def small_files_get_summaries() -> Iterator[None]:
+    """While it runs, small batches get summaries and spans, as large ones do (use it as an
+    autouse fixture)."""
+    from usage_analytics import _layout
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+        mp.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
+        yield
 
 
 def is_bookkeeping(rel: str) -> bool:
@@ -407,6 +420,7 @@ __all__ = [
     "random_usage_frame",
     "reference_groups",
     "reference_summary",
+    "small_files_get_summaries",
     "snapshot_files",
     "stored_input_columns",
     "to_manifest_format",

@@ -4,9 +4,7 @@ that cost their own change, checkpoints, and the move of older datasets from the
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -19,11 +17,12 @@ from helpers import (
     dataset_state,
     latest_commit,
     random_usage_frame,
+    small_files_get_summaries,
     snapshot_files,
     to_manifest_format,
 )
 
-from usage_analytics import CorruptDatasetError, Store, _layout
+from usage_analytics import CorruptDatasetError, Store
 from usage_analytics._storage import faults
 from usage_analytics._storage.log import CHECKPOINT_EVERY
 from usage_analytics.schema import arrow_schema
@@ -33,13 +32,7 @@ pl = pytest.importorskip("polars")
 duckdb = pytest.importorskip("duckdb")
 
 
-@pytest.fixture(autouse=True)
-def rollups_for_small_files() -> Iterator[None]:
-    """Small batches get summaries and spans, so that commits carry them as large ones do."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
-        mp.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
-        yield
+rollups_for_small_files = pytest.fixture(autouse=True)(small_files_get_summaries)
 
 
 def rows(n: int, seed: int, *, start: int = DAY0, days: int = 2) -> pd.DataFrame:

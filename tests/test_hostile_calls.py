@@ -607,7 +607,25 @@ def _every_call(store: Store) -> dict[str, Callable[[], Any]]:
         "create_usage": lambda: store.create_usage(batch(8)),
         "delete_usage": lambda: store.delete_usage(T0 + DAY),
         "compact": store.compact,
+        "history": store.history,
+        "set_history_retention": lambda: store.set_history_retention("1d"),
+        "vacuum": lambda: store.vacuum(dry_run=True),
     }
+
+
+HOSTILE_DURATIONS: Final = (
+    -1,
+    1.5,
+    "7 days",
+    "-3d",
+    "",
+    None,
+    True,
+    math.nan,
+    dt.timedelta(seconds=-1),
+    dt.timedelta(microseconds=1),
+    object(),
+)
 
 
 def _hostile_calls(store: Store) -> dict[str, Callable[[], Any]]:
@@ -650,6 +668,17 @@ def _hostile_calls(store: Store) -> dict[str, Callable[[], Any]]:
         calls[f"Prices.from_frame({value!r})"] = lambda v=value: Prices.from_frame(v)
     for value in (5, "memory", object(), store):
         calls[f"to_duckdb({value!r})"] = lambda v=value: store.to_duckdb(v)
+    for value in HOSTILE_DURATIONS:
+        calls[f"set_history_retention({value!r})"] = lambda v=value: store.set_history_retention(v)
+        calls[f"vacuum(retention={value!r}, dry_run)"] = lambda v=value: store.vacuum(
+            retention=v, dry_run=True
+        )
+    for value in ("yes", 1, None):
+        calls[f"vacuum(dry_run={value!r})"] = lambda v=value: store.vacuum(dry_run=v)
+    for value in (*HOSTILE_TIMES, -1, 10**6, 3.5, True, object(), [1]):
+        calls[f"Store(as_of={value!r}).find_usages"] = lambda v=value: Store(
+            store.root, as_of=v
+        ).find_usages()
     for value in HOSTILE_TIMES:
         calls[f"delete_usage({value!r})"] = lambda v=value: store.delete_usage(v)
     for limit in HOSTILE_LIMITS:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._storage import Dataset, FileEntry, Snapshot
-from .errors import CorruptDatasetError, DatasetChangedError
+from .errors import DatasetChangedError
 from .reports import planner
 from .reports.engine import Report
 from .reports.grains import Grain
@@ -255,10 +255,8 @@ def scan_batches(
         try:
             chunks = list(ds.scan([entry], list(columns), expr, chunk_rows=BATCH_ROWS))
         except FileNotFoundError as exc:
-            if ds.snapshot().version == snap.version:
-                raise CorruptDatasetError(
-                    f"a file listed by the manifest is missing: {exc.filename or exc}"
-                ) from exc
+            if ds.as_of is not None or ds.snapshot().version == snap.version:
+                raise ds.missing(snap, exc) from exc
             raise DatasetChangedError(
                 f"a later write removed {entry.path} while it was being scanned; start the "
                 "scan again (it reads the newest state)"

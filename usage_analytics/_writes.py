@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from . import _layout
 from ._reads import read_rows
-from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction
+from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, history
 from ._storage.manifest import day_number
 from ._summaries import (
     SPAN_KINDS,
@@ -402,6 +402,8 @@ class Writer:
                 done += 1
         self._summaries.fill_missing()
         self._summaries.build_spans()
+        if self._ds.snapshot().retention:  # the files replaced long enough ago go
+            history.vacuum(self._ds, None, dry_run=False)
         return done
 
 

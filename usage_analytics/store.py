@@ -7,7 +7,6 @@ paths are in ``_writes``, summary maintenance in ``_summaries``, reads in ``_rea
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import _reads, interop
-from ._storage import Dataset
+from . import _reads, _versions, interop
 from ._summaries import Summaries
 from ._summaries import verify as verify_dataset
 from ._validation import TIME_END, prepare_batch, to_bound, to_window
@@ -29,7 +27,7 @@ from .reports import presets
 from .reports.engine import Report
 from .reports.prices import Prices
 from .reports.spec import Filter, Not, parse_spec, parse_where
-from .schema import ADDED_IN_V2, COLUMNS, SCHEMA_VERSION, arrow_schema, columns_for_version
+from .schema import COLUMNS, arrow_schema
 
 __all__ = ["DatasetInfo", "Store"]
 
@@ -54,6 +52,9 @@ class Store:
         root: the dataset's folder; ``auto_migrate()`` creates it.
         lock_timeout: seconds a write waits for another writer before raising
             :class:`~usage_analytics.LockTimeoutError` (``math.inf``: as long as it takes).
+        as_of: read the dataset as it was at one commit, for reproducible reports: a version
+            (an int, see :meth:`history`) or a time (the latest commit at or before it).
+            Such a store only reads; see :meth:`set_history_retention`.
 
     Example:
         >>> from usage_analytics import Usage
@@ -67,32 +68,14 @@ class Store:
         0     GetFoo               1                 1                 0            100.0
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
-        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
-            raise InvalidArgumentError(f"lock_timeout must be seconds, not {lock_timeout!r}")
-        if math.isnan(lock_timeout) or lock_timeout < 0:
-            raise InvalidArgumentError(
-                f"lock_timeout must be seconds >= 0 (math.inf: wait as long as it takes), not "
-                f"{lock_timeout!r}"
-            )
-        if not isinstance(root, str | os.PathLike):
-            raise InvalidArgumentError(
-                f"root must be a path (str or os.PathLike), not {type(root).__name__} ({root!r})"
-            )
-        self._root = Path(os.fspath(root))
+    def __init__(
+        self, root: str | os.PathLike[str], *, lock_timeout: float = 60.0, as_of: Any = None
+    ) -> None:
+        self._ds = _versions.open_dataset(root, lock_timeout, as_of)
+        self._root = self._ds.root
         # Reports read summaries wherever they cover a part of the window; switched off only
         # by tests that compare them with plain row scans.
         self._use_rollups = True
-        self._ds = Dataset(
-            self._root,
-            schema_version=SCHEMA_VERSION,
-            columns_for_version=columns_for_version,
-            schema_for_version=arrow_schema,
-            fill_values={name: pa.scalar(0, pa.int32()) for name in ADDED_IN_V2},
-            stats_columns=("timestamp", "id"),
-            pruned_by=("tenant", "timestamp"),
-            lock_timeout=float(lock_timeout),
-        )
         self._summaries = Summaries(self._ds)
         self._writer = Writer(self._ds, self._summaries)
 
@@ -308,6 +291,24 @@ class Store:
         if not isinstance(progress, bool):
             raise InvalidArgumentError(f"progress must be True or False, not {progress!r}")
         return self._writer.compact(progress)
+
+    def history(self) -> pd.DataFrame:
+        """The commits the log keeps, one row each: ``version``, ``time`` (UTC) and
+        ``operation``; a version can be read with ``Store(root, as_of=version)``."""
+        return _versions.history_frame(self._ds)
+
+    def set_history_retention(self, duration: Any) -> None:
+        """Keep the files a commit removes for ``duration`` (a timedelta, seconds, or an age
+        such as ``"30d"``), so that versions that recent stay readable (``as_of``, and Delta
+        readers' time travel) until :meth:`vacuum`; 0, the default, removes them at once.
+        Kept files sit in the partition folders: read the folder through the log then."""
+        _versions.set_retention(self._ds, _versions.to_seconds(duration, "duration"))
+
+    def vacuum(self, *, retention: Any = None, dry_run: bool = False) -> list[Path]:
+        """Remove the files that no version of the history retention (or ``retention``)
+        lists; returns them (only lists them with ``dry_run``). ``retention=0`` removes every
+        file the latest version does not list, as a deletion that must not linger needs."""
+        return _versions.vacuum(self._ds, retention, dry_run)
 
     def verify(self) -> pd.DataFrame:
         """Check the dataset: read every data file back against the manifest, and recompute

@@ -51,9 +51,6 @@ from typing import Final, TypeVar
 
 import filelock
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from ..errors import (
     CorruptDatasetError,
@@ -68,38 +65,37 @@ from .faults import fault
 from .files import (
     check_partition_folder,
     fsync_dir,
-    read_summary,
     replace_bytes,
     rmdir_if_empty,
     unlink_missing_ok,
     write_parquet,
 )
-from .log import CHECKPOINT_EVERY, COMMIT_TMP, LOG_DIR, Log
+from .history import pinned_state
+from .log import CHECKPOINT_EVERY, COMMIT_TMP, Log
 from .manifest import (
     JOURNAL_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
+    MARKER,
     PARTITION_PREFIX,
     Damaged,
-    FileEntry,
     Snapshot,
     check_relative_path,
     json_bytes,
+    parse_manifest,
     valid_date,
 )
+from .reading import FileReader
 from .transaction import Transaction
 
 __all__ = ["Dataset"]
 
 _READ_ATTEMPTS: Final = 20
-#: What the manifest's path holds once the dataset's states are in the log: older versions of
-#: usage_analytics refuse the format, and no one mistakes an old manifest for the state.
-MARKER: Final = {"format": "usage_analytics", "format_version": 2, "log": LOG_DIR}
 
 T = TypeVar("T")
 
 
-class Dataset:
+class Dataset(FileReader):
     """A date-partitioned Parquet dataset under ``root`` with atomic, serialized writes."""
 
     def __init__(
@@ -137,6 +133,10 @@ class Dataset:
             max_schema_version=schema_version,
             stats_columns=stats_columns,
         )
+        #: Read the state of one commit: its version, or the latest at or before a time in
+        #: ms (``Store(root, as_of=...)``); writes are refused.
+        self.as_of: tuple[int | None, int | None] | None = None
+        self._pinned: Snapshot | None = None
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -152,9 +152,6 @@ class Dataset:
         if not valid_date(date) or len(date) != 10:
             raise ValueError(f"not a partition date: {date!r}")
         return self.root / f"{PARTITION_PREFIX}{date}"
-
-    def path_of(self, entry: FileEntry) -> Path:
-        return self.root / entry.path
 
     # -- locking -----------------------------------------------------------------------------
 
@@ -274,23 +271,7 @@ class Dataset:
         if data == self._cached[0]:
             # The same bytes as last time: the same committed state, already parsed.
             return self._cached[1]  # type: ignore[return-value]
-        try:
-            raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptDatasetError(f"{self.manifest_path} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise CorruptDatasetError(f"{self.manifest_path} does not hold a JSON object")
-        if raw.get("format_version") == MARKER["format_version"]:
-            raise CorruptDatasetError(
-                f"the commit log {self._log.dir} of the dataset at {self.root} is missing; "
-                "restore it from a backup"
-            )
-        try:
-            snap = Snapshot.from_json(raw, self.schema_version, self._stats_columns)
-        except Damaged as exc:
-            raise CorruptDatasetError(
-                f"{self.manifest_path} is damaged: {exc}; restore it from a backup"
-            ) from None
+        snap = parse_manifest(data, self.manifest_path, self.schema_version, self._stats_columns)
         self._cached = (data, snap)
         return snap
 
@@ -303,6 +284,10 @@ class Dataset:
         one that cannot (another writer holds it, the reader may not write, or the filesystem
         is read-only) reads the manifest as it is.
         """
+        if self.as_of is not None:
+            if self._pinned is None:
+                self._pinned = pinned_state(self._log, *self.as_of)
+            return self._pinned
         snap = self._load_manifest()
         if self.journal_path.exists() or self._journal_tmp.exists():
             with contextlib.suppress(UsageAnalyticsError, OSError), self._locked(timeout=0):
@@ -317,89 +302,25 @@ class Dataset:
             try:
                 return fn(snap)
             except FileNotFoundError as exc:
-                if self._load_manifest().version == snap.version:
-                    raise CorruptDatasetError(
-                        f"a file listed by the manifest is missing: {exc.filename}"
-                    ) from exc
+                if self.as_of is not None or self._load_manifest().version == snap.version:
+                    raise self.missing(snap, exc) from exc
             except (OSError, pa.ArrowException) as exc:
                 raise self.read_error(exc) from exc
         raise CorruptDatasetError("the dataset kept changing under the reader; try again")
 
-    def read_file(
-        self,
-        entry: FileEntry,
-        columns: Sequence[str],
-        filter: pc.Expression | None = None,
-        *,
-        dictionary: Sequence[str] = (),
-    ) -> pa.Table:
-        """Read ``columns`` of one data file, filling columns it predates with their defaults."""
-        path = self._checked_path(entry)
-        present = set(self._columns_for_version(entry.schema_version))
-        wanted = [c for c in columns if c in present]
-        missing = [c for c in columns if c not in present]
-        if filter is not None and missing:
-            # A filter on a column the file predates would fail; such filters are evaluated
-            # after filling in the defaults.
-            table = pq.read_table(path, columns=wanted, read_dictionary=dictionary or None)
-            return self._fill(table, columns).filter(filter)
-        table = pq.read_table(
-            path, columns=wanted, filters=filter, read_dictionary=dictionary or None
-        )
-        return self._fill(table, columns)
-
-    def scan(
-        self,
-        entries: Sequence[FileEntry],
-        columns: Sequence[str],
-        filter: pc.Expression,
-        *,
-        dictionary: Sequence[str] = (),
-        chunk_rows: int = 1 << 20,
-    ) -> Iterator[pa.Table]:
-        """Stream the filtered ``columns`` of many data files, in tables of about
-        ``chunk_rows`` rows, so that memory stays bounded whatever the number of files.
-
-        The filter may only name columns every schema version has.
-        """
-        by_version: dict[int, list[FileEntry]] = {}
-        for entry in entries:
-            by_version.setdefault(entry.schema_version, []).append(entry)
-        for version, group in sorted(by_version.items()):
-            present = set(self._columns_for_version(version))
-            wanted = [c for c in columns if c in present]
-            paths = [str(self._checked_path(e)) for e in group]
-            fmt = pads.ParquetFileFormat(
-                read_options=pads.ParquetReadOptions(
-                    dictionary_columns=[c for c in dictionary if c in present]
-                )
+    def missing(self, snap: Snapshot, exc: OSError) -> CorruptDatasetError:
+        """The error of a file of ``snap`` that is gone (not replaced by a later commit)."""
+        if self.as_of is None:
+            return CorruptDatasetError(
+                f"a file listed by the latest commit is missing: {exc.filename or exc}; "
+                "restore it from a backup"
             )
-            batches: list[pa.RecordBatch] = []
-            rows = 0
-            for batch in pads.dataset(paths, format=fmt).to_batches(columns=wanted, filter=filter):
-                if batch.num_rows:
-                    batches.append(batch)
-                    rows += batch.num_rows
-                if rows >= chunk_rows:
-                    yield self._fill(pa.Table.from_batches(batches), columns)
-                    batches, rows = [], 0
-            if batches:
-                yield self._fill(pa.Table.from_batches(batches), columns)
-
-    def _fill(self, table: pa.Table, columns: Sequence[str]) -> pa.Table:
-        """``table`` with the columns it predates added as their defaults, in order."""
-        for name in columns:
-            if name not in table.column_names:
-                table = table.append_column(
-                    name, pa.repeat(self._fill_values[name], table.num_rows)
-                )
-        return table.select(list(columns))
-
-    def _checked_path(self, entry: FileEntry) -> Path:
-        path = self.path_of(entry)
-        if path.is_symlink() or path.parent.is_symlink():
-            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
-        return path
+        return CorruptDatasetError(
+            f"version {snap.version} lists {exc.filename or exc}, which is gone: the files a "
+            f"commit removes stay only for the dataset's history retention ({snap.retention:,} "
+            "s; see set_history_retention, or 'usage-analytics history --keep') and until a "
+            "vacuum; read a later version"
+        )
 
     def live_paths(self) -> list[str]:
         """Every file of the latest commit (data and summary files), relative to the root."""
@@ -407,48 +328,12 @@ class Dataset:
         paths = [p for f in snap.files for p in f.all_paths]
         return sorted(paths + [p for sp in snap.spans for p in sp.all_paths])
 
-    def read_sidecars(
-        self, entries: Sequence[FileEntry], kind: str, first: str | None = None
-    ) -> list[pa.Table]:
-        """The ``kind`` summary files of ``entries``, one table each; with ``first``, only the
-        rows whose first column equals it."""
-        for entry in entries:
-            if (self.root / entry.path.split("/")[0]).is_symlink():
-                raise CorruptDatasetError(
-                    f"{self.root / entry.path} is in a linked folder; the store does not follow "
-                    "links"
-                )
-        return self.read_summaries([e.sidecar_path(kind) for e in entries], first)
-
-    def read_summaries(self, paths: Sequence[str], first: str | None = None) -> list[pa.Table]:
-        """Summary files (rollups of data files or of spans) by relative path, one table each
-        (their integer columns may differ in width); with ``first``, only the rows whose first
-        column equals it."""
-        checked = []
-        for rel in paths:
-            for folder in check_relative_path(rel, sidecar_ok=True):
-                if (self.root / folder).is_symlink():
-                    raise CorruptDatasetError(
-                        f"{self.root / folder} is a symbolic link; the store does not follow links"
-                    )
-            checked.append(self.root / rel)
-        tables = []
-        for path in checked:
-            try:
-                tables.append(read_summary(path, first))
-            except (pa.ArrowException, ValueError, IndexError) as exc:
-                if isinstance(exc, FileNotFoundError):
-                    raise
-                raise CorruptDatasetError(
-                    f"the summary file {path} is damaged ({exc}); restore it from a backup"
-                ) from exc
-        return tables
-
     # -- writing -----------------------------------------------------------------------------
 
     def create(self) -> bool:
         """Create the dataset, or check the one there; True when something was created or
         upgraded."""
+        self._refuse_pinned()
         if self.exists() and self.snapshot().schema_version == self.schema_version:
             return False  # also refuses unknown versions before anything is written
         if self.root.exists() and not self.root.is_dir():
@@ -522,6 +407,7 @@ class Dataset:
         Writes need the dataset at the current schema version; reads do not. ``timeout``
         overrides the dataset's lock timeout.
         """
+        self._refuse_pinned()
         self._check_writable(self._load_manifest(), upgrade)  # fail early, before the lock
         with self._locked(timeout):
             self._recover()
@@ -540,13 +426,20 @@ class Dataset:
                 # Under the lock no other writer removes files: a listed file that is gone
                 # was removed from outside.
                 raise CorruptDatasetError(
-                    f"a file listed by the manifest is missing: {exc.filename or exc}; restore "
-                    "it from a backup"
+                    f"a file listed by the latest commit is missing: {exc.filename or exc}; "
+                    "restore it from a backup"
                 ) from exc
             except (OSError, pa.ArrowException) as exc:
                 if isinstance(exc, UsageAnalyticsError):
                     raise
                 raise self.read_error(exc) from exc
+
+    def _refuse_pinned(self) -> None:
+        if self.as_of is not None:
+            raise InvalidArgumentError(
+                f"this Store reads {self.root} as of an older commit, which cannot change: "
+                "write through a Store without as_of"
+            )
 
     def _check_writable(self, snap: Snapshot, upgrade: bool) -> None:
         if snap.schema_version != self.schema_version and not upgrade:
@@ -592,7 +485,10 @@ class Dataset:
             txid, adds, removes = self._read_journal()
         except FileNotFoundError:
             return
-        committed = self._load_manifest().txid == txid
+        state = self._load_manifest()
+        committed = state.txid == txid
+        if committed and state.retention:
+            removes = []  # kept for the older versions, until a vacuum
         touched: set[str] = set()
         for rel in adds + removes:
             touched.update(check_relative_path(rel, sidecar_ok=True))

@@ -27,17 +27,18 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CorruptDatasetError, IncompatibleDatasetError
+from ..errors import CorruptDatasetError, IncompatibleDatasetError, InvalidArgumentError
 from .faults import fault
 from .files import fsync_dir, replace_bytes, unlink_missing_ok, write_bytes_durably
 from .manifest import (
+    LOG_DIR_NAME,
     Damaged,
     FileEntry,
     Snapshot,
@@ -48,7 +49,7 @@ from .manifest import (
 
 __all__ = ["CHECKPOINT_EVERY", "LOG_DIR", "Log"]
 
-LOG_DIR: Final = "_delta_log"
+LOG_DIR: Final = LOG_DIR_NAME
 LAST_CHECKPOINT: Final = "_last_checkpoint"
 #: A checkpoint is written after every this many commits.
 CHECKPOINT_EVERY: Final = 100
@@ -62,6 +63,8 @@ PROTOCOL: Final = {
     "writerFeatures": ["domainMetadata"],
 }
 
+#: The state before version 0.
+_EMPTY: Final = Snapshot(version=-1, txid="", schema_version=1, next_id=1, files=())
 _DELTA_TYPES: Final = {
     pa.int64(): "long",
     pa.int32(): "integer",
@@ -192,6 +195,64 @@ class Log:
             self._remember(snap)
         return snap
 
+    # -- history -----------------------------------------------------------------------------
+
+    def listing(self) -> tuple[list[int], list[int]]:
+        """The versions of the commits and of the checkpoints in the log, ascending."""
+        commits, checkpoints = [], []
+        for name in os.listdir(self.dir):
+            stem, _, rest = name.partition(".")
+            if len(stem) == 20 and stem.isdigit():
+                if rest == "json":
+                    commits.append(int(stem))
+                elif rest == "checkpoint.parquet":
+                    checkpoints.append(int(stem))
+        return sorted(commits), sorted(checkpoints)
+
+    def states(self, first: int, last: int) -> Iterator[Snapshot]:
+        """The committed states of versions ``first`` to ``last``, in order."""
+        commits, checkpoints = self.listing()
+        start = max((c for c in checkpoints if c <= first), default=None)
+        snap = _EMPTY if start is None else self._checkpoint(start)
+        if snap.version < first and snap.version + 1 not in commits:
+            oldest = min(commits + checkpoints, default=None)
+            raise InvalidArgumentError(
+                f"version {first} is older than the log of {self.root} keeps (its oldest "
+                f"state is version {oldest}): give a later version"
+            )
+        if snap.version == first:
+            yield snap
+        while snap.version < last:
+            version = snap.version + 1
+            snap = self._apply(snap, version, self._read_bytes(self.commit_path(version)))
+            if version >= first:
+                yield snap
+
+    def state_at(self, version: int) -> Snapshot:
+        """The committed state of ``version``."""
+        latest = self.load().version
+        if not 0 <= version <= latest:
+            raise InvalidArgumentError(
+                f"the dataset at {self.root} has versions 0 to {latest}, not {version}"
+            )
+        if version == latest:
+            return self.load()
+        return next(self.states(version, version))
+
+    def commit_info(self, version: int) -> dict[str, Any]:
+        """The ``commitInfo`` of a commit (its time in ms since the epoch, its operation), or
+        an empty dict when the log no longer keeps the commit."""
+        try:
+            first = self._read_bytes(self.commit_path(version)).split(b"\n", 1)[0]
+            info = json.loads(first).get("commitInfo")
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise self._damaged(
+                self.commit_path(version), f"its first line is odd ({exc})"
+            ) from exc
+        return info if isinstance(info, dict) else {}
+
     def _identity(self, version: int) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.commit_path(version))
@@ -211,11 +272,15 @@ class Log:
             if not is_int(version) or version < 0:
                 raise ValueError(f"version {version!r}")
         except FileNotFoundError:
-            return Snapshot(version=-1, txid="", schema_version=1, next_id=1, files=())
+            return _EMPTY
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise self._damaged(
                 self.dir / LAST_CHECKPOINT, f"not a checkpoint hint ({exc})"
             ) from exc
+        return self._checkpoint(version)
+
+    def _checkpoint(self, version: int) -> Snapshot:
+        """The state the checkpoint of ``version`` holds."""
         path = self.dir / f"{version:020d}.checkpoint.parquet"
         if path.is_symlink():
             raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
@@ -236,8 +301,7 @@ class Log:
                 add["tags"] = dict(add["tags"] or ())
                 add["partitionValues"] = dict(add["partitionValues"] or ())
                 actions.append({"add": add})
-        empty = Snapshot(version=-1, txid="", schema_version=1, next_id=1, files=())
-        return self._state(empty, version, actions, path)
+        return self._state(_EMPTY, version, actions, path)
 
     def _apply(self, snap: Snapshot, version: int, data: bytes) -> Snapshot:
         """``snap`` changed by commit ``version``, whose bytes are ``data``."""
@@ -280,8 +344,11 @@ class Log:
                     f"knows versions 1 to {self._max_schema_version}: upgrade usage_analytics"
                 )
             txid, spans = state.get("txid"), state.get("spans")
+            retention = state.get("retention_s", 0)
             if not isinstance(txid, str) or not isinstance(spans, list):
                 raise Damaged("its domain metadata has no text 'txid' or no list 'spans'")
+            if not is_int(retention) or retention < 0:
+                raise Damaged(f"its domain metadata has an odd retention {retention!r}")
             return Snapshot(
                 version=version,
                 txid=txid,
@@ -289,6 +356,7 @@ class Log:
                 next_id=int_field(state, "next_id", "its domain metadata"),
                 files=tuple(files.values()),
                 spans=tuple(SpanEntry.from_json(sp) for sp in spans),
+                retention=retention,
             )
         except (Damaged, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise self._damaged(path, str(exc)) from None
@@ -374,7 +442,7 @@ class Log:
         finally:
             unlink_missing_ok(tmp)
         fsync_dir(self.dir)
-        snap = self._apply(base or Snapshot(-1, "", 1, 1, ()), version, data)
+        snap = self._apply(base or _EMPTY, version, data)
         self._remember(snap)
         return snap
 
@@ -459,6 +527,8 @@ def _domain(snap: Snapshot) -> dict[str, Any]:
         "next_id": snap.next_id,
         "spans": [sp.to_json() for sp in snap.spans],
     }
+    if snap.retention:
+        state["retention_s"] = snap.retention
     return {
         "domain": DOMAIN,
         "configuration": json.dumps(state, separators=(",", ":")),

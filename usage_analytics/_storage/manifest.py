@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 from ..errors import CorruptDatasetError, IncompatibleDatasetError
@@ -148,6 +149,34 @@ def _kinds(raw: Mapping[str, Any], name: str, what: str) -> tuple[str, ...]:
     return tuple(kinds)
 
 
+#: What the manifest's path holds once the dataset's states are in the commit log: older
+#: versions of usage_analytics refuse the format, and no one mistakes an old manifest for the
+#: state.
+LOG_DIR_NAME: Final = "_delta_log"
+MARKER: Final = {"format": FORMAT_NAME, "format_version": 2, "log": LOG_DIR_NAME}
+
+
+def parse_manifest(
+    data: bytes, path: Path, max_schema_version: int, stats_columns: Sequence[str]
+) -> Snapshot:
+    """The state a manifest (the format before the commit log) holds, checked field by field."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptDatasetError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CorruptDatasetError(f"{path} does not hold a JSON object")
+    if raw.get("format_version") == MARKER["format_version"]:
+        raise CorruptDatasetError(
+            f"the commit log {path.parent / LOG_DIR_NAME} of the dataset at {path.parent} is "
+            "missing; restore it from a backup"
+        )
+    try:
+        return Snapshot.from_json(raw, max_schema_version, stats_columns)
+    except Damaged as exc:
+        raise CorruptDatasetError(f"{path} is damaged: {exc}; restore it from a backup") from None
+
+
 class Damaged(Exception):
     """What is wrong with a manifest or journal; the reader turns it into a
     ``CorruptDatasetError`` that names the file."""
@@ -266,6 +295,9 @@ class Snapshot:
     next_id: int
     files: tuple[FileEntry, ...]
     spans: tuple[SpanEntry, ...] = ()
+    #: Seconds the files a commit removes are kept, so that older versions stay readable
+    #: (0: they are removed right after the commit).
+    retention: int = 0
 
     @property
     def rows(self) -> int:

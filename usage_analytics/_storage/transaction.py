@@ -76,6 +76,8 @@ class Transaction:
         self.base = base
         self.schema_version = base.schema_version
         self.next_id = base.next_id
+        #: Seconds the files this commit removes are kept (0: removed right after it).
+        self.retention = base.retention
         self._staged: list[_Staged] = []
         self._removed: dict[str, FileEntry] = {}
         self._new_spans: list[_NewSpan] = []
@@ -222,6 +224,7 @@ class Transaction:
             or self._new_spans
             or self._dropped_spans
             or self.schema_version != self.base.schema_version
+            or self.retention != self.base.retention
         )
 
     def commit(self) -> None:
@@ -280,7 +283,8 @@ class Transaction:
             raise
         # Past the commit point: failures only leave garbage that the next recovery removes.
         with contextlib.suppress(OSError):
-            self._cleanup(removes)
+            # With a retention the removed files stay for older versions, until a vacuum.
+            self._cleanup([] if new.retention else removes)
         ds.after_commit(new)
 
     def _without_unwritten(self, new: Snapshot) -> Snapshot:
@@ -336,6 +340,7 @@ class Transaction:
             next_id=self.next_id,
             files=tuple(files),
             spans=tuple(kept_spans) + tuple(new_span.span for new_span in self._new_spans),
+            retention=self.retention,
         )
         return new, dropped_spans
 

@@ -1,5 +1,5 @@
 """The commands that keep a dataset: ``init``, ``info``, ``load``, ``retention``, ``delete``,
-``compact``, ``verify`` and ``sample``."""
+``compact``, ``verify``, ``history``, ``vacuum`` and ``sample``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,18 @@ from ._app import LibraryError, cli
 from .options import AGE, CUTOFF, Age, TimeValue, parse_time
 from .output import Document, output_options, show_time
 
-__all__ = ["compact", "delete", "info", "init", "load", "retention", "sample", "verify"]
+__all__ = [
+    "compact",
+    "delete",
+    "history",
+    "info",
+    "init",
+    "load",
+    "retention",
+    "sample",
+    "vacuum",
+    "verify",
+]
 
 
 def _root(command: F) -> F:
@@ -272,6 +283,56 @@ def verify(root: str) -> Document:
             "damaged data file needs a backup"
         )
     return Document("verify", title, problems, {"root": root}, failure=failure)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> Age | None:
+    """An age such as 30d, or 0."""
+    if value is None or value.strip() == "0":
+        return None if value is None else Age("0", 0)
+    return AGE.convert(value, param, ctx)
+
+
+@cli.command()
+@_root
+@click.option(
+    "--keep",
+    metavar="AGE",
+    callback=_duration,
+    help="First set the history retention: keep the files a commit removes for this age "
+    "(e.g. 30d; 0 removes them at once, the default), so that versions that recent stay "
+    "readable with --as-of.",
+)
+@output_options
+def history(root: str, keep: Age | None) -> Document:
+    """The commits the dataset keeps, one per line: version, time and operation."""
+    store = Store(root)
+    if keep is not None:
+        store.set_history_retention(keep.ns // 10**9)
+    frame = store.history()
+    retention = store._ds.snapshot().retention
+    title = f"{plural(len(frame), 'commit')} kept in {root} (history retention {retention:,} s)"
+    return Document("history", title, frame, {"root": root, "retention_s": retention})
+
+
+@cli.command()
+@_root
+@click.option(
+    "--retention",
+    metavar="AGE",
+    callback=_duration,
+    help="Keep the versions of this age, e.g. 7d (default: the dataset's history retention; "
+    "0: only the latest version).",
+)
+@click.option("--dry-run", is_flag=True, help="List the files that would go; change nothing.")
+def vacuum(root: str, retention: Age | None, dry_run: bool) -> None:
+    """Remove the files that no retained version lists (those a delete or compaction replaced),
+    and list them."""
+    seconds = None if retention is None else retention.ns // 10**9
+    removed = Store(root).vacuum(retention=seconds, dry_run=dry_run)
+    for path in removed:
+        click.echo(path)
+    what = "would be removed" if dry_run else "removed"
+    click.echo(f"{plural(len(removed), 'file')} {what} from {root}")
 
 
 @cli.command()

@@ -340,6 +340,13 @@ def tenant_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--tenant", required=True, help="The tenant id.")(command)
 
 
+def as_of_value(text: str | None) -> int | str | None:
+    """``--as-of``: a version when it is a whole number, else a time."""
+    if text is None:
+        return None
+    return int(text) if text.strip().isdigit() else text
+
+
 def every_option(default: str | None, help: str) -> Callable[[Callable[..., Any]], Any]:
     return click.option(
         "--every",
@@ -392,6 +399,12 @@ def window_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="The IANA zone in which naive times are read, buckets follow the wall clock "
             "and times are printed.",
         ),
+        click.option(
+            "--as-of",
+            metavar="VERSION|TIME",
+            help="Report on the dataset as it was at one commit: a version (see 'history') or "
+            "an ISO time (naive: UTC), the latest commit at or before it.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -442,9 +455,10 @@ def with_window(command: Callable[..., Any]) -> Callable[..., Any]:
         end: TimeValue | None,
         last: Age | None,
         tz: str,
+        as_of: str | None,
         **kwargs: Any,
     ) -> Any:
-        store = Store(root)
+        store = Store(root, as_of=as_of_value(as_of))
         window = resolve_window(store, start, end, last, tz)
         return command(store, *args, window=window, **kwargs)
 

@@ -1,0 +1,147 @@
+"""The history a commit log keeps: older versions to read (``as_of``), the list of commits, and
+the vacuum that removes the files no retained version needs.
+
+A commit that removes files (a delete, a compaction, a merge of small files) unlinks them just
+after its commit point when the dataset's retention is 0, the default. With a retention of
+``n`` seconds it leaves them, so that every version committed in the last ``n`` seconds (and
+the one that was current ``n`` seconds ago) stays readable, by ``Store(root, as_of=...)`` and by
+Delta readers' time travel, until :func:`vacuum` removes what none of those versions lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    CorruptDatasetError,
+    InvalidArgumentError,
+    StorageError,
+    UsageAnalyticsError,
+)
+from .files import fsync_dir, rmdir_if_empty, unlink_missing_ok
+from .manifest import PARTITION_PREFIX, SIDECAR_DIR, Snapshot, check_relative_path, is_int
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+    from .log import Log
+
+__all__ = ["commits", "pinned_state", "vacuum"]
+
+
+def pinned_state(log: Log, version: int | None, at_ms: int | None) -> Snapshot:
+    """The state of commit ``version``, or the latest one committed at or before ``at_ms``."""
+    if not log.exists():
+        raise InvalidArgumentError(
+            f"the dataset at {log.root} keeps no history yet (an older version of "
+            "usage_analytics wrote it; its next write starts the commit log): read it without "
+            "as_of"
+        )
+    if version is not None:
+        return log.state_at(version)
+    assert at_ms is not None
+    for row in reversed(commits(log)):
+        if row["timestamp"] is not None and row["timestamp"] <= at_ms:
+            return log.state_at(row["version"])
+    raise InvalidArgumentError(
+        f"the dataset at {log.root} has no commit at or before the as_of time; its oldest "
+        "kept commit is later: give a later time"
+    )
+
+
+def commits(log: Log) -> list[dict[str, Any]]:
+    """Each commit the log keeps: version, time (ms since the epoch) and operation."""
+    out = []
+    for version in log.listing()[0]:
+        info = log.commit_info(version)
+        stamp = info.get("timestamp")
+        out.append(
+            {
+                "version": version,
+                "timestamp": stamp if is_int(stamp) else None,
+                "operation": str(info.get("operation", "")),
+            }
+        )
+    return out
+
+
+def vacuum(ds: Dataset, retention: int | None, *, dry_run: bool) -> list[str]:
+    """Remove the data and summary files that no retained version lists; returns their paths
+    (relative to the root), sorted. ``retention`` overrides the dataset's, in seconds.
+
+    Retained are the versions committed in the last ``retention`` seconds and the one that was
+    current then. Files of the dataset's own naming that no commit lists (left by a cleanup
+    that failed) go too; files of other names are never touched.
+    """
+    with ds.transaction() as tx:  # the lock, and recovery of an interrupted write first
+        latest = tx.base
+        keep_s = latest.retention if retention is None else retention
+        first = latest.version
+        if ds._log.exists():
+            cutoff = int(time.time() * 1000) - keep_s * 1000
+            for row in reversed(commits(ds._log)):
+                first = row["version"]
+                if row["timestamp"] is not None and row["timestamp"] <= cutoff:
+                    break
+            states: Iterable[Snapshot] = ds._log.states(first, latest.version)
+        else:
+            states = [latest]
+        keep: set[str] = set()
+        for snap in states:
+            keep.update(p for f in snap.files for p in f.all_paths)
+            keep.update(p for span in snap.spans for p in span.all_paths)
+        doomed = sorted(_own_files(ds.root) - keep)
+        if not dry_run:
+            _remove(ds.root, doomed)
+    return doomed
+
+
+def _own_files(root: Path) -> set[str]:
+    """The data and summary files under ``root`` that follow the dataset's naming."""
+    folders = [p for p in _subdirs(root) if p.name.startswith(PARTITION_PREFIX)]
+    rollups = root / SIDECAR_DIR
+    if rollups.is_dir() and not rollups.is_symlink():
+        folders += _subdirs(rollups)
+    out = set()
+    for folder in folders:
+        if folder.is_symlink():
+            continue
+        for name in os.listdir(folder):
+            rel = (folder / name).relative_to(root).as_posix()
+            with contextlib.suppress(CorruptDatasetError):
+                check_relative_path(rel, sidecar_ok=True)
+                out.add(rel)
+    return out
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
+    except FileNotFoundError:
+        return []
+
+
+def _remove(root: Path, paths: list[str]) -> None:
+    folders = set()
+    try:
+        for rel in paths:
+            unlink_missing_ok(root / rel)
+            folders.add(rel.rsplit("/", 1)[0])
+        for folder in sorted(folders, reverse=True):
+            rmdir_if_empty(root / folder)
+        if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
+            rmdir_if_empty(root / SIDECAR_DIR)
+        fsync_dir(root)
+    except OSError as exc:
+        if isinstance(exc, UsageAnalyticsError):
+            raise
+        raise StorageError(
+            exc.errno or errno.EIO,
+            f"vacuuming {root} failed ({exc.strerror or exc}); the files removed so far were "
+            "no longer needed, and a vacuum run again removes the rest",
+        ) from exc
