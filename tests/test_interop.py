@@ -19,11 +19,12 @@ STAGES = ("upgraded", "deleted", "compacted")
 
 
 def at_stage(root: Path, stage: str) -> Store:
-    """A version-1 dataset, upgraded, with new rows (and their runtime columns) added; then a
-    delete that rewrites a partition; then compaction."""
+    """A version-1 dataset, upgraded as earlier versions did (the schema alone, its files left
+    in version 1, as after an upgrade interrupted before it rewrote them), with new rows (and
+    their runtime columns) added; then a delete that rewrites a partition; then compaction."""
     make_v1(root)
     store = Store(root)
-    store.auto_migrate()
+    store._ds.create()
     new = batch(9, days=(1, 2))
     new["runtime_latency_ms"] = 7
     new["runtime_time_to_first_token_ms"] = 3

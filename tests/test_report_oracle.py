@@ -865,11 +865,13 @@ def _build_stages(base: Path) -> dict[str, Stage]:
         assert store.compact() > 0
         stages["compacted"] = Stage.of("compacted", store, edges26)
 
-        # upgraded: a version-1 dataset, upgraded, then appended to (its old files stay).
+        # upgraded: a version-1 dataset, upgraded as earlier versions did (the schema alone:
+        # its old files stay, as after an upgrade interrupted before it rewrote them), then
+        # appended to.
         edges25 = interesting_instants(DATES_2025)
         make_v1(base / "upgraded")
         store = Store(base / "upgraded")
-        store.auto_migrate()
+        store._ds.create()
         store.create_usage(make_batch(7, 1500, CLUSTERS_2025, edges25), on_conflict="ignore")
         _single_rows(store, make_batch(8, 12, CLUSTERS_2025[3:], edges25, user_prefix="v"))
         store.create_usage(price_edge_rows(11, DATES_2025), on_conflict="ignore")

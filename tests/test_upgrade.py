@@ -1,4 +1,5 @@
-"""Schema version 2: a version-1 dataset upgrades in place without rewriting its data files."""
+"""Schema version 2: a version-1 dataset upgrades in place, its data files rewritten with zeros
+in the new columns, so that every engine reads what the store reads."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from _crash_worker import DAY, T0, batch, make_v1
 from helpers import dataset_state, snapshot_files
 
 from usage_analytics import IncompatibleDatasetError, Store
+from usage_analytics._storage import faults
 from usage_analytics.schema import ADDED_IN_V2
 
 MANIFEST = "_usage_analytics.json"
@@ -45,7 +48,7 @@ def test_writes_to_version_1_ask_for_auto_migrate(v1: Path) -> None:
     assert snapshot_files(v1) == before
 
 
-def test_upgrade_keeps_data_files_byte_identical(v1: Path) -> None:
+def test_upgrade_rewrites_the_data_files_with_the_same_rows(v1: Path) -> None:
     before = snapshot_files(v1)
     rows_before = Store(v1).find_usages()
     summary_before = Store(v1).aggregated_usage("t0", T0, T0 + 10 * DAY)
@@ -55,7 +58,10 @@ def test_upgrade_keeps_data_files_byte_identical(v1: Path) -> None:
 
     after = snapshot_files(v1)
     data = {k for k in before if k.endswith(".parquet")}
-    assert data and {k: after[k] for k in data} == {k: before[k] for k in data}
+    assert data and not data & set(after)  # every version-1 file was replaced
+    assert all(f.schema_version == 2 for f in Store(v1)._ds.snapshot().files)
+    for path in Store(v1).files():
+        assert set(ADDED_IN_V2) <= set(pq.read_schema(path).names)
     assert dataset_state(v1)["schema_version"] == 2
     assert Store(v1).info().schema_version == 2
     pd.testing.assert_frame_equal(Store(v1).find_usages(), rows_before)
@@ -70,7 +76,49 @@ def test_upgrade_keeps_data_files_byte_identical(v1: Path) -> None:
     assert snapshot_files(v1) == after
 
 
-def test_upgraded_dataset_mixes_old_and_new_files(v1: Path) -> None:
+def test_engines_reading_the_upgraded_folder_see_the_stores_zeros(v1: Path) -> None:
+    Store(v1).auto_migrate()
+    Store(v1).create_usage(batch(9, days=(1, 2)).assign(runtime_latency_ms=7))
+    expected = Store(v1).find_usages().sort_values("id").reset_index(drop=True)
+    table = pads.dataset(v1, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == len(expected)
+    found = table.to_pandas().sort_values("id").reset_index(drop=True)
+    for name in ADDED_IN_V2:
+        assert found[name].tolist() == expected[name].tolist()
+    deltalake = pytest.importorskip("deltalake")
+    delta = deltalake.DeltaTable(v1).to_pyarrow_table().to_pandas().sort_values("id")
+    for name in ADDED_IN_V2:
+        assert delta[name].tolist() == expected[name].tolist()  # zeros, not nulls
+
+
+def test_an_upgrade_interrupted_between_partitions_is_finished_by_the_next_call(
+    v1: Path,
+) -> None:
+    rows_before = Store(v1).find_usages()
+    commits = 0
+
+    def stop_after_two(point: str) -> None:
+        nonlocal commits
+        if point == "committed":
+            commits += 1
+            if commits == 3:  # the schema commit, then one partition rewritten
+                raise KeyboardInterrupt
+
+    faults.FAULT_HOOK = stop_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Store(v1).auto_migrate()
+    finally:
+        faults.FAULT_HOOK = None
+    versions = {f.schema_version for f in Store(v1)._ds.snapshot().files}
+    assert versions == {1, 2}  # part way: both kinds of file, each read as the store reads it
+    pd.testing.assert_frame_equal(Store(v1).find_usages(), rows_before)
+    Store(v1).auto_migrate()
+    assert {f.schema_version for f in Store(v1)._ds.snapshot().files} == {2}
+    pd.testing.assert_frame_equal(Store(v1).find_usages(), rows_before)
+
+
+def test_upgraded_dataset_takes_new_rows(v1: Path) -> None:
     store = Store(v1)
     store.auto_migrate()
     new = batch(9, days=(1, 2))
@@ -80,7 +128,6 @@ def test_upgraded_dataset_mixes_old_and_new_files(v1: Path) -> None:
     assert len(rows) == 50
     assert (rows.loc[rows["id"] <= 30, "runtime_latency_ms"] == 0).all()
     assert (rows.loc[rows["id"] > 30, "runtime_latency_ms"] == 7).all()
-    # A delete that rewrites a version-1 file writes it as version 2, zeros filled in.
     deleted = store.delete_usage(T0 + DAY + 3 * 60_000_000_000 + 5_000_000)
     assert deleted == 15
     kept = store.find_usages()
@@ -88,11 +135,6 @@ def test_upgraded_dataset_mixes_old_and_new_files(v1: Path) -> None:
         kept.reset_index(drop=True),
         rows[rows["timestamp"] >= T0 + DAY + 3 * 60_000_000_000 + 5_000_000].reset_index(drop=True),
     )
-    for path in store.files():
-        names = pq.read_schema(path).names
-        assert set(ADDED_IN_V2) <= set(names) or path.name in {
-            Path(f.path).name for f in store._ds.snapshot().files if f.schema_version == 1
-        }
     assert store.compact() >= 1
     pd.testing.assert_frame_equal(store.find_usages(), kept)
     assert all(set(ADDED_IN_V2) <= set(pq.read_schema(p).names) for p in store.files())

@@ -52,7 +52,7 @@ from .reports import DIMENSIONS, Not, Prices  # noqa: E402
 from .schema import COLUMNS, SCHEMA_VERSION, UsageSchema  # noqa: E402
 from .store import DatasetInfo, Store  # noqa: E402
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "COLUMNS",

@@ -364,6 +364,34 @@ class Writer:
             self._add(tx, entry.date, table.filter(pc.invert(gone)))
         return n
 
+    # -- upgrades ----------------------------------------------------------------------------
+
+    def rewrite_old_files(self) -> int:
+        """Rewrite each data file of an older schema version in the current one, the columns
+        it predates as zeros (as the store reads them), so that engines reading the files or
+        the Delta log see what the store does; returns how many files. One commit per
+        partition, rows unchanged (ids included), one file in memory at a time."""
+        snap = self._ds.snapshot()
+        dates = sorted({e.date for e in snap.files if e.schema_version < self._ds.schema_version})
+        done = 0
+        for date in dates:
+            with self._ds.transaction() as tx:
+                old = [
+                    e
+                    for e in tx.base.by_date().get(date, [])
+                    if e.schema_version < tx.schema_version
+                ]
+                for entry in old:
+                    tx.remove(entry)
+                    self._add(tx, date, read_rows(self._ds, entry))
+                    tx.flush()
+                tx.operation = "UPGRADE"
+                tx.commit()
+                done += len(old)
+        if done:
+            self._summaries.build_spans()
+        return done
+
     # -- compaction --------------------------------------------------------------------------
 
     def compact(self, progress: bool = False) -> int:

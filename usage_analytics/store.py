@@ -92,8 +92,8 @@ class Store:
     def auto_migrate(self) -> None:
         """Create the dataset, or check (and upgrade) the one at ``root``. Idempotent.
 
-        A dataset of an older schema version is upgraded in place without rewriting its data
-        files: rows written before read back with zeros in the columns added since.
+        An older schema version is upgraded in place: its data files are rewritten with zeros
+        in the columns added since (as the store read them), one partition per commit.
 
         Raises:
             IncompatibleDatasetError: the dataset was written by a newer usage_analytics.
@@ -102,6 +102,7 @@ class Store:
             >>> Store(tmp / "fresh").auto_migrate()
         """
         self._ds.create()
+        self._writer.rewrite_old_files()
 
     def info(self) -> DatasetInfo:
         """Rows, files, partitions and the time span of the dataset, from its manifest alone.
