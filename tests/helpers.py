@@ -130,17 +130,17 @@ def _code(action: Any, how: Callable[[Any], Any]) -> None:
     if not isinstance(action, dict):
         return
     domain, add = action.get("domainMetadata"), action.get("add")
-    if isinstance(domain, dict) and "configuration" in domain:
+    if isinstance(domain, dict) and "configuration" in domain and domain.get("removed") is not True:
         domain["configuration"] = how(domain["configuration"])
     if isinstance(add, dict) and "usage_analytics" in add.get("tags", {}):
         add["tags"]["usage_analytics"] = how(add["tags"]["usage_analytics"])
 
 
 def dataset_state(root: Path) -> dict[str, Any]:
-    """The usage_analytics state the newest commit records (schema version, next id, spans)."""
+    """The usage_analytics state the newest commit records (txid, schema version, next id)."""
     for line in latest_commit(root).read_text().splitlines():
         action = json.loads(line)
-        if "domainMetadata" in action:
+        if action.get("domainMetadata", {}).get("domain") == "usage_analytics":
             return json.loads(action["domainMetadata"]["configuration"])  # type: ignore[no-any-return]
     raise AssertionError("the newest commit has no usage_analytics state")
 

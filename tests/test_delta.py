@@ -15,7 +15,6 @@ from helpers import (
     METADATA_FILE,
     NS_PER_DAY,
     dataset_state,
-    latest_commit,
     random_usage_frame,
     small_files_get_summaries,
     snapshot_files,
@@ -122,10 +121,27 @@ def test_a_commit_holds_its_change_only(store: Store) -> None:
     """The cost of a commit does not grow with the files already there."""
     for i in range(30):
         store.create_usage(rows(3, seed=100 + i, start=DAY0 + i * NS_PER_DAY, days=1))
-    kinds = [next(iter(json.loads(line))) for line in latest_commit(store.root).read_text().split()]
-    assert kinds.count("add") == 1
-    assert "remove" not in kinds and "metaData" not in kinds and "protocol" not in kinds
     assert len(store.files()) == 30
+    commits = sorted((store.root / "_delta_log").glob("*.json"))
+    with_spans = 0
+    for commit in commits[-10:]:
+        actions = [json.loads(line) for line in commit.read_text().split()]
+        kinds = [next(iter(a)) for a in actions]
+        assert kinds.count("add") <= 1, commit.name
+        assert "remove" not in kinds and "metaData" not in kinds and "protocol" not in kinds
+        # Spans ride along only when the commit adds or drops them.
+        version = int(commit.name.split(".")[0])
+        before = {sp.name: sp for sp in Store(store.root, as_of=version - 1)._ds.snapshot().spans}
+        after = {sp.name: sp for sp in Store(store.root, as_of=version)._ds.snapshot().spans}
+        changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+        named = {
+            a["domainMetadata"]["domain"].removeprefix("usage_analytics.span.")
+            for a in actions
+            if a.get("domainMetadata", {}).get("domain", "").startswith("usage_analytics.span.")
+        }
+        assert named == changed, commit.name
+        with_spans += bool(named)
+    assert with_spans and len(store._ds.snapshot().spans) >= 2  # spans to name and to leave out
 
 
 def test_a_checkpoint_holds_the_whole_state(store: Store, tmp_path: Path) -> None:

@@ -239,7 +239,13 @@ def _action(kind: str, change: Callable[[dict[str, Any]], Any]) -> Callable[[lis
 
 
 def _state(change: Callable[[dict[str, Any]], Any]) -> Callable[[list[Any]], None]:
-    return _action("domainMetadata", lambda d: change(d["configuration"]))
+    """A change of the commit's usage_analytics state (not of a span's domain)."""
+
+    def edit(actions: list[Any]) -> None:
+        domains = (a["domainMetadata"] for a in actions if "domainMetadata" in a)
+        change(next(d for d in domains if d["domain"] == "usage_analytics")["configuration"])
+
+    return edit
 
 
 def _entry(change: Callable[[dict[str, Any]], Any]) -> Callable[[list[Any]], None]:
@@ -253,16 +259,26 @@ def _drop(kind: str) -> Callable[[list[Any]], None]:
     return edit
 
 
+def _span_domain(name: str, entry: Any) -> dict[str, Any]:
+    """A span's domain action (its configuration given decoded, as edit_latest_commit wants)."""
+    return {"domainMetadata": {"domain": f"usage_analytics.span.{name}", "configuration": entry}}
+
+
 COMMIT_DAMAGE: Final[dict[str, Callable[[list[Any]], None]]] = {
     "an action of two keys": lambda actions: actions.append({"add": {}, "remove": {}}),
     "an action not an object": lambda actions: actions.append([1]),
     "no state": _drop("domainMetadata"),
     "no txid": _state(lambda c: c.pop("txid")),
     "next_id null": _state(lambda c: c.update(next_id=None)),
-    "spans not a list": _state(lambda c: c.update(spans={"a": 1})),
-    "span not an object": _state(lambda c: c.update(spans=["x"])),
-    "span with text days": _state(
-        lambda c: c.update(spans=[{"name": "0" * 32, "first_day": "1", "last_day": 2, "kinds": []}])
+    "span not an object": lambda actions: actions.append(_span_domain("0" * 32, ["x"])),
+    "span with text days": lambda actions: actions.append(
+        _span_domain("0" * 32, {"name": "0" * 32, "first_day": "1", "last_day": 2, "kinds": []})
+    ),
+    "span under another name": lambda actions: actions.append(
+        _span_domain("1" * 32, {"name": "0" * 32, "first_day": 1, "last_day": 2, "kinds": []})
+    ),
+    "drop of a span not live": lambda actions: actions.append(
+        {"domainMetadata": {"domain": "usage_analytics.span." + "0" * 32, "removed": True}}
     ),
     "add without its tag": _action("add", lambda a: a.update(tags={})),
     "add of another path": _action("add", lambda a: a.update(path=a["path"][:-9] + "0.parquet")),

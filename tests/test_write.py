@@ -618,7 +618,7 @@ def test_auto_migrate_is_idempotent(tmp_path: Path) -> None:
 def _bump_schema_version(root: Path, version: int = 99) -> None:
     def bump(actions: list[dict[str, Any]]) -> None:
         for action in actions:
-            if "domainMetadata" in action:
+            if action.get("domainMetadata", {}).get("domain") == "usage_analytics":
                 action["domainMetadata"]["configuration"]["schema_version"] = version
 
     edit_latest_commit(root, bump)

@@ -17,8 +17,9 @@ Delta readers read exactly the files of one committed state, partitioned by ``da
 only this package needs rides along where Delta readers ignore it: each ``add`` carries its
 file's entry (rows, schema version, statistics, summary kinds) in the tag ``usage_analytics``,
 and each commit a ``domainMetadata`` action of the domain ``usage_analytics`` with the
-transaction id, schema version, next row id and spans. Summary files live under ``_rollups/``,
-which no Delta action names.
+transaction id, schema version, next row id and history retention, and one of the domain
+``usage_analytics.span.<name>`` for each span it adds or drops (a checkpoint holds them all).
+Summary files live under ``_rollups/``, which no Delta action names.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ LAST_CHECKPOINT: Final = "_last_checkpoint"
 #: A checkpoint is written after every this many commits.
 CHECKPOINT_EVERY: Final = 100
 DOMAIN: Final = "usage_analytics"
+SPAN_DOMAIN: Final = "usage_analytics.span."
 TAG: Final = "usage_analytics"
 #: Where a commit is written before it is linked into the log (skipped by every reader).
 COMMIT_TMP: Final = "._usage_analytics.commit.tmp"
@@ -314,6 +316,7 @@ class Log:
 
     def _state(self, base: Snapshot, version: int, actions: list[Any], path: Path) -> Snapshot:
         files = {f.path: f for f in base.files}
+        spans = {sp.name: sp for sp in base.spans}
         state: Mapping[str, Any] | None = None
         try:
             for action in actions:
@@ -332,6 +335,16 @@ class Log:
                     _check_protocol(body, path)
                 elif kind == "domainMetadata" and body.get("domain") == DOMAIN:
                     state = json.loads(body["configuration"])
+                elif kind == "domainMetadata" and str(body.get("domain")).startswith(SPAN_DOMAIN):
+                    name = body["domain"][len(SPAN_DOMAIN) :]
+                    if body.get("removed") is True:
+                        if spans.pop(name, None) is None:
+                            raise Damaged(f"it drops the span {name!r}, which is not live")
+                    else:
+                        span = SpanEntry.from_json(json.loads(body["configuration"]))
+                        if span.name != name:
+                            raise Damaged(f"the span domain {name!r} holds span {span.name!r}")
+                        spans[name] = span
             if state is None:
                 raise Damaged(
                     f"it has no {DOMAIN!r} domain metadata (another program wrote it? only "
@@ -343,10 +356,10 @@ class Log:
                     f"the dataset has schema version {schema_version!r}; this usage_analytics "
                     f"knows versions 1 to {self._max_schema_version}: upgrade usage_analytics"
                 )
-            txid, spans = state.get("txid"), state.get("spans")
+            txid = state.get("txid")
             retention = state.get("retention_s", 0)
-            if not isinstance(txid, str) or not isinstance(spans, list):
-                raise Damaged("its domain metadata has no text 'txid' or no list 'spans'")
+            if not isinstance(txid, str):
+                raise Damaged(f"its domain metadata has no text 'txid' (found {txid!r})")
             if not is_int(retention) or retention < 0:
                 raise Damaged(f"its domain metadata has an odd retention {retention!r}")
             return Snapshot(
@@ -355,7 +368,7 @@ class Log:
                 schema_version=schema_version,
                 next_id=int_field(state, "next_id", "its domain metadata"),
                 files=tuple(files.values()),
-                spans=tuple(SpanEntry.from_json(sp) for sp in spans),
+                spans=tuple(spans.values()),
                 retention=retention,
             )
         except (Damaged, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -425,6 +438,12 @@ class Log:
             before = old.get(entry.path)
             if before is None or before.json_bytes != entry.json_bytes:
                 out.append(_line({"add": self._add(entry, now, data_change=before is None)}))
+        before_spans = {} if base is None else {sp.name: sp for sp in base.spans}
+        for name in before_spans.keys() - {sp.name for sp in new.spans}:
+            out.append(_line({"domainMetadata": _span_domain(name, None)}))
+        for span in new.spans:
+            if before_spans.get(span.name) != span:
+                out.append(_line({"domainMetadata": _span_domain(span.name, span)}))
         out.append(_line({"domainMetadata": _domain(new)}))
         data = b"".join(out)
         tmp = self.root / COMMIT_TMP
@@ -487,15 +506,15 @@ class Log:
         for add in adds:
             add["partitionValues"] = list(add["partitionValues"].items())
             add["tags"] = list(add["tags"].items())
-        n = 3 + len(adds)
-        nones: list[Any] = [None] * n
+        domains = [_domain(snap), *(_span_domain(sp.name, sp) for sp in snap.spans)]
+        n = 2 + len(domains) + len(adds)
         protocol = dict(PROTOCOL, readerFeatures=None)
         table = pa.table(
             {
-                "add": [None, None, None, *adds],
-                "metaData": [meta, *nones[1:]],
-                "protocol": [None, protocol, *nones[2:]],
-                "domainMetadata": [None, None, _domain(snap), *nones[3:]],
+                "add": [None] * (2 + len(domains)) + adds,
+                "metaData": [meta] + [None] * (n - 1),
+                "protocol": [None, protocol] + [None] * (n - 2),
+                "domainMetadata": [None, None, *domains] + [None] * len(adds),
             },
             schema=_CHECKPOINT_SCHEMA,
         )
@@ -520,12 +539,17 @@ def _remove(entry: FileEntry, now: int) -> dict[str, Any]:
     }
 
 
+def _span_domain(name: str, span: SpanEntry | None) -> dict[str, Any]:
+    """The domain of one span: its entry, or (None) its removal."""
+    config = "" if span is None else json.dumps(span.to_json(), separators=(",", ":"))
+    return {"domain": SPAN_DOMAIN + name, "configuration": config, "removed": span is None}
+
+
 def _domain(snap: Snapshot) -> dict[str, Any]:
     state = {
         "txid": snap.txid,
         "schema_version": snap.schema_version,
         "next_id": snap.next_id,
-        "spans": [sp.to_json() for sp in snap.spans],
     }
     if snap.retention:
         state["retention_s"] = snap.retention
