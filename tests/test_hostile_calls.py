@@ -252,6 +252,12 @@ def _entry(change: Callable[[dict[str, Any]], Any]) -> Callable[[list[Any]], Non
     return _action("add", lambda a: change(a["tags"]["usage_analytics"]))
 
 
+def _other_name(path: str) -> str:
+    """``path`` with its file name changed (its last hex digit, so it stays a valid name)."""
+    last = path[-len("0.parquet")]
+    return path[: -len("0.parquet")] + ("1" if last == "0" else "0") + ".parquet"
+
+
 def _drop(kind: str) -> Callable[[list[Any]], None]:
     def edit(actions: list[Any]) -> None:
         actions[:] = [a for a in actions if kind not in a]
@@ -281,7 +287,7 @@ COMMIT_DAMAGE: Final[dict[str, Callable[[list[Any]], None]]] = {
         {"domainMetadata": {"domain": "usage_analytics.span." + "0" * 32, "removed": True}}
     ),
     "add without its tag": _action("add", lambda a: a.update(tags={})),
-    "add of another path": _action("add", lambda a: a.update(path=a["path"][:-9] + "0.parquet")),
+    "add of another path": _action("add", lambda a: a.update(path=_other_name(a["path"]))),
     "add with a negative size": _action("add", lambda a: a.update(size=-1)),
     "entry not an object": _entry(lambda e: e.clear() or e.update(x=1)),
     "entry without stats": _entry(lambda e: e.pop("stats")),
