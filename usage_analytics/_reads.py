@@ -255,8 +255,8 @@ def scan_batches(
         try:
             chunks = list(ds.scan([entry], list(columns), expr, chunk_rows=BATCH_ROWS))
         except FileNotFoundError as exc:
-            if ds.as_of is not None or ds.snapshot().version == snap.version:
-                raise ds.missing(snap, exc) from exc
+            if (error := ds.missing(snap, exc)) is not None:
+                raise error from exc
             raise DatasetChangedError(
                 f"a later write removed {entry.path} while it was being scanned; start the "
                 "scan again (it reads the newest state)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -22,6 +23,32 @@ _USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
 _INT64_MAX = np.iinfo(np.int64).max
 _EXAMPLES = 5
 _NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+_S: Final = 10**9
+#: Age units: seconds, minutes, hours, days, weeks.
+_UNITS: Final = {
+    "s": _S,
+    "m": 60 * _S,
+    "min": 60 * _S,
+    "h": 3600 * _S,
+    "d": 86_400 * _S,
+    "w": 7 * 86_400 * _S,
+}
+_AGE: Final = re.compile(r"\s*(\d+)\s*(s|min|m|h|d|w)\s*")
+
+
+def age_ns(text: str) -> int | None:
+    """An age such as ``30d`` in ns, or None when ``text`` is not one.
+
+    Example:
+        >>> age_ns("720h") == age_ns("30d") == 30 * 86_400 * 10**9
+        True
+    """
+    match = _AGE.fullmatch(text)
+    if match is None:
+        return None
+    return int(match[1]) * _UNITS[match[2]]
 
 
 def to_ns(value: object, what: str) -> int:

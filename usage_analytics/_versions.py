@@ -6,22 +6,18 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import re
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from ._storage import Dataset, history
-from ._validation import to_ns
+from ._validation import age_ns, to_ns
 from .errors import InvalidArgumentError
 from .schema import ADDED_IN_V2, SCHEMA_VERSION, arrow_schema, columns_for_version
 
 __all__ = ["history_frame", "open_dataset", "to_seconds"]
-
-_AGE: Final = re.compile(r"\s*(\d+)\s*(s|min|m|h|d|w)\s*")
-_UNIT_S: Final = {"s": 1, "min": 60, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
 
 def open_dataset(root: Any, lock_timeout: Any, as_of: Any) -> Dataset:
@@ -73,8 +69,8 @@ def to_seconds(value: Any, what: str) -> int:
         seconds = value.total_seconds()
     elif isinstance(value, int) and not isinstance(value, bool):
         seconds = value
-    elif isinstance(value, str) and (match := _AGE.fullmatch(value)):
-        seconds = int(match[1]) * _UNIT_S[match[2]]
+    elif isinstance(value, str) and (ns := age_ns(value)) is not None:
+        seconds = ns // 10**9
     if seconds is None or seconds < 0 or seconds != int(seconds):
         raise InvalidArgumentError(
             f"{what} must be a duration >= 0 in whole seconds: a timedelta, an int of seconds, "

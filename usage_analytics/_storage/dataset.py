@@ -302,14 +302,17 @@ class Dataset(FileReader):
             try:
                 return fn(snap)
             except FileNotFoundError as exc:
-                if self.as_of is not None or self._load_manifest().version == snap.version:
-                    raise self.missing(snap, exc) from exc
+                if (error := self.missing(snap, exc)) is not None:
+                    raise error from exc
             except (OSError, pa.ArrowException) as exc:
                 raise self.read_error(exc) from exc
         raise CorruptDatasetError("the dataset kept changing under the reader; try again")
 
-    def missing(self, snap: Snapshot, exc: OSError) -> CorruptDatasetError:
-        """The error of a file of ``snap`` that is gone (not replaced by a later commit)."""
+    def missing(self, snap: Snapshot, exc: OSError) -> CorruptDatasetError | None:
+        """The error of a file of ``snap`` that is gone; None when a later commit replaced
+        ``snap`` (read the newer state)."""
+        if self.as_of is None and self._load_manifest().version != snap.version:
+            return None
         if self.as_of is None:
             return CorruptDatasetError(
                 f"a file listed by the latest commit is missing: {exc.filename or exc}; "

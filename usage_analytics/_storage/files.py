@@ -26,7 +26,7 @@ import contextlib
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from ..errors import CorruptDatasetError
 from .faults import fault
+from .manifest import SIDECAR_DIR
 
 __all__ = [
     "DATA_ROW_GROUP",
@@ -107,6 +108,25 @@ def unlink_missing_ok(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+def remove_files(
+    root: Path, paths: Iterable[str], *, each: Callable[[], None] = lambda: None
+) -> None:
+    """Unlink ``paths`` (relative to ``root``; ``each`` runs after every one), then the folders
+    they leave empty, sub-folders before their parents, and fsync what changed."""
+    folders: set[str] = set()
+    for rel in paths:
+        unlink_missing_ok(root / rel)
+        folders.add(rel.rsplit("/", 1)[0])
+        each()
+    if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
+        folders.add(SIDECAR_DIR)
+    for folder in sorted(folders, reverse=True):  # sub-folders before their parent
+        rmdir_if_empty(root / folder)
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(root / folder)
+    fsync_dir(root)
 
 
 def check_partition_folder(part: Path) -> None:

@@ -24,7 +24,7 @@ from ..errors import (
     StorageError,
     UsageAnalyticsError,
 )
-from .files import fsync_dir, rmdir_if_empty, unlink_missing_ok
+from .files import remove_files
 from .manifest import PARTITION_PREFIX, SIDECAR_DIR, Snapshot, check_relative_path, is_int
 
 if TYPE_CHECKING:
@@ -127,16 +127,8 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _remove(root: Path, paths: list[str]) -> None:
-    folders = set()
     try:
-        for rel in paths:
-            unlink_missing_ok(root / rel)
-            folders.add(rel.rsplit("/", 1)[0])
-        for folder in sorted(folders, reverse=True):
-            rmdir_if_empty(root / folder)
-        if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
-            rmdir_if_empty(root / SIDECAR_DIR)
-        fsync_dir(root)
+        remove_files(root, paths)
     except OSError as exc:
         if isinstance(exc, UsageAnalyticsError):
             raise

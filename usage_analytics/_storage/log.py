@@ -39,7 +39,9 @@ from ..errors import CorruptDatasetError, IncompatibleDatasetError, InvalidArgum
 from .faults import fault
 from .files import fsync_dir, replace_bytes, unlink_missing_ok, write_bytes_durably
 from .manifest import (
-    LOG_DIR_NAME,
+    LOG_DIR_NAME as LOG_DIR,
+)
+from .manifest import (
     Damaged,
     FileEntry,
     Snapshot,
@@ -50,7 +52,6 @@ from .manifest import (
 
 __all__ = ["CHECKPOINT_EVERY", "LOG_DIR", "Log"]
 
-LOG_DIR: Final = LOG_DIR_NAME
 LAST_CHECKPOINT: Final = "_last_checkpoint"
 #: A checkpoint is written after every this many commits.
 CHECKPOINT_EVERY: Final = 100

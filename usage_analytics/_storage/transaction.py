@@ -22,14 +22,13 @@ from .faults import fault
 from .files import (
     check_partition_folder,
     fsync_dir,
+    remove_files,
     replace_bytes,
-    rmdir_if_empty,
     unlink_missing_ok,
     write_summary,
 )
 from .manifest import (
     PARTITION_PREFIX,
-    SIDECAR_DIR,
     SIDECAR_KIND_RE,
     SPAN_DIR,
     FileEntry,
@@ -449,18 +448,7 @@ class Transaction:
     def _cleanup(self, removes: Iterable[str]) -> None:
         ds = self._ds
         fault("committed")
-        folders: set[str] = set()
-        for rel in removes:
-            unlink_missing_ok(ds.root / rel)
-            folders.add(rel.rsplit("/", 1)[0])
-            fault("file_removed")
-        if any(f.startswith(SIDECAR_DIR + "/") for f in folders):
-            folders.add(SIDECAR_DIR)
-        for folder in sorted(folders, reverse=True):  # sub-folders before their parent
-            rmdir_if_empty(ds.root / folder)
-            with contextlib.suppress(FileNotFoundError):
-                fsync_dir(ds.root / folder)
-        fsync_dir(ds.root)
+        remove_files(ds.root, removes, each=lambda: fault("file_removed"))
         fault("cleanup_done")
         ds.journal_path.unlink()
         fsync_dir(ds.root)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import click
 import pandas as pd
 
-from .._validation import to_ns
+from .._validation import age_ns, to_ns
 from ..errors import InvalidArgumentError, UsageAnalyticsError
 from ..reports.buckets import EVERY, check_zone
 from ..reports.metrics import metric_names, parse_metrics
@@ -50,35 +50,12 @@ else:
     _ParamType = click.ParamType
 
 _S: Final = 10**9
-#: Age units: seconds, minutes, hours, days, weeks.
-_UNITS: Final = {
-    "s": _S,
-    "m": 60 * _S,
-    "min": 60 * _S,
-    "h": 3600 * _S,
-    "d": 86_400 * _S,
-    "w": 7 * 86_400 * _S,
-}
-_AGE: Final = re.compile(r"\s*(\d+)\s*(s|min|m|h|d|w)\s*")
 _INT: Final = re.compile(r"\s*[+-]?\d+\s*")
 
 
 def now_ns() -> int:
     """The current time as int ns since the epoch, to the whole second (tests replace it)."""
     return time.time_ns() // _S * _S
-
-
-def age_ns(text: str) -> int | None:
-    """An age such as ``30d`` in ns, or None when ``text`` is not one.
-
-    Example:
-        >>> age_ns("720h") == age_ns("30d") == 30 * 86_400 * 10**9
-        True
-    """
-    match = _AGE.fullmatch(text)
-    if match is None:
-        return None
-    return int(match[1]) * _UNITS[match[2]]
 
 
 @dataclass(frozen=True)
