@@ -1,6 +1,6 @@
 """Write operations run in a child process that the crash tests kill at chosen moments.
 
-Usage: python tests/_crash_worker.py ROOT OP [N]
+Usage: python tests/_crash_worker.py ROOT OP [N]   (ROOT may be a URL: see ``_workers``)
 
 The fault point comes from the environment (USAGE_ANALYTICS_KILL_AT=point[:nth]); the child
 SIGKILLs itself when it reaches it. ``loop`` runs N deterministic operations and logs each one
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -18,10 +19,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _workers import open_store
 
 from usage_analytics import Store, _layout
 from usage_analytics.schema import arrow_schema, columns_for_version
 
+#: The merge fan-out the worker runs with, when set (see ``_layout.MERGE_FANOUT``).
+FANOUT_ENV = "USAGE_ANALYTICS_TEST_MERGE_FANOUT"
 DAY = 86_400 * 1_000_000_000
 T0 = 20_400 * DAY  # 2025-11-08, midnight UTC
 
@@ -130,10 +134,13 @@ def main() -> None:
     # Small batches get rollups and spans here, so that kills also land inside their writes.
     _layout.ROLLUP_MIN_ROWS = 1
     _layout.SUMMARY_MAX_RATIO = math.inf
-    root, op = Path(sys.argv[1]), sys.argv[2]
-    store = Store(root)
+    fanout = os.environ.get(FANOUT_ENV)
+    if fanout:  # fewer small files make a merge (the object-storage matrix: fewer objects)
+        _layout.MERGE_FANOUT, _layout.MERGE_BELOW_ROWS = int(fanout), int(fanout) ** 2
+    root, op = sys.argv[1], sys.argv[2]
+    store = open_store(root)
     if op == "loop":
-        log = root.parent / "done.log"
+        log = Path(root).parent / "done.log"
         for i in range(int(sys.argv[3])):
             loop_op(store, i)
             with open(log, "a") as fh:

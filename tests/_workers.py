@@ -10,11 +10,14 @@ Command line (run as ``python tests/_workers.py COMMAND ROOT [ARGS]``)::
     compact ROOT              compact(), prints "ok <partitions>"
 
 The fault point (``usage_analytics._storage.faults``) is armed by the caller through the
-environment variable ``USAGE_ANALYTICS_KILL_AT``.
+environment variable ``USAGE_ANALYTICS_KILL_AT``. A ROOT that is a URL (object storage) is
+opened with the storage options in the environment variable :data:`STORAGE_ENV` (JSON).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 import traceback
@@ -28,6 +31,8 @@ import pandas as pd
 
 from usage_analytics import Store
 
+#: The storage options (JSON) of the object store that ROOT URLs are on.
+STORAGE_ENV: Final = "USAGE_ANALYTICS_TEST_STORAGE_OPTIONS"
 SEC: Final = 1_000_000_000
 HOUR: Final = 3_600 * SEC
 DAY: Final = 24 * HOUR
@@ -37,6 +42,14 @@ D0: Final = int(pd.Timestamp("2026-11-01", tz="UTC").value)
 SLOT: Final = 6 * HOUR
 #: Spacing of the rows inside a slot batch.
 STEP: Final = SEC
+
+
+def open_store(root: str, **kwargs: Any) -> Store:
+    """``Store(root)``; a URL root gets the storage options of :data:`STORAGE_ENV`."""
+    options = os.environ.get(STORAGE_ENV)
+    if "://" in root and options:
+        kwargs["storage_options"] = json.loads(options)
+    return Store(root, **kwargs)
 
 
 def _report_error(out: Queue[Any], tag: Any) -> None:
@@ -136,7 +149,7 @@ def append_batches(
 ) -> None:
     """Once ``go`` is set, create the store if needed and append ``batches`` batches."""
     try:
-        store = Store(root, lock_timeout=120.0)
+        store = open_store(root, lock_timeout=120.0)
         if not go.wait(60):
             raise TimeoutError("never released")
         store.auto_migrate()
@@ -151,7 +164,7 @@ def append_batches(
 def racing_writer(root: str, who: int, rounds: int, barrier: Barrier, out: Queue[Any]) -> None:
     """For each round, meet the other racer at ``barrier`` and write ``race_batch``."""
     try:
-        store = Store(root, lock_timeout=60.0)
+        store = open_store(root, lock_timeout=60.0)
         for r in range(rounds):
             batch = race_batch(who, r)
             barrier.wait(60)
@@ -173,7 +186,7 @@ def slot_mutator(root: str, steps: int, rows: int, done: Event, out: Queue[Any])
     batches left, how many deletes rewrote a file and how many deletes ran.
     """
     try:
-        store = Store(root, lock_timeout=60.0)
+        store = open_store(root, lock_timeout=60.0)
         lo = hi = 0
         rewrites = deletes = 0
         for step in range(steps):
@@ -222,7 +235,7 @@ def slot_reader(
     Reports ``("ok", observations, distinct_states, violations)``.
     """
     try:
-        store = Store(root)
+        store = open_store(root)
         violations: list[str] = []
         states: set[tuple[int, ...]] = set()
         observations = 0
@@ -270,7 +283,7 @@ def slot_reader(
 
 def hold_lock(root: str, ready: Event, release: Event, limit_s: float) -> None:
     """Take the writers' lock, set ``ready``, and hold it until ``release`` (or ``limit_s``)."""
-    store = Store(root, lock_timeout=30.0)
+    store = open_store(root, lock_timeout=30.0)
     with store._ds._locked():
         ready.set()
         release.wait(limit_s)
@@ -314,7 +327,7 @@ def churn(
     during it (or after 20 s).
     """
     try:
-        store = Store(root, lock_timeout=60.0)
+        store = open_store(root, lock_timeout=60.0)
         k = first
         ops = 0
         for phase in range(phases):
@@ -348,7 +361,7 @@ def churn(
 
 def _main(argv: list[str]) -> int:
     command, root, *rest = argv
-    store = Store(root, lock_timeout=30.0)
+    store = open_store(root, lock_timeout=30.0)
     actions: dict[str, Callable[[], int]] = {
         "write": lambda: store.create_usage(kill_batch(int(rest[0]))),
         "delete": lambda: store.delete_usage(

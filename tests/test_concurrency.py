@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,6 @@ CTX = mp.get_context("spawn")
 #: Upper bound of every wait on a child process, in seconds.
 WAIT = 180.0
 WORKERS_SCRIPT = Path(__file__).with_name("_workers.py")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[BaseProcess]]:
-    """Processes started by a test; any still alive at teardown are killed."""
-    started: list[BaseProcess] = []
-    yield started
-    for proc in started:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(10)
 
 
 def _start(procs: list[BaseProcess], target: Any, *args: Any) -> BaseProcess:
@@ -129,10 +117,18 @@ def test_parallel_writers_on_a_fresh_root_keep_every_row_once(
     assert sorted(results) == [("ok", w, batches * rows) for w in range(writers)]
 
     df = store.find_usages()
-    total = writers * batches * rows
-    assert len(df) == total
+    assert_every_row_once(df, writers, batches, rows)
+    assert df["id"].tolist() == list(range(1, writers * batches * rows + 1))
+    assert {p.parent.name for p in store.files()} == {"date=2026-11-01", "date=2026-11-02"}
+    _assert_clean(store)
+
+
+def assert_every_row_once(df: pd.DataFrame, writers: int, batches: int, rows: int) -> None:
+    """``df`` holds each row of ``writer_batch`` of every writer and batch, once, and each
+    batch got consecutive ids, in the order its rows were given."""
+    assert len(df) == writers * batches * rows
     assert not df.duplicated(["user_id", "timestamp"]).any()
-    assert df["id"].tolist() == list(range(1, total + 1))
+    assert df["id"].is_unique
     expected = _frame(
         [
             r
@@ -143,14 +139,11 @@ def test_parallel_writers_on_a_fresh_root_keep_every_row_once(
     )
     columns = ["user_id", "tenant", "api_method", "status_code", "timestamp", "latency_ms"]
     assert _keyed(df, columns) == _keyed(expected, columns)
-    # Each batch got consecutive ids, in the order its rows were given.
     seq = df["latency_ms"] % 1_000_000
     for _, batch in df.assign(batch=seq // rows, seq=seq).groupby(["user_id", "batch"]):
         ids = batch["id"].to_numpy()
         assert ids.max() - ids.min() == rows - 1
         assert batch.sort_values("id")["seq"].is_monotonic_increasing
-    assert {p.parent.name for p in store.files()} == {"date=2026-11-01", "date=2026-11-02"}
-    _assert_clean(store)
 
 
 # ---------------------------------------------------------------------------------------------

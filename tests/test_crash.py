@@ -80,8 +80,9 @@ def make_base(root: Path) -> None:
     store.create_usage(batch(2))
 
 
-def run_child(root: Path, op: str, kill_at: str | None) -> int:
-    env = dict(os.environ)
+def run_child(root: Path | str, op: str, kill_at: str | None, **env_vars: str) -> int:
+    """Run ``op`` on ``root`` in a child killed at ``kill_at``; returns its exit code."""
+    env = dict(os.environ, **env_vars)
     env.pop(FAULT_ENV, None)
     if kill_at:
         env[FAULT_ENV] = kill_at

@@ -153,3 +153,28 @@ def test_a_compaction_under_the_workers_starts_the_report_again(
     monkeypatch.setattr(ua_dask._reads, "plan_tasks", plan_tasks)
     expected = store.report(None, "2026-11-01", "2026-11-02", by="model_id")
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_reports_and_scans_on_s3(client: Any, s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers open the dataset on S3 themselves, with the store's storage options."""
+    monkeypatch.setattr(ua_dask, "TASK_ROWS", 2_000)
+    remote = s3.store()
+    remote.auto_migrate()
+    frame = synthetic.generate(8_000, start="2026-11-01", days=3, seed=5)
+    remote.create_usage(frame.iloc[:6_000])
+    remote.create_usage(frame.iloc[6_000:])
+    tenant = frame["tenant"].mode()[0]
+    for kwargs in (
+        {"by": "model_id", "every": "1d", "metrics": ["requests", "latency_ms_p95", "users"]},
+        {"by": "api_method", "every": "1h", "tz": "America/New_York"},
+    ):
+        args = (tenant, "2026-11-01T06:00:00Z", "2026-11-03T20:00:00Z")
+        expected = remote.report(*args, **kwargs)
+        assert len(expected)
+        got = ua_dask.report(remote, *args, client=client, **kwargs)
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    columns = ["timestamp", "id", "prompt_tokens"]
+    scanned = ua_dask.scan(remote, tenant, columns=columns).compute()
+    expected = remote.scan(tenant, columns=columns)
+    assert sorted(scanned["id"]) == sorted(expected["id"])
+    assert scanned["prompt_tokens"].sum() == expected["prompt_tokens"].sum()

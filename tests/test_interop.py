@@ -1,14 +1,23 @@
-"""Store.to_duckdb and Store.to_polars: exactly one committed state, in the current schema, after
-an upgrade, a delete that rewrites a partition and compaction."""
+"""Other engines: Store.to_duckdb and Store.to_polars give exactly one committed state, in the
+current schema, after an upgrade, a delete that rewrites a partition and compaction; and
+pandas, pyarrow.dataset, DuckDB, Polars, Dask and Spark read the files of the snapshot (and,
+where they can, its Delta log) row for row as the store does, and agree with its reports."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import dask.dataframe as dd
+import deltalake
 import duckdb
 import pandas as pd
 import polars as pl
+import pyarrow.dataset as pads
 import pytest
 from _crash_worker import DAY, T0, batch, make_v1
 
@@ -18,13 +27,17 @@ from usage_analytics.schema import ADDED_IN_V2
 STAGES = ("upgraded", "deleted", "compacted")
 
 
-def at_stage(root: Path, stage: str) -> Store:
+def at_stage(root: Path, stage: str, *, rewritten: bool = False) -> Store:
     """A version-1 dataset, upgraded as earlier versions did (the schema alone, its files left
-    in version 1, as after an upgrade interrupted before it rewrote them), with new rows (and
-    their runtime columns) added; then a delete that rewrites a partition; then compaction."""
+    in version 1, as after an upgrade interrupted before it rewrote them), or with
+    ``rewritten`` by ``auto_migrate()``, with new rows (and their runtime columns) added; then a
+    delete that rewrites a partition; then compaction."""
     make_v1(root)
     store = Store(root)
-    store._ds.create()
+    if rewritten:
+        store.auto_migrate()
+    else:
+        store._ds.create()
     new = batch(9, days=(1, 2))
     new["runtime_latency_ms"] = 7
     new["runtime_time_to_first_token_ms"] = 3
@@ -133,3 +146,94 @@ def test_a_missing_engine_is_an_error_that_says_what_to_install(
     monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     with pytest.raises(UsageAnalyticsError, match=f"pip install {module}"):
         store.to_duckdb() if module == "duckdb" else store.to_polars()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every engine, after each stage of a dataset's life: row for row, and on a report.
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    """A local Spark session (pyspark, with the machine's Java)."""
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("Spark needs Java 17 or newer: apt-get install openjdk-17-jre-headless")
+    pyspark_sql = pytest.importorskip("pyspark.sql", reason="pip install pyspark")
+    session = (
+        pyspark_sql.SparkSession.builder.master("local[1]")
+        .appName("usage_analytics-interop")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def normalized(frame: pd.DataFrame) -> pd.DataFrame:
+    """An engine's rows in the store's columns, with plain values: ints, str and UTC times
+    in microseconds, ordered by id."""
+    out = pd.DataFrame({name: frame[name] for name in COLUMNS})
+    for name in COLUMNS:
+        if name == "created_at":
+            out[name] = pd.to_datetime(out[name], utc=True).dt.as_unit("us").astype("int64")
+        elif pd.api.types.is_integer_dtype(out[name]):
+            out[name] = out[name].astype("int64")
+        else:
+            out[name] = out[name].astype("str")
+    return out.sort_values("id").reset_index(drop=True)
+
+
+def engine_rows(engine: str, store: Store, spark: Any) -> pd.DataFrame:
+    files = [str(f) for f in store.files()]
+    if engine == "pandas":
+        return pd.read_parquet(files)
+    if engine == "pyarrow.dataset":
+        return pads.dataset(files, format="parquet").to_table().to_pandas()
+    if engine == "duckdb":
+        return duckdb.read_parquet(files).df()
+    if engine == "duckdb over the delta log":
+        return duckdb.from_arrow(deltalake.DeltaTable(str(store.root)).to_pyarrow_dataset()).df()
+    if engine == "polars":
+        return pl.scan_parquet(files).collect().to_pandas()
+    if engine == "polars scan_delta":
+        return pl.scan_delta(str(store.root)).collect().to_pandas()
+    if engine == "dask":
+        return dd.read_parquet(files).compute()
+    assert engine == "spark"
+    return spark.read.parquet(*files).toPandas()
+
+
+ENGINES = [
+    "pandas",
+    "pyarrow.dataset",
+    "duckdb",
+    "duckdb over the delta log",
+    "polars",
+    "polars scan_delta",
+    "dask",
+    "spark",
+]
+
+
+@pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")  # pyspark on pandas 3
+@pytest.mark.filterwarnings("ignore:.*inplace")
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_reads_the_store_row_for_row_and_on_a_report(
+    tmp_path: Path, request: pytest.FixtureRequest, engine: str, stage: str
+) -> None:
+    session = request.getfixturevalue("spark") if engine == "spark" else None
+    store = at_stage(tmp_path / "usage", stage, rewritten=True)
+    expected = normalized(store.find_usages())
+    got = normalized(engine_rows(engine, store, session))
+    pd.testing.assert_frame_equal(got, expected)
+    assert (expected["runtime_latency_ms"] == 7).any()  # the runtime columns, read by all
+    tenant = expected["tenant"].mode()[0]
+    report = store.report(tenant, 0, 2**63, by="model_id", metrics=["requests", "prompt_tokens"])
+    mine = got[got["tenant"] == tenant].groupby("model_id")["prompt_tokens"].agg(["size", "sum"])
+    assert report["model_id"].tolist() == mine.index.tolist()
+    assert report["requests"].tolist() == mine["size"].tolist()
+    assert report["prompt_tokens"].tolist() == mine["sum"].tolist()

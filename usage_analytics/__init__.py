@@ -34,6 +34,7 @@ if _version_tuple(_pa.__version__) < _MIN_PYARROW:  # pragma: no cover - install
     )
 
 from .errors import (  # noqa: E402
+    ConcurrentWriteError,
     CorruptDatasetError,
     DatasetChangedError,
     DatasetNotInitializedError,
@@ -52,12 +53,13 @@ from .reports import DIMENSIONS, Not, Prices  # noqa: E402
 from .schema import COLUMNS, SCHEMA_VERSION, UsageSchema  # noqa: E402
 from .store import DatasetInfo, Store  # noqa: E402
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "COLUMNS",
     "DIMENSIONS",
     "SCHEMA_VERSION",
+    "ConcurrentWriteError",
     "CorruptDatasetError",
     "DatasetChangedError",
     "DatasetInfo",

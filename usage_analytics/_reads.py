@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._storage import Dataset, FileEntry, Snapshot
+from ._storage import Dataset, FileEntry, Snapshot, day_date
 from .errors import DatasetChangedError
 from .reports import planner
 from .reports.engine import Report
@@ -70,16 +70,27 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
     return df
 
 
-def pieces(snap: Snapshot) -> tuple[list[Piece], list[Piece]]:
-    """The data files and the spans of a snapshot, as the planner sees them."""
+def files_between(snap: Snapshot, lo: int, hi: int) -> list[FileEntry]:
+    """The files of the partitions of the days of [lo, hi) (by the date index, so that a
+    window costs its days, not the dataset's size)."""
+    if lo >= hi:
+        return []
+    first, last = day_date(lo // NS_PER_DAY), day_date((hi - 1) // NS_PER_DAY)
+    return [e for date, group in snap.by_date().items() if first <= date <= last for e in group]
+
+
+def pieces(snap: Snapshot, lo: int, hi: int) -> tuple[list[Piece], list[Piece]]:
+    """The data files and the spans of a snapshot that may hold rows of [lo, hi), as the
+    planner sees them."""
+    inside = files_between(snap, lo, hi)
     files = [
         Piece(e, e.min("timestamp"), e.max("timestamp"), e.rows, frozenset(e.sidecars))
-        for e in snap.files
+        for e in inside
     ]
     if not snap.spans:
         return files, []
     rows_by_day: dict[int, int] = {}
-    for entry in snap.files:
+    for entry in inside:
         rows_by_day[entry.day] = rows_by_day.get(entry.day, 0) + entry.rows
     spans = [
         Piece(
@@ -91,6 +102,7 @@ def pieces(snap: Snapshot) -> tuple[list[Piece], list[Piece]]:
             (span.first_day, span.last_day),
         )
         for span in snap.spans
+        if span.last_day >= lo // NS_PER_DAY and span.first_day <= (hi - 1) // NS_PER_DAY
     ]
     return files, spans
 
@@ -120,7 +132,7 @@ def plan_tasks(
     """The plan of ``report`` on ``snap`` and the tasks that compute it. Rows are scanned in
     one task per set of time ranges, or with ``task_rows`` in tasks of files of about that many
     rows (for workers that run them side by side)."""
-    files, spans = pieces(snap)
+    files, spans = pieces(snap, report.spec.lo, report.spec.hi)
     plan = planner.plan(report.spec, report.buckets, files, spans, use_summaries=use_summaries)
     tasks: list[Task] = []
     by_ranges: dict[tuple[tuple[int, int], ...], list[FileEntry]] = {}
@@ -190,7 +202,11 @@ def window_files(snap: Snapshot, lo: int, hi: int) -> list[FileEntry]:
     """The files that may hold rows of [lo, hi), in time order."""
     if lo >= hi:
         return []
-    inside = [e for e in snap.files if e.max("timestamp") >= lo and e.min("timestamp") < hi]
+    inside = [
+        e
+        for e in files_between(snap, lo, hi)
+        if e.max("timestamp") >= lo and e.min("timestamp") < hi
+    ]
     return sorted(inside, key=lambda e: (e.min("timestamp"), e.min("id")))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
@@ -14,9 +14,19 @@ import pandera.errors
 
 from .errors import InvalidArgumentError, ValidationError
 from .records import Usage
-from .schema import INPUT_COLUMNS, INPUT_SCHEMA, INT32_COLUMNS, STRING_COLUMNS, ZERO_VALUES
+from .schema import (
+    COLUMNS,
+    INPUT_COLUMNS,
+    INPUT_SCHEMA,
+    INT32_COLUMNS,
+    STRING_COLUMNS,
+    ZERO_VALUES,
+)
 
-__all__ = ["TIME_END", "prepare_batch", "to_bound", "to_ns", "to_window"]
+if TYPE_CHECKING:
+    from .reports.spec import Filter
+
+__all__ = ["TIME_END", "prepare_batch", "scan_args", "to_bound", "to_ns", "to_window"]
 
 _STORE_SET = ("id", "created_at")
 _USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
@@ -395,3 +405,35 @@ def prepare_batch(usages: tuple[Any, ...]) -> pd.DataFrame:
         if frame[name].dtype != _INT32:
             frame[name] = frame[name].astype(np.int32)
     return frame
+
+
+def scan_args(
+    tenant_id: object, start: object, end: object, columns: object, where: object
+) -> tuple[str | None, int, int, list[str], tuple[Filter, ...]]:
+    """The arguments of ``Store.scan``, checked: tenant, window, columns, filters."""
+    if tenant_id is not None and not isinstance(tenant_id, str):
+        raise InvalidArgumentError(
+            f"tenant_id must be a str, or None for every tenant, not {tenant_id!r}"
+        )
+    lo, hi = to_window(0 if start is None else start, TIME_END if end is None else end)
+    if columns is None:
+        names = list(COLUMNS)
+    elif isinstance(columns, str) or not isinstance(columns, Sequence):
+        raise InvalidArgumentError(
+            f"columns must be a list of column names, not {columns!r}; e.g. "
+            "['timestamp', 'model_id', 'latency_ms']"
+        )
+    else:
+        names = list(columns)
+        unknown = [c for c in names if c not in COLUMNS]
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown column(s) {unknown}; the columns are {', '.join(COLUMNS)}"
+            )
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError(f"columns repeat a name: {names}")
+        if not names:
+            raise InvalidArgumentError("columns is empty: give at least one column, or None")
+    from .reports.spec import parse_where  # the report engine imports this module
+
+    return tenant_id, lo, hi, names, parse_where(where)

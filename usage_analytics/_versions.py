@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ._storage import Dataset, history
+from ._storage.objects import ObjectDataset, is_url, open_filesystem
 from ._validation import age_ns, to_ns
 from .errors import InvalidArgumentError
 from .schema import ADDED_IN_V2, SCHEMA_VERSION, arrow_schema, columns_for_version
@@ -20,8 +21,9 @@ from .schema import ADDED_IN_V2, SCHEMA_VERSION, arrow_schema, columns_for_versi
 __all__ = ["history_frame", "open_dataset", "to_seconds"]
 
 
-def open_dataset(root: Any, lock_timeout: Any, as_of: Any) -> Dataset:
-    """The dataset of ``Store(root, lock_timeout=..., as_of=...)``, its arguments checked."""
+def open_dataset(root: Any, lock_timeout: Any, as_of: Any, storage_options: Any) -> Dataset:
+    """The dataset of ``Store(root, lock_timeout=..., as_of=..., storage_options=...)``, its
+    arguments checked."""
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
         raise InvalidArgumentError(f"lock_timeout must be seconds, not {lock_timeout!r}")
     if math.isnan(lock_timeout) or lock_timeout < 0:
@@ -33,8 +35,11 @@ def open_dataset(root: Any, lock_timeout: Any, as_of: Any) -> Dataset:
         raise InvalidArgumentError(
             f"root must be a path (str or os.PathLike), not {type(root).__name__} ({root!r})"
         )
-    ds = Dataset(
-        Path(os.fspath(root)),
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InvalidArgumentError(
+            f"storage_options must be a dict of the filesystem's options, not {storage_options!r}"
+        )
+    settings: dict[str, Any] = dict(
         schema_version=SCHEMA_VERSION,
         columns_for_version=columns_for_version,
         schema_for_version=arrow_schema,
@@ -43,6 +48,16 @@ def open_dataset(root: Any, lock_timeout: Any, as_of: Any) -> Dataset:
         pruned_by=("tenant", "timestamp"),
         lock_timeout=float(lock_timeout),
     )
+    if isinstance(root, str) and is_url(root):
+        fs, path = open_filesystem(root, storage_options)
+        ds: Dataset = ObjectDataset(fs, path, root.rstrip("/"), storage_options, **settings)
+    elif storage_options:
+        raise InvalidArgumentError(
+            f"storage_options are for a root on object storage (a URL such as s3://bucket/x), "
+            f"not for the local folder {root!r}"
+        )
+    else:
+        ds = Dataset(Path(os.fspath(root)), **settings)
     if as_of is not None:
         ds.as_of = _as_of(as_of)
     return ds
@@ -99,8 +114,11 @@ def set_retention(ds: Dataset, seconds: int) -> None:
         tx.commit()
 
 
-def vacuum(ds: Dataset, retention: Any, dry_run: Any) -> list[Path]:
+def vacuum(ds: Dataset, retention: Any, dry_run: Any) -> list[Path] | list[str]:
     if not isinstance(dry_run, bool):
         raise InvalidArgumentError(f"dry_run must be True or False, not {dry_run!r}")
     seconds = None if retention is None else to_seconds(retention, "retention")
-    return [ds.root / rel for rel in history.vacuum(ds, seconds, dry_run=dry_run)]
+    removed = history.vacuum(ds, seconds, dry_run=dry_run)
+    if ds.filesystem is not None:  # object storage: URLs
+        return [f"{ds.where}/{rel}" for rel in removed]
+    return [ds.root / rel for rel in removed]

@@ -10,6 +10,7 @@ each partition with small files as files cut by time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
@@ -34,13 +35,15 @@ from ._summaries import (
     submit_rollups,
     worth,
 )
-from .errors import DuplicateUsageError, LockTimeoutError
+from .errors import ConcurrentWriteError, DuplicateUsageError, LockTimeoutError
 from .reports import grains
 from .schema import KEY_COLUMNS, NS_PER_DAY, arrow_schema
 
 __all__ = ["Writer", "repeated_keys"]
 
 _DUPLICATES_SHOWN: Final = 10
+#: How many times an append on object storage is run again after a conflicting commit.
+_APPEND_ATTEMPTS: Final = 20
 
 
 def _date_name(day: int) -> str:
@@ -69,8 +72,18 @@ class Writer:
     # -- appends -----------------------------------------------------------------------------
 
     def append(self, batch: pd.DataFrame, on_conflict: str) -> int:
-        """Append a validated batch (stored dtypes, no repeated keys); returns rows written."""
-        return self.append_batches([batch], on_conflict)
+        """Append a validated batch (stored dtypes, no repeated keys); returns rows written.
+
+        On object storage, a write that another writer's commit conflicted with (see
+        ``objects``) is run again on the newer state, up to ``_APPEND_ATTEMPTS`` times.
+        """
+        for attempt in range(1, _APPEND_ATTEMPTS + 1):
+            try:
+                return self.append_batches([batch], on_conflict)
+            except ConcurrentWriteError:
+                if attempt == _APPEND_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def append_batches(self, batches: Iterable[pd.DataFrame], on_conflict: str) -> int:
         """Append validated batches (stored dtypes, no key repeated inside a batch) in one
@@ -80,6 +93,7 @@ class Writer:
         summaries = self._summaries
         with contextlib.ExitStack() as stack:
             tx = stack.enter_context(self._ds.transaction())
+            tx.check_added = functools.partial(self._check_added, tx, on_conflict)
             pool: ThreadPoolExecutor | None = None
             staged: dict[str, Future[Computed] | None] = {}
             # The summaries of the files of earlier batches (on disk by now), for the spans.
@@ -162,7 +176,7 @@ class Writer:
                     pool.submit(summaries.span_tables, after, plans, staged_and_earlier, futures)
             tx.commit()
             summaries.remember_rollups({p: f for p, f in staged.items() if f is not None})
-            failed = {span.name for span in tx.failed_spans}
+            failed = {span.name for span in (*tx.failed_spans, *tx.stale_spans)}
             summaries.remember_spans(
                 {
                     span.name: {k: f.result() for k, f in tables.items()}
@@ -259,6 +273,35 @@ class Writer:
             current = current.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
             merged = current
         return merged
+
+    def _check_added(self, tx: Transaction, on_conflict: str, added: list[FileEntry]) -> None:
+        """Another writer committed ``added`` while this append ran (on object storage):
+        refuse to commit on top of it when one of its rows has a key this append writes."""
+        by_date: dict[str, list[FileEntry]] = {}
+        for entry in added:
+            by_date.setdefault(entry.date, []).append(entry)
+        for entry in tx.added:
+            lo, hi = entry.min("timestamp"), entry.max("timestamp")
+            theirs = [
+                self._ds.read_file(
+                    o, KEY_COLUMNS, (pc.field("timestamp") >= lo) & (pc.field("timestamp") <= hi)
+                )
+                for o in by_date.get(entry.date, [])
+                if o.max("timestamp") >= lo and o.min("timestamp") <= hi
+            ]
+            if not theirs:
+                continue
+            ours = self._ds.read_file(entry, KEY_COLUMNS).to_pandas()
+            common = ours.merge(pa.concat_tables(theirs).to_pandas(), on=list(KEY_COLUMNS))
+            if common.empty:
+                continue
+            if on_conflict == "error":
+                raise duplicate_error(common, "were committed by another writer meanwhile")
+            raise ConcurrentWriteError(
+                f"another writer committed rows with {len(common)} of the keys this write "
+                f"adds to {self._ds.where} meanwhile; nothing was written: run the write "
+                "again (it then skips them)"
+            )
 
     def _stored_keys(self, snap: Snapshot, batch: pd.DataFrame, days: np.ndarray) -> np.ndarray:
         """A mask of the batch rows whose key is already stored.

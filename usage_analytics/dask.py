@@ -9,11 +9,13 @@ with the same code as the store. The result equals ``store.report(...)`` exactly
 partition per data file.
 
 Workers open the dataset by its root, so every worker must see it at the same path: a local
-folder for a :class:`distributed.LocalCluster`, or shared storage (NFS, a mounted bucket) for
-a cluster of machines::
+folder for a :class:`distributed.LocalCluster`, shared storage (NFS) for a cluster of
+machines, or object storage, which every machine reaches by the same URL (the store's
+``storage_options`` travel with each task)::
 
     from distributed import Client
     client = Client("tcp://scheduler:8786")    # or Client(): a LocalCluster on this machine
+    store = usage_analytics.Store("s3://bucket/usage", storage_options={"profile": "etl"})
     usage_analytics.dask.report(store, None, "2026-11-01", "2026-12-01", by="model_id")
 
 A delete or compaction committed while workers read removes files they may still need; the
@@ -22,13 +24,13 @@ report then starts again on the newer snapshot, as the store's own reads do.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
 
 from . import _reads
 from ._storage import Snapshot
+from ._validation import scan_args
 from .errors import InvalidArgumentError, UsageAnalyticsError
 from .reports.engine import Report
 from .reports.spec import parse_spec
@@ -67,14 +69,31 @@ def _client(client: Client | None) -> Client:
         ) from None
 
 
-@functools.lru_cache(maxsize=8)
-def _worker_store(root: str) -> Store:
+#: The stores a worker opened, by root and storage options (a few: one per dataset).
+_WORKER_STORES: dict[tuple[str, str], Store] = {}
+
+
+def _worker_store(root: tuple[str, dict[str, Any] | None]) -> Store:
     from .store import Store
 
-    return Store(root)
+    path, options = root
+    key = (path, repr(sorted((options or {}).items())))  # options are not hashable
+    store = _WORKER_STORES.get(key)
+    if store is None:
+        if len(_WORKER_STORES) >= 8:
+            _WORKER_STORES.clear()
+        store = _WORKER_STORES[key] = Store(path, storage_options=options)
+    return store
 
 
-def _run(root: str, report: Report, task: _reads.Task) -> list[Any]:
+def _root(store: Store) -> tuple[str, dict[str, Any] | None]:
+    """How a worker opens ``store``: its absolute path, or its URL and storage options."""
+    if isinstance(store.root, str):
+        return store.root, getattr(store._ds, "storage_options", None)
+    return str(store.root.resolve()), None
+
+
+def _run(root: tuple[str, dict[str, Any] | None], report: Report, task: _reads.Task) -> list[Any]:
     """On a worker: the partials of one task."""
     return _reads.run_task(_worker_store(root)._ds, report, task)
 
@@ -107,7 +126,7 @@ def report(
     spec = parse_spec(tenant_id, start, end, **kwargs)
     rep = Report.of(spec)
     dask_client = _client(client)
-    root = str(store.root.resolve())
+    root = _root(store)
     use_summaries = store._use_rollups
 
     def read(snap: Snapshot) -> pd.DataFrame:
@@ -121,7 +140,9 @@ def report(
     return store._ds.read(read)
 
 
-def _partition(root: str, entry: Any, args: tuple[Any, ...]) -> pd.DataFrame:
+def _partition(
+    root: tuple[str, dict[str, Any] | None], entry: Any, args: tuple[Any, ...]
+) -> pd.DataFrame:
     """On a worker: the rows of one data file inside the window, as :meth:`Store.scan` gives
     them."""
     tenant, lo, hi, columns, where = args
@@ -158,14 +179,14 @@ def scan(
         raise UsageAnalyticsError(
             "usage_analytics.dask needs dask: pip install 'usage_analytics[dask]'"
         ) from None
-    args = store._scan_args(tenant_id, start, end, columns, where)
+    args = scan_args(tenant_id, start, end, columns, where)
     _, lo, hi, names, _ = args
     entries = _reads.window_files(store._ds.snapshot(), lo, hi)
     meta = _reads.sorted_frame([], names)
     if not entries:
         empty: dd.DataFrame = dd.from_pandas(meta, npartitions=1)  # type: ignore[no-untyped-call]
         return empty
-    root = str(store.root.resolve())
+    root = _root(store)
     frame: dd.DataFrame = dd.from_map(  # type: ignore[no-untyped-call]
         _partition, [root] * len(entries), entries, args=(args,), meta=meta, enforce_metadata=False
     )

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "ConcurrentWriteError",
     "CorruptDatasetError",
     "DatasetChangedError",
     "DatasetNotInitializedError",
@@ -76,6 +77,12 @@ class IncompatibleDatasetError(UsageAnalyticsError):
 class CorruptDatasetError(UsageAnalyticsError):
     """A file the dataset relies on is missing, damaged, a symbolic link, or points outside
     the root; the message names the file and what is wrong with it."""
+
+
+class ConcurrentWriteError(UsageAnalyticsError):
+    """On object storage, another writer's commit conflicted with this write's (both
+    removed the same files, or added rows with the same keys); nothing was written. Run the
+    write again: it then starts from the newer state."""
 
 
 class LockTimeoutError(UsageAnalyticsError, TimeoutError):

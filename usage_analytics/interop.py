@@ -53,11 +53,17 @@ def _by_version(store: Store) -> list[tuple[list[str], tuple[str, ...]]]:
     ds = store._ds
     groups: dict[int, list[str]] = {}
     for entry in ds.snapshot().files:
-        groups.setdefault(entry.schema_version, []).append(str(ds.path_of(entry)))
+        groups.setdefault(entry.schema_version, []).append(ds._checked_path(entry))
     return [
         (paths, tuple(ds._columns_for_version(version)))
         for version, paths in sorted(groups.items())
     ]
+
+
+def _arrow_dataset(store: Store, paths: list[str]) -> Any:
+    import pyarrow.dataset as pads
+
+    return pads.dataset(paths, format="parquet", filesystem=store._ds.filesystem)
 
 
 def _require(module: str) -> Any:
@@ -97,7 +103,10 @@ def to_duckdb(store: Store, connection: duckdb.DuckDBPyConnection | None = None)
             for c in COLUMNS
         ]
         try:  # reads the files' footers
-            rel = con.read_parquet(paths, hive_partitioning=False)
+            if store._ds.filesystem is not None:  # object storage, through pyarrow's reader
+                rel = con.from_arrow(_arrow_dataset(store, paths))
+            else:
+                rel = con.read_parquet(paths, hive_partitioning=False)
         except duckdb.Error as exc:
             raise CorruptDatasetError(
                 f"a data file of {store.root} cannot be read ({str(exc).splitlines()[0]}); "
@@ -130,7 +139,10 @@ def to_polars(store: Store) -> pl.LazyFrame:
     schema = _polars_schema(pl)
     frames = []
     for paths, present in _by_version(store):
-        frame = pl.scan_parquet(paths, hive_partitioning=False)
+        if store._ds.filesystem is not None:  # object storage, through pyarrow's reader
+            frame = pl.scan_pyarrow_dataset(_arrow_dataset(store, paths))
+        else:
+            frame = pl.scan_parquet(paths, hive_partitioning=False)
         frames.append(frame.select(_polars_columns(pl, schema, present)))
     if not frames:
         return pl.LazyFrame(schema=schema)  # type: ignore[no-any-return]

@@ -20,14 +20,14 @@ import pyarrow as pa
 from . import _reads, _versions, interop
 from ._summaries import Summaries
 from ._summaries import verify as verify_dataset
-from ._validation import TIME_END, prepare_batch, to_bound, to_window
+from ._validation import prepare_batch, scan_args, to_bound
 from ._writes import Writer, duplicate_error, repeated_keys
 from .errors import InvalidArgumentError
 from .reports import presets
 from .reports.engine import Report
 from .reports.prices import Prices
-from .reports.spec import Filter, Not, parse_spec, parse_where
-from .schema import COLUMNS, arrow_schema
+from .reports.spec import Not, parse_spec
+from .schema import arrow_schema
 
 __all__ = ["DatasetInfo", "Store"]
 
@@ -36,7 +36,7 @@ __all__ = ["DatasetInfo", "Store"]
 class DatasetInfo:
     """What a dataset holds (:meth:`Store.info`)."""
 
-    root: Path
+    root: Path | str
     schema_version: int
     rows: int
     files: int
@@ -49,12 +49,17 @@ class Store:
     """API and LLM usage records in a date-partitioned Parquet dataset.
 
     Args:
-        root: the dataset's folder; ``auto_migrate()`` creates it.
+        root: the dataset's folder, or a URL on object storage (``s3://bucket/prefix``,
+            ``gs://...``, ``memory://...``: any fsspec filesystem); ``auto_migrate()``
+            creates it.
         lock_timeout: seconds a write waits for another writer before raising
             :class:`~usage_analytics.LockTimeoutError` (``math.inf``: as long as it takes).
         as_of: read the dataset as it was at one commit, for reproducible reports: a version
             (an int, see :meth:`history`) or a time (the latest commit at or before it).
             Such a store only reads; see :meth:`set_history_retention`.
+        storage_options: for a URL root, the options of its fsspec filesystem, as they are
+            (for s3fs: ``{"key": ..., "secret": ..., "endpoint_url": ...}``). On object
+            storage writes need no lock: see RELIABILITY.md.
 
     Example:
         >>> from usage_analytics import Usage
@@ -69,10 +74,15 @@ class Store:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, lock_timeout: float = 60.0, as_of: Any = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        lock_timeout: float = 60.0,
+        as_of: Any = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self._ds = _versions.open_dataset(root, lock_timeout, as_of)
-        self._root = self._ds.root
+        self._ds = _versions.open_dataset(root, lock_timeout, as_of, storage_options)
+        self._root: Path | str = getattr(self._ds, "url", self._ds.root)
         # Reports read summaries wherever they cover a part of the window; switched off only
         # by tests that compare them with plain row scans.
         self._use_rollups = True
@@ -80,8 +90,8 @@ class Store:
         self._writer = Writer(self._ds, self._summaries)
 
     @property
-    def root(self) -> Path:
-        """The dataset root."""
+    def root(self) -> Path | str:
+        """The dataset root: a path, or the URL of a root on object storage."""
         return self._root
 
     def __repr__(self) -> str:
@@ -122,7 +132,7 @@ class Store:
             last_timestamp=max((f.max("timestamp") for f in snap.files), default=None),
         )
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[Path] | list[str]:
         """The data files of the latest committed state, for reading with another engine.
 
         Reading exactly these files (rather than globbing the folder) never sees a write in
@@ -134,6 +144,8 @@ class Store:
             >>> duckdb.sql(f"select count(*) from read_parquet({files})").fetchall()[0][0]
             40000
         """
+        if isinstance(self._root, str):  # object storage: URLs
+            return [self._ds.location(f) for f in self._ds.snapshot().files]
         return [self._ds.path_of(f) for f in self._ds.snapshot().files]
 
     def to_duckdb(self, connection: Any = None) -> Any:
@@ -305,10 +317,12 @@ class Store:
         Kept files sit in the partition folders: read the folder through the log then."""
         _versions.set_retention(self._ds, _versions.to_seconds(duration, "duration"))
 
-    def vacuum(self, *, retention: Any = None, dry_run: bool = False) -> list[Path]:
+    def vacuum(self, *, retention: Any = None, dry_run: bool = False) -> list[Path] | list[str]:
         """Remove the files that no version of the history retention (or ``retention``)
         lists; returns them (only lists them with ``dry_run``). ``retention=0`` removes every
-        file the latest version does not list, as a deletion that must not linger needs."""
+        file the latest version does not list, as a deletion that must not linger needs. On
+        object storage (URLs returned) files no commit lists are removed only once they are a
+        day old: a younger one may belong to a write still running elsewhere."""
         return _versions.vacuum(self._ds, retention, dry_run)
 
     def verify(self) -> pd.DataFrame:
@@ -347,34 +361,6 @@ class Store:
 
         return self._ds.read(read).reset_index(drop=True)
 
-    def _scan_args(
-        self, tenant_id: object, start: object, end: object, columns: object, where: object
-    ) -> tuple[str | None, int, int, list[str], tuple[Filter, ...]]:
-        if tenant_id is not None and not isinstance(tenant_id, str):
-            raise InvalidArgumentError(
-                f"tenant_id must be a str, or None for every tenant, not {tenant_id!r}"
-            )
-        lo, hi = to_window(0 if start is None else start, TIME_END if end is None else end)
-        if columns is None:
-            names = list(COLUMNS)
-        elif isinstance(columns, str) or not isinstance(columns, Sequence):
-            raise InvalidArgumentError(
-                f"columns must be a list of column names, not {columns!r}; e.g. "
-                "['timestamp', 'model_id', 'latency_ms']"
-            )
-        else:
-            names = list(columns)
-            unknown = [c for c in names if c not in COLUMNS]
-            if unknown:
-                raise InvalidArgumentError(
-                    f"unknown column(s) {unknown}; the columns are {', '.join(COLUMNS)}"
-                )
-            if len(set(names)) != len(names):
-                raise InvalidArgumentError(f"columns repeat a name: {names}")
-            if not names:
-                raise InvalidArgumentError("columns is empty: give at least one column, or None")
-        return tenant_id, lo, hi, names, parse_where(where)
-
     def scan(
         self,
         tenant_id: str | None = None,
@@ -401,7 +387,7 @@ class Store:
             >>> rows.shape, rows["timestamp"].is_monotonic_increasing
             ((691, 2), True)
         """
-        tenant, lo, hi, names, filters = self._scan_args(tenant_id, start, end, columns, where)
+        tenant, lo, hi, names, filters = scan_args(tenant_id, start, end, columns, where)
         return _reads.scan_frame(self._ds, tenant, lo, hi, names, filters)
 
     def scan_batches(
@@ -424,7 +410,7 @@ class Store:
             >>> sum(b.num_rows for b in batches)
             40000
         """
-        tenant, lo, hi, names, filters = self._scan_args(tenant_id, start, end, columns, where)
+        tenant, lo, hi, names, filters = scan_args(tenant_id, start, end, columns, where)
         return _reads.scan_batches(self._ds, tenant, lo, hi, names, filters)
 
     # -- reports -----------------------------------------------------------------------------

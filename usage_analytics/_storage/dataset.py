@@ -44,8 +44,7 @@ import functools
 import json
 import math
 import os
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -65,12 +64,14 @@ from .faults import fault
 from .files import (
     check_partition_folder,
     fsync_dir,
+    remove_files,
     replace_bytes,
     rmdir_if_empty,
     unlink_missing_ok,
     write_parquet,
+    write_summary,
 )
-from .history import pinned_state
+from .history import own_files, pinned_state, remove_own
 from .log import CHECKPOINT_EVERY, COMMIT_TMP, Log
 from .manifest import (
     JOURNAL_NAME,
@@ -79,6 +80,7 @@ from .manifest import (
     MARKER,
     PARTITION_PREFIX,
     Damaged,
+    FileEntry,
     Snapshot,
     check_relative_path,
     json_bytes,
@@ -121,9 +123,9 @@ class Dataset(FileReader):
         self._columns_for_version = columns_for_version
         self._fill_values = dict(fill_values)
         self._stats_columns = tuple(stats_columns)
-        self._write_data = functools.partial(
-            write_parquet, statistics=tuple(dict.fromkeys((*pruned_by, *stats_columns)))
-        )
+        #: The columns data files keep Parquet statistics of.
+        self.statistics = tuple(dict.fromkeys((*pruned_by, *stats_columns)))
+        self._write_data = functools.partial(write_parquet, statistics=self.statistics)
         self.lock_timeout = lock_timeout
         self._cached: tuple[bytes | None, Snapshot | None] = (None, None)
         self._log = Log(
@@ -325,6 +327,10 @@ class Dataset(FileReader):
             "vacuum; read a later version"
         )
 
+    def location(self, entry: FileEntry) -> str:
+        """Where another engine finds a data file: its path (a URL on object storage)."""
+        return str(self.path_of(entry))
+
     def live_paths(self) -> list[str]:
         """Every file of the latest commit (data and summary files), relative to the root."""
         snap = self.snapshot()
@@ -354,13 +360,7 @@ class Dataset(FileReader):
         with self._locked():
             self._recover()
             if not self.exists():
-                snap = Snapshot(
-                    version=0,
-                    txid=uuid.uuid4().hex,
-                    schema_version=self.schema_version,
-                    next_id=1,
-                    files=(),
-                )
+                snap = Snapshot.first(self.schema_version)
                 try:
                     self.commit(None, snap, operation="CREATE TABLE")
                 except OSError as exc:
@@ -401,6 +401,85 @@ class Dataset(FileReader):
     def _journal_tmp(self) -> Path:
         return self.root / ("." + JOURNAL_NAME + ".tmp")
 
+    # -- the files of a write (on object storage, see ``objects``) -----------------------------
+
+    @property
+    def where(self) -> str:
+        """The dataset root, as messages name it."""
+        return str(self.root)
+
+    def check_folders(self, paths: Iterable[str]) -> None:
+        """Refuse to write into, or remove from, a partition that is a link or not a folder."""
+        for rel in paths:
+            for folder in check_relative_path(rel, sidecar_ok=True):
+                check_partition_folder(self.root / folder)
+
+    def begin_write(self, txid: str, adds: list[str], removes: list[str]) -> None:
+        """Name the files a write adds and removes in the journal, before it writes any."""
+        journal = {"txid": txid, "adds": adds, "removes": removes}
+        replace_bytes(self.journal_path, json_bytes(journal), "journal_tmp_written")
+
+    def write_file(
+        self, rel: str, table: pa.Table, kind: str, dirs: set[Path], new_dirs: set[Path]
+    ) -> None:
+        """Write a new file of ``kind`` ("data" or "summary") under a temporary name, then
+        rename it; adds the folders to fsync to ``dirs`` and those it created to
+        ``new_dirs``."""
+        final = self.root / rel
+        for folder in check_relative_path(rel, sidecar_ok=True):
+            path = self.root / folder
+            check_partition_folder(path)
+            if not path.exists():
+                path.mkdir()
+                new_dirs.add(path)
+        dirs.add(final.parent)
+        tmp = final.with_name("." + final.name + ".tmp")
+        (self._write_data if kind == "data" else write_summary)(table, tmp)
+        fault("data_tmp_written")
+        os.replace(tmp, final)
+        fault("data_renamed")
+
+    def sync_folders(self, dirs: Iterable[Path]) -> None:
+        for folder in dirs:
+            fsync_dir(folder)
+
+    def discard_files(self, paths: Sequence[str]) -> None:
+        """Remove files written for a commit that leaves them out."""
+        for rel in paths:
+            unlink_missing_ok(self.root / rel)
+        for folder in {(self.root / rel).parent for rel in paths}:
+            with contextlib.suppress(FileNotFoundError):  # none may have been written
+                fsync_dir(folder)
+
+    def commit_write(
+        self, tx: Transaction, new: Snapshot, removes: list[str]
+    ) -> tuple[Snapshot, list[str]]:
+        """Commit a transaction's state; returns it as committed and the files to remove."""
+        return self.commit(tx.base, new, operation=tx.operation), removes
+
+    def finish_write(self, removes: Iterable[str]) -> None:
+        """After the commit point: remove the files the write removed, then the journal."""
+        remove_files(self.root, removes, each=lambda: fault("file_removed"))
+        fault("cleanup_done")
+        self.journal_path.unlink()
+        fsync_dir(self.root)
+
+    def undo_write(self, written: Sequence[str]) -> None:
+        """Remove what a write that will not commit wrote (here: by the journal)."""
+        self._recover()
+
+    def own_files(self) -> set[str]:
+        """The data and summary files under the root that follow the dataset's naming."""
+        return own_files(self.root)
+
+    def remove_own(self, paths: list[str]) -> None:
+        """Remove files :meth:`own_files` found that no retained version lists."""
+        remove_own(self.root, paths)
+
+    def reserve_ids(self, next_id: int, n: int) -> int:
+        """Reserve ``n`` row ids from ``next_id`` on (under the lock nobody else can)."""
+        return next_id
+
     @contextlib.contextmanager
     def transaction(
         self, *, upgrade: bool = False, timeout: float | None = None
@@ -416,26 +495,30 @@ class Dataset(FileReader):
             self._recover()
             base = self._load_manifest()
             self._check_writable(base, upgrade)
-            tx = Transaction(self, base)
+            # Under the lock no other writer removes files: a listed file that is gone was
+            # removed from outside.
+            with self._running(Transaction(self, base), "restore it from a backup") as tx:
+                yield tx
+
+    @contextlib.contextmanager
+    def _running(self, tx: Transaction, if_missing: str) -> Iterator[Transaction]:
+        """Run ``tx``: abandon what it wrote ahead of a commit that never came (if that
+        fails, what it leaves is removed later), and name the errors it meets."""
+        try:
             try:
-                try:
-                    yield tx
-                finally:
-                    # Files written ahead of a commit that never came; if this fails, the
-                    # next writer's recovery removes them.
-                    with contextlib.suppress(Exception):
-                        tx.abandon()
-            except FileNotFoundError as exc:
-                # Under the lock no other writer removes files: a listed file that is gone
-                # was removed from outside.
-                raise CorruptDatasetError(
-                    f"a file listed by the latest commit is missing: {exc.filename or exc}; "
-                    "restore it from a backup"
-                ) from exc
-            except (OSError, pa.ArrowException) as exc:
-                if isinstance(exc, UsageAnalyticsError):
-                    raise
-                raise self.read_error(exc) from exc
+                yield tx
+            finally:
+                with contextlib.suppress(Exception):
+                    tx.abandon()
+        except FileNotFoundError as exc:
+            raise CorruptDatasetError(
+                f"a file listed by the latest commit of {self.where} is missing: "
+                f"{exc.filename or exc}; {if_missing}"
+            ) from exc
+        except (OSError, pa.ArrowException) as exc:
+            if isinstance(exc, UsageAnalyticsError):
+                raise
+            raise self.read_error(exc) from exc
 
     def _refuse_pinned(self) -> None:
         if self.as_of is not None:

@@ -49,7 +49,9 @@ __all__ = [
     "SUMMARY_TEXT",
     "read_summary",
     "summary_batches",
+    "summary_bytes",
     "write_parquet",
+    "write_parquet_to",
     "write_summary",
 ]
 
@@ -156,21 +158,26 @@ def write_parquet(table: pa.Table, path: Path, *, statistics: Sequence[str]) -> 
     and then give it up); delta encoding for integer columns; statistics only for
     ``statistics``, the columns readers can prune by.
     """
+    with open(path, "wb") as fh:
+        write_parquet_to(table, fh, statistics=statistics)
+        fh.flush()
+        _sync(fh.fileno())
+
+
+def write_parquet_to(table: pa.Table, fh: BinaryIO, *, statistics: Sequence[str]) -> None:
+    """Write one data file to the open file ``fh`` (see :func:`write_parquet`)."""
     strings = [f.name for f in table.schema if _is_text(f.type)]
     ints = (pa.int64(), pa.int32())
     delta = {f.name: "DELTA_BINARY_PACKED" for f in table.schema if f.type in ints}
-    with open(path, "wb") as fh:
-        pq.write_table(
-            table,
-            fh,
-            compression="snappy",
-            row_group_size=DATA_ROW_GROUP,
-            use_dictionary=strings,
-            column_encoding=delta or None,
-            write_statistics=[c for c in statistics if c in table.column_names],
-        )
-        fh.flush()
-        _sync(fh.fileno())
+    pq.write_table(
+        table,
+        fh,
+        compression="snappy",
+        row_group_size=DATA_ROW_GROUP,
+        use_dictionary=strings,
+        column_encoding=delta or None,
+        write_statistics=[c for c in statistics if c in table.column_names],
+    )
 
 
 def summary_batches(
@@ -340,6 +347,14 @@ def _runs(first: pa.Array) -> list[tuple[Any, int, int]]:
 def write_summary(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
     """Write and fsync one summary file (see the module docstring), each batch compressed as
     one frame with ``compression`` ("zstd", or "lz4": written and read faster, 1.6x larger)."""
+    with open(path, "wb") as fh:
+        fh.write(summary_bytes(table, compression=compression))
+        fh.flush()
+        _sync(fh.fileno())
+
+
+def summary_bytes(table: pa.Table, *, compression: str = "zstd") -> bytes:
+    """The bytes of the summary file of ``table`` (see :func:`write_summary`)."""
     stored = _in_first_use_order(_summary_on_disk(table).combine_chunks())
     codec = pa.Codec(compression)
     parts: list[bytes] = [SUMMARY_MAGIC]
@@ -370,10 +385,7 @@ def write_summary(table: pa.Table, path: Path, *, compression: str = "zstd") -> 
         )
     )
     parts += [schema, footer, len(footer).to_bytes(8, "little"), SUMMARY_MAGIC]
-    with open(path, "wb") as fh:
-        fh.write(b"".join(parts))
-        fh.flush()
-        _sync(fh.fileno())
+    return b"".join(parts)
 
 
 #: The footer of a summary file starts with its codec, number of frames and number of runs;
@@ -385,12 +397,18 @@ _CODECS: Final = {"lz4": b"lz4\0", "zstd": b"zstd"}
 _CODEC_NAMES: Final = {v: k for k, v in _CODECS.items()}
 
 
-def read_summary(path: Path, first: str | None) -> pa.Table:
-    """One summary file, whole or only its rows whose first column equals ``first``."""
-    with open(path, "rb") as fh:
+def read_summary(
+    path: Path | str, first: str | None, *, opener: Callable[[str], BinaryIO] | None = None
+) -> pa.Table:
+    """One summary file, whole or only its rows whose first column equals ``first``;
+    ``opener`` opens it for reading (default: the local file ``path``)."""
+    with open(path, "rb") if opener is None else opener(str(path)) as fh:
         head = fh.read(len(SUMMARY_MAGIC))
         if head == SUMMARY_MAGIC:
             return _read_frames(fh, first)
+        if opener is not None:  # formats before 0.4, read whole
+            fh.seek(0)
+            path = pa.BufferReader(fh.read())
     if head[:4] == b"PAR1":  # summaries written before version 0.2 are Parquet
         return _summary_in_memory(_read_parquet_summary(path, first))
     return _summary_in_memory(_read_ipc_file(path, first))
@@ -450,12 +468,12 @@ def _read_frames(fh: BinaryIO, first: str | None) -> pa.Table:
     return pa.concat_tables(parts).unify_dictionaries()
 
 
-def _read_ipc_file(path: Path, first: str | None) -> pa.Table:
+def _read_ipc_file(path: Path | str | pa.BufferReader, first: str | None) -> pa.Table:
     """The rows of a summary file of 0.2 or 0.3: an Arrow IPC file, batches by first column,
     their first and last values in the schema metadata."""
     # Memory-mapped: a batch is read straight from the page cache. Buffers hold the mapping,
     # so the tables stay valid after it is closed (or the file unlinked).
-    with pa.memory_map(str(path)) as source:
+    with pa.memory_map(str(path)) if isinstance(path, str | Path) else path as source:
         reader = ipc.open_file(source, options=_READ_OPTIONS)
         schema = reader.schema.remove_metadata()
         if first is None:
@@ -471,7 +489,7 @@ def _read_ipc_file(path: Path, first: str | None) -> pa.Table:
     return table
 
 
-def _read_parquet_summary(path: Path, first: str | None) -> pa.Table:
+def _read_parquet_summary(path: Path | str | pa.BufferReader, first: str | None) -> pa.Table:
     table = pq.read_table(path)
     if first is not None:
         table = table.filter(pc.equal(table.column(0), first))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -24,21 +25,29 @@ from ..errors import (
     StorageError,
     UsageAnalyticsError,
 )
+from .delta import SPAN_DOMAIN
 from .files import remove_files
-from .manifest import PARTITION_PREFIX, SIDECAR_DIR, Snapshot, check_relative_path, is_int
+from .manifest import (
+    PARTITION_PREFIX,
+    SIDECAR_DIR,
+    Snapshot,
+    SpanEntry,
+    check_relative_path,
+    is_int,
+)
 
 if TYPE_CHECKING:
     from .dataset import Dataset
     from .log import Log
 
-__all__ = ["commits", "pinned_state", "vacuum"]
+__all__ = ["commits", "committed_paths", "own_files", "pinned_state", "remove_own", "vacuum"]
 
 
 def pinned_state(log: Log, version: int | None, at_ms: int | None) -> Snapshot:
     """The state of commit ``version``, or the latest one committed at or before ``at_ms``."""
     if not log.exists():
         raise InvalidArgumentError(
-            f"the dataset at {log.root} keeps no history yet (an older version of "
+            f"the dataset at {log.label} keeps no history yet (an older version of "
             "usage_analytics wrote it; its next write starts the commit log): read it without "
             "as_of"
         )
@@ -49,7 +58,7 @@ def pinned_state(log: Log, version: int | None, at_ms: int | None) -> Snapshot:
         if row["timestamp"] is not None and row["timestamp"] <= at_ms:
             return log.state_at(row["version"])
     raise InvalidArgumentError(
-        f"the dataset at {log.root} has no commit at or before the as_of time; its oldest "
+        f"the dataset at {log.label} has no commit at or before the as_of time; its oldest "
         "kept commit is later: give a later time"
     )
 
@@ -95,13 +104,40 @@ def vacuum(ds: Dataset, retention: int | None, *, dry_run: bool) -> list[str]:
         for snap in states:
             keep.update(p for f in snap.files for p in f.all_paths)
             keep.update(p for span in snap.spans for p in span.all_paths)
-        doomed = sorted(_own_files(ds.root) - keep)
+        doomed = sorted(ds.own_files() - keep)
         if not dry_run:
-            _remove(ds.root, doomed)
+            ds.remove_own(doomed)
     return doomed
 
 
-def _own_files(root: Path) -> set[str]:
+def committed_paths(log: Log) -> set[str]:
+    """Every data and summary file that a commit the log keeps added (and the state of its
+    oldest checkpoint, when older commits are gone): files no running write can still own."""
+    out: set[str] = set()
+    commits, checkpoints = log.listing()
+    if checkpoints and (not commits or commits[0] > 0):
+        snap = log.state_at(checkpoints[0])
+        out.update(p for f in snap.files for p in f.all_paths)
+        out.update(p for span in snap.spans for p in span.all_paths)
+    for version in commits:
+        name = f"{version:020d}.json"
+        try:
+            for line in log._read(name).splitlines():
+                action = json.loads(line) if line.strip() else {}
+                if "add" in action:
+                    out.update(log._entry(action["add"]).all_paths)
+                meta = action.get("domainMetadata") or {}
+                if str(meta.get("domain")).startswith(SPAN_DOMAIN) and not meta.get("removed"):
+                    span = SpanEntry.from_json(json.loads(meta["configuration"]))
+                    out.update(span.all_paths)
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise log._damaged(log.where(name), f"an action is odd ({exc})") from exc
+    return out
+
+
+def own_files(root: Path) -> set[str]:
     """The data and summary files under ``root`` that follow the dataset's naming."""
     folders = [p for p in _subdirs(root) if p.name.startswith(PARTITION_PREFIX)]
     rollups = root / SIDECAR_DIR
@@ -126,7 +162,7 @@ def _subdirs(folder: Path) -> list[Path]:
         return []
 
 
-def _remove(root: Path, paths: list[str]) -> None:
+def remove_own(root: Path, paths: list[str]) -> None:
     try:
         remove_files(root, paths)
     except OSError as exc:

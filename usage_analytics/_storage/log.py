@@ -28,14 +28,28 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import CorruptDatasetError, IncompatibleDatasetError, InvalidArgumentError
+from . import checkpoint
+from .delta import (
+    CHECKPOINT_SCHEMA,
+    DOMAIN,
+    PROTOCOL,
+    SPAN_DOMAIN,
+    check_protocol,
+    delta_schema,
+    domain,
+    line,
+    remove_action,
+    span_domain,
+)
 from .faults import fault
 from .files import fsync_dir, replace_bytes, unlink_missing_ok, write_bytes_durably
 from .manifest import (
@@ -46,6 +60,7 @@ from .manifest import (
     FileEntry,
     Snapshot,
     SpanEntry,
+    gc_paused,
     int_field,
     is_int,
 )
@@ -55,90 +70,11 @@ __all__ = ["CHECKPOINT_EVERY", "LOG_DIR", "Log"]
 LAST_CHECKPOINT: Final = "_last_checkpoint"
 #: A checkpoint is written after every this many commits.
 CHECKPOINT_EVERY: Final = 100
-DOMAIN: Final = "usage_analytics"
-SPAN_DOMAIN: Final = "usage_analytics.span."
 TAG: Final = "usage_analytics"
 #: Where a commit is written before it is linked into the log (skipped by every reader).
 COMMIT_TMP: Final = "._usage_analytics.commit.tmp"
-PROTOCOL: Final = {
-    "minReaderVersion": 1,
-    "minWriterVersion": 7,
-    "writerFeatures": ["domainMetadata"],
-}
-
 #: The state before version 0.
 _EMPTY: Final = Snapshot(version=-1, txid="", schema_version=1, next_id=1, files=())
-_DELTA_TYPES: Final = {
-    pa.int64(): "long",
-    pa.int32(): "integer",
-    pa.string(): "string",
-    pa.timestamp("us", tz="UTC"): "timestamp",
-}
-_STR_MAP: Final = pa.map_(pa.string(), pa.string())
-_CHECKPOINT_SCHEMA: Final = pa.schema(
-    [
-        (
-            "add",
-            pa.struct(
-                [
-                    ("path", pa.string()),
-                    ("partitionValues", _STR_MAP),
-                    ("size", pa.int64()),
-                    ("modificationTime", pa.int64()),
-                    ("dataChange", pa.bool_()),
-                    ("stats", pa.string()),
-                    ("tags", _STR_MAP),
-                ]
-            ),
-        ),
-        (
-            "metaData",
-            pa.struct(
-                [
-                    ("id", pa.string()),
-                    ("name", pa.string()),
-                    ("description", pa.string()),
-                    ("format", pa.struct([("provider", pa.string()), ("options", _STR_MAP)])),
-                    ("schemaString", pa.string()),
-                    ("partitionColumns", pa.list_(pa.string())),
-                    ("configuration", _STR_MAP),
-                    ("createdTime", pa.int64()),
-                ]
-            ),
-        ),
-        (
-            "protocol",
-            pa.struct(
-                [
-                    ("minReaderVersion", pa.int32()),
-                    ("minWriterVersion", pa.int32()),
-                    ("readerFeatures", pa.list_(pa.string())),
-                    ("writerFeatures", pa.list_(pa.string())),
-                ]
-            ),
-        ),
-        (
-            "domainMetadata",
-            pa.struct(
-                [("domain", pa.string()), ("configuration", pa.string()), ("removed", pa.bool_())]
-            ),
-        ),
-    ]
-)
-
-
-def delta_schema(schema: pa.Schema) -> str:
-    """The Delta ``schemaString`` of data files of ``schema``, with the ``date`` partition."""
-    fields = [
-        {"name": f.name, "type": _DELTA_TYPES[f.type], "nullable": f.nullable, "metadata": {}}
-        for f in schema
-    ]
-    fields.append({"name": "date", "type": "string", "nullable": False, "metadata": {}})
-    return json.dumps({"type": "struct", "fields": fields}, separators=(",", ":"))
-
-
-def _line(action: Mapping[str, Any]) -> bytes:
-    return json.dumps(action, separators=(",", ":")).encode() + b"\n"
 
 
 class Log:
@@ -159,6 +95,8 @@ class Log:
         stats_columns: Iterable[str],
     ) -> None:
         self.root = root
+        #: The dataset root, as messages name it.
+        self.label = str(root)
         self.dir = root / LOG_DIR
         self._read_bytes = read_bytes
         self._schema_for_version = schema_for_version
@@ -168,32 +106,88 @@ class Log:
         self._cached: tuple[Snapshot, tuple[int, int, int]] | None = None
 
     def commit_path(self, version: int) -> Path:
-        return self.dir / f"{version:020d}.json"
+        return self.dir / _commit_name(version)
 
     def exists(self) -> bool:
         """Whether the dataset keeps its states in this log (else in the older manifest)."""
         return self.commit_path(0).exists() or (self.dir / LAST_CHECKPOINT).exists()
 
-    # -- reading -----------------------------------------------------------------------------
+    # -- the files of the log (on object storage, see ``objects``) ----------------------------
 
-    def load(self) -> Snapshot:
-        """The latest committed state."""
+    def where(self, name: str) -> str:
+        """A file of the log, as messages name it."""
+        return str(self.dir / name)
+
+    def _check_dir(self) -> None:
         if self.dir.is_symlink():
             raise CorruptDatasetError(
                 f"{self.dir} is a symbolic link; the store never reads through links: put the "
                 "folder itself there"
             )
+
+    def _read(self, name: str) -> bytes:
+        """A file of the log. Raises FileNotFoundError when there is none."""
+        return self._read_bytes(self.dir / name)
+
+    def _names(self) -> list[str]:
+        return os.listdir(self.dir)
+
+    def _read_table(self, name: str, columns: list[str]) -> pa.Table:
+        path = self.dir / name
+        if path.is_symlink():
+            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
+        return pq.read_table(path, columns=columns)
+
+    def _put(self, version: int, data: bytes) -> None:
+        """Create commit ``version`` with ``data`` unless it exists: the commit point."""
+        tmp = self.root / COMMIT_TMP
+        self.dir.mkdir(exist_ok=True)
+        write_bytes_durably(tmp, data)
+        fault("commit_tmp_written")
+        final = self.commit_path(version)
+        try:
+            os.link(tmp, final)  # put-if-absent: the commit point
+        except FileExistsError:
+            raise CorruptDatasetError(
+                f"{final} appeared while this write held the lock: another program writes to "
+                "the dataset; only usage_analytics may write to it"
+            ) from None
+        finally:
+            unlink_missing_ok(tmp)
+        fsync_dir(self.dir)
+
+    def _size(self, path: str) -> int:
+        return os.stat(self.root / path).st_size
+
+    def _write_checkpoint(self, version: int, table: pa.Table, hint: bytes) -> None:
+        path = self.dir / f"{version:020d}.checkpoint.parquet"
+        tmp = self.root / ("." + path.name + ".tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        replace_bytes(self.dir / LAST_CHECKPOINT, hint, "checkpoint_hint_tmp_written")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        """The latest committed state."""
+        self._check_dir()
         cached = self._cached
         if cached is not None and self._identity(cached[0].version) == cached[1]:
             snap = cached[0]
         else:
             snap = self._from_checkpoint()
+        newer: list[tuple[int, list[Any], str]] = []  # the commits after it, as one change
         while True:
+            version = snap.version + 1 + len(newer)
             try:
-                data = self._read_bytes(self.commit_path(snap.version + 1))
+                data = self._read(_commit_name(version))
             except FileNotFoundError:
                 break
-            snap = self._apply(snap, snap.version + 1, data)
+            newer.append(self._parsed(version, data))
+        if newer:
+            snap = self._replay(snap, newer)
         if cached is None or cached[0] is not snap:
             self._remember(snap)
         return snap
@@ -203,7 +197,7 @@ class Log:
     def listing(self) -> tuple[list[int], list[int]]:
         """The versions of the commits and of the checkpoints in the log, ascending."""
         commits, checkpoints = [], []
-        for name in os.listdir(self.dir):
+        for name in self._names():
             stem, _, rest = name.partition(".")
             if len(stem) == 20 and stem.isdigit():
                 if rest == "json":
@@ -220,14 +214,14 @@ class Log:
         if snap.version < first and snap.version + 1 not in commits:
             oldest = min(commits + checkpoints, default=None)
             raise InvalidArgumentError(
-                f"version {first} is older than the log of {self.root} keeps (its oldest "
+                f"version {first} is older than the log of {self.label} keeps (its oldest "
                 f"state is version {oldest}): give a later version"
             )
         if snap.version == first:
             yield snap
         while snap.version < last:
             version = snap.version + 1
-            snap = self._apply(snap, version, self._read_bytes(self.commit_path(version)))
+            snap = self._apply(snap, version, self._read(_commit_name(version)))
             if version >= first:
                 yield snap
 
@@ -236,7 +230,7 @@ class Log:
         latest = self.load().version
         if not 0 <= version <= latest:
             raise InvalidArgumentError(
-                f"the dataset at {self.root} has versions 0 to {latest}, not {version}"
+                f"the dataset at {self.label} has versions 0 to {latest}, not {version}"
             )
         if version == latest:
             return self.load()
@@ -246,13 +240,13 @@ class Log:
         """The ``commitInfo`` of a commit (its time in ms since the epoch, its operation), or
         an empty dict when the log no longer keeps the commit."""
         try:
-            first = self._read_bytes(self.commit_path(version)).split(b"\n", 1)[0]
+            first = self._read(_commit_name(version)).split(b"\n", 1)[0]
             info = json.loads(first).get("commitInfo")
         except FileNotFoundError:
             return {}
         except (ValueError, UnicodeDecodeError, AttributeError) as exc:
             raise self._damaged(
-                self.commit_path(version), f"its first line is odd ({exc})"
+                self.where(_commit_name(version)), f"its first line is odd ({exc})"
             ) from exc
         return info if isinstance(info, dict) else {}
 
@@ -270,7 +264,7 @@ class Log:
     def _from_checkpoint(self) -> Snapshot:
         """The state of the latest checkpoint, or the empty state before version 0."""
         try:
-            hint = json.loads(self._read_bytes(self.dir / LAST_CHECKPOINT))
+            hint = json.loads(self._read(LAST_CHECKPOINT))
             version = hint["version"]
             if not is_int(version) or version < 0:
                 raise ValueError(f"version {version!r}")
@@ -278,102 +272,164 @@ class Log:
             return _EMPTY
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise self._damaged(
-                self.dir / LAST_CHECKPOINT, f"not a checkpoint hint ({exc})"
+                self.where(LAST_CHECKPOINT), f"not a checkpoint hint ({exc})"
             ) from exc
         return self._checkpoint(version)
 
     def _checkpoint(self, version: int) -> Snapshot:
         """The state the checkpoint of ``version`` holds."""
-        path = self.dir / f"{version:020d}.checkpoint.parquet"
-        if path.is_symlink():
-            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
+        name = f"{version:020d}.checkpoint.parquet"
+        path = self.where(name)
+        with gc_paused():
+            return self._parse_checkpoint(name, path, version)
+
+    def _parse_checkpoint(self, name: str, path: str, version: int) -> Snapshot:
         try:
-            table = pq.read_table(path, columns=["add", "protocol", "domainMetadata"])
+            table = self._read_table(
+                name, ["add.path", "add.size", "add.tags", "protocol", "domainMetadata"]
+            )
+            actions: list[dict[str, Any]] = []
+            for kind in ("protocol", "domainMetadata"):
+                column = table.column(kind)
+                actions += [{kind: a} for a in column.filter(pc.is_valid(column)).to_pylist()]
+            adds = table.select(["path", "size", "tags"])
+            listed = adds.filter(pc.is_valid(adds.column("path")))
+            entries = checkpoint.entries(listed, TAG, self._max_schema_version, self._stats_columns)
+            if entries is not None:  # the plain shape: parsed column by column
+                return self._state(_EMPTY, version, actions, path, listed=entries)
+            # Parsed add by add, which names what is odd.
+            for add in self._read_table(name, ["add"]).column("add").to_pylist():
+                if add is not None:
+                    add["tags"] = dict(add["tags"] or ())
+                    add["partitionValues"] = dict(add["partitionValues"] or ())
+                    actions.append({"add": add})
         except FileNotFoundError:
             raise CorruptDatasetError(
-                f"the checkpoint {path} that {self.dir / LAST_CHECKPOINT} names is missing; "
+                f"the checkpoint {path} that {self.where(LAST_CHECKPOINT)} names is missing; "
                 "restore it from a backup"
             ) from None
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, KeyError) as exc:
             raise self._damaged(path, f"not a checkpoint ({' '.join(str(exc).split())})") from exc
-        actions: list[dict[str, Any]] = []
-        for name in ("protocol", "domainMetadata"):
-            actions += [{name: a} for a in table.column(name).to_pylist() if a is not None]
-        for add in table.column("add").to_pylist():
-            if add is not None:
-                add["tags"] = dict(add["tags"] or ())
-                add["partitionValues"] = dict(add["partitionValues"] or ())
-                actions.append({"add": add})
         return self._state(_EMPTY, version, actions, path)
 
     def _apply(self, snap: Snapshot, version: int, data: bytes) -> Snapshot:
         """``snap`` changed by commit ``version``, whose bytes are ``data``."""
-        path = self.commit_path(version)
+        return self._replay(snap, [self._parsed(version, data)])
+
+    def _parsed(self, version: int, data: bytes) -> tuple[int, list[Any], str]:
+        """The actions of commit ``version``, whose bytes are ``data``."""
+        path = self.where(_commit_name(version))
         try:
             actions = [json.loads(line) for line in data.splitlines() if line.strip()]
         except (ValueError, UnicodeDecodeError) as exc:
             raise self._damaged(path, f"a line is not JSON ({exc})") from exc
-        return self._state(snap, version, actions, path)
+        return version, actions, path
 
-    def _state(self, base: Snapshot, version: int, actions: list[Any], path: Path) -> Snapshot:
-        files = {f.path: f for f in base.files}
+    def _state(
+        self,
+        base: Snapshot,
+        version: int,
+        actions: list[Any],
+        path: str,
+        *,
+        listed: Sequence[FileEntry] = (),
+    ) -> Snapshot:
+        """``base`` changed by ``actions`` of commit ``version`` (after adds of the entries
+        ``listed``)."""
+        return self._replay(base, [(version, actions, path)], listed=listed)
+
+    def _replay(
+        self,
+        base: Snapshot,
+        commits: Sequence[tuple[int, list[Any], str]],
+        *,
+        listed: Sequence[FileEntry] = (),
+    ) -> Snapshot:
+        """``base`` changed by the ``(version, actions, path)`` of each of ``commits`` in turn,
+        as one change (so that catching up on many commits costs their changes)."""
+        live = base.by_path
+        added: dict[str, FileEntry] = {e.path: e for e in listed}
+        removed: dict[str, None] = {}  # paths of base's files, in order
         spans = {sp.name: sp for sp in base.spans}
+        fields: dict[str, Any] = {}
+        for version, actions, path in commits:
+            try:
+                fields = self._actions(actions, path, live, added, removed, spans)
+            except (Damaged, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise self._damaged(path, str(exc)) from None
+            fields["version"] = version
+        return base.evolve(removed, list(added.values()), spans=tuple(spans.values()), **fields)
+
+    def _actions(
+        self,
+        actions: list[Any],
+        path: str,
+        live: Mapping[str, FileEntry],
+        added: dict[str, FileEntry],
+        removed: dict[str, None],
+        spans: dict[str, SpanEntry],
+    ) -> dict[str, Any]:
+        """Apply the actions of one commit to ``added``, ``removed`` and ``spans``; returns
+        the state's fields its domain metadata sets."""
         state: Mapping[str, Any] | None = None
-        try:
-            for action in actions:
-                if not isinstance(action, dict) or len(action) != 1:
-                    raise Damaged(f"an action is not an object of one key ({action!r:.80})")
-                ((kind, body),) = action.items()
-                if not isinstance(body, dict):
-                    raise Damaged(f"the {kind!r} action is not an object")
-                if kind == "add":
-                    entry = self._entry(body)
-                    files[entry.path] = entry
-                elif kind == "remove":
-                    if files.pop(body.get("path"), None) is None:  # type: ignore[arg-type]
-                        raise Damaged(f"it removes {body.get('path')!r}, which is not live")
-                elif kind == "protocol":
-                    _check_protocol(body, path)
-                elif kind == "domainMetadata" and body.get("domain") == DOMAIN:
-                    state = json.loads(body["configuration"])
-                elif kind == "domainMetadata" and str(body.get("domain")).startswith(SPAN_DOMAIN):
-                    name = body["domain"][len(SPAN_DOMAIN) :]
-                    if body.get("removed") is True:
-                        if spans.pop(name, None) is None:
-                            raise Damaged(f"it drops the span {name!r}, which is not live")
-                    else:
-                        span = SpanEntry.from_json(json.loads(body["configuration"]))
-                        if span.name != name:
-                            raise Damaged(f"the span domain {name!r} holds span {span.name!r}")
-                        spans[name] = span
-            if state is None:
-                raise Damaged(
-                    f"it has no {DOMAIN!r} domain metadata (another program wrote it? only "
-                    "usage_analytics may write to its datasets)"
-                )
-            schema_version = state.get("schema_version")
-            if not is_int(schema_version) or not 1 <= schema_version <= self._max_schema_version:
-                raise IncompatibleDatasetError(
-                    f"the dataset has schema version {schema_version!r}; this usage_analytics "
-                    f"knows versions 1 to {self._max_schema_version}: upgrade usage_analytics"
-                )
-            txid = state.get("txid")
-            retention = state.get("retention_s", 0)
-            if not isinstance(txid, str):
-                raise Damaged(f"its domain metadata has no text 'txid' (found {txid!r})")
-            if not is_int(retention) or retention < 0:
-                raise Damaged(f"its domain metadata has an odd retention {retention!r}")
-            return Snapshot(
-                version=version,
-                txid=txid,
-                schema_version=schema_version,
-                next_id=int_field(state, "next_id", "its domain metadata"),
-                files=tuple(files.values()),
-                spans=tuple(spans.values()),
-                retention=retention,
+        for action in actions:
+            if not isinstance(action, dict) or len(action) != 1:
+                raise Damaged(f"an action is not an object of one key ({action!r:.80})")
+            ((kind, body),) = action.items()
+            if not isinstance(body, dict):
+                raise Damaged(f"the {kind!r} action is not an object")
+            if kind == "add":
+                entry = self._entry(body)
+                added[entry.path] = entry
+            elif kind == "remove":
+                gone = body.get("path")
+                if not isinstance(gone, str):
+                    raise Damaged(f"it removes {gone!r}, which is not live")
+                if gone in added:
+                    del added[gone]
+                    if gone in live:
+                        removed[gone] = None
+                elif gone in live and gone not in removed:
+                    removed[gone] = None
+                else:
+                    raise Damaged(f"it removes {gone!r}, which is not live")
+            elif kind == "protocol":
+                check_protocol(body, path)
+            elif kind == "domainMetadata" and body.get("domain") == DOMAIN:
+                state = json.loads(body["configuration"])
+            elif kind == "domainMetadata" and str(body.get("domain")).startswith(SPAN_DOMAIN):
+                name = body["domain"][len(SPAN_DOMAIN) :]
+                if body.get("removed") is True:
+                    if spans.pop(name, None) is None:
+                        raise Damaged(f"it drops the span {name!r}, which is not live")
+                else:
+                    span = SpanEntry.from_json(json.loads(body["configuration"]))
+                    if span.name != name:
+                        raise Damaged(f"the span domain {name!r} holds span {span.name!r}")
+                    spans[name] = span
+        if state is None:
+            raise Damaged(
+                f"it has no {DOMAIN!r} domain metadata (another program wrote it? only "
+                "usage_analytics may write to its datasets)"
             )
-        except (Damaged, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise self._damaged(path, str(exc)) from None
+        schema_version = state.get("schema_version")
+        if not is_int(schema_version) or not 1 <= schema_version <= self._max_schema_version:
+            raise IncompatibleDatasetError(
+                f"the dataset has schema version {schema_version!r}; this usage_analytics "
+                f"knows versions 1 to {self._max_schema_version}: upgrade usage_analytics"
+            )
+        txid = state.get("txid")
+        retention = state.get("retention_s", 0)
+        if not isinstance(txid, str):
+            raise Damaged(f"its domain metadata has no text 'txid' (found {txid!r})")
+        if not is_int(retention) or retention < 0:
+            raise Damaged(f"its domain metadata has an odd retention {retention!r}")
+        return {
+            "txid": txid,
+            "schema_version": schema_version,
+            "next_id": int_field(state, "next_id", "its domain metadata"),
+            "retention": retention,
+        }
 
     def _entry(self, add: Mapping[str, Any]) -> FileEntry:
         tags = add.get("tags") or {}
@@ -400,7 +456,7 @@ class Log:
             size=size,
         )
 
-    def _damaged(self, path: Path, why: str) -> CorruptDatasetError:
+    def _damaged(self, path: str, why: str) -> CorruptDatasetError:
         return CorruptDatasetError(
             f"the commit log file {path} is damaged: {why}; restore it from a backup"
         )
@@ -417,7 +473,7 @@ class Log:
         version = 0 if base is None else base.version + 1
         now = int(time.time() * 1000)
         out = [
-            _line(
+            line(
                 {
                     "commitInfo": {
                         "timestamp": now,
@@ -428,40 +484,31 @@ class Log:
                 }
             )
         ]
-        old = {} if base is None else {f.path: f for f in base.files}
+        old = {} if base is None else base.by_path
         if base is None or base.schema_version != new.schema_version:
             out.append(self._metadata(new.schema_version, now, fresh=base is None))
-        live = {f.path for f in new.files}
-        for path, entry in old.items():
-            if path not in live:
-                out.append(_line({"remove": _remove(entry, now)}))
-        for entry in new.files:
+        change = None if base is None else new.change_from(base)
+        if change is None:  # the whole difference
+            live = new.by_path
+            removed = [path for path in old if path not in live]
+            added: Iterable[FileEntry] = new.files
+        else:  # the change new was made with (Snapshot.evolve): cheap with many files
+            removed, added = list(change[0]), change[1]
+        for path in removed:
+            out.append(line({"remove": remove_action(old[path], now)}))
+        for entry in added:
             before = old.get(entry.path)
             if before is None or before.json_bytes != entry.json_bytes:
-                out.append(_line({"add": self._add(entry, now, data_change=before is None)}))
+                out.append(line({"add": self._add(entry, now, data_change=before is None)}))
         before_spans = {} if base is None else {sp.name: sp for sp in base.spans}
         for name in before_spans.keys() - {sp.name for sp in new.spans}:
-            out.append(_line({"domainMetadata": _span_domain(name, None)}))
+            out.append(line({"domainMetadata": span_domain(name, None)}))
         for span in new.spans:
             if before_spans.get(span.name) != span:
-                out.append(_line({"domainMetadata": _span_domain(span.name, span)}))
-        out.append(_line({"domainMetadata": _domain(new)}))
+                out.append(line({"domainMetadata": span_domain(span.name, span)}))
+        out.append(line({"domainMetadata": domain(new)}))
         data = b"".join(out)
-        tmp = self.root / COMMIT_TMP
-        self.dir.mkdir(exist_ok=True)
-        write_bytes_durably(tmp, data)
-        fault("commit_tmp_written")
-        final = self.commit_path(version)
-        try:
-            os.link(tmp, final)  # put-if-absent: the commit point
-        except FileExistsError:
-            raise CorruptDatasetError(
-                f"{final} appeared while this write held the lock: another program writes to "
-                "the dataset; only usage_analytics may write to it"
-            ) from None
-        finally:
-            unlink_missing_ok(tmp)
-        fsync_dir(self.dir)
+        self._put(version, data)
         snap = self._apply(base or _EMPTY, version, data)
         self._remember(snap)
         return snap
@@ -469,7 +516,7 @@ class Log:
     def _metadata(self, schema_version: int, now: int, *, fresh: bool) -> bytes:
         out = b""
         if fresh:
-            out += _line({"protocol": PROTOCOL})
+            out += line({"protocol": PROTOCOL})
         meta = {
             "id": str(uuid.uuid4()),
             "format": {"provider": "parquet", "options": {}},
@@ -478,10 +525,10 @@ class Log:
             "configuration": {},
             "createdTime": now,
         }
-        return out + _line({"metaData": meta})
+        return out + line({"metaData": meta})
 
     def _add(self, entry: FileEntry, now: int, *, data_change: bool) -> dict[str, Any]:
-        size = entry.size or os.stat(self.root / entry.path).st_size
+        size = entry.size or self._size(entry.path)
         stats = {
             "numRecords": entry.rows,
             "minValues": {c: lo for c, (lo, _) in entry.stats.items()},
@@ -507,7 +554,7 @@ class Log:
         for add in adds:
             add["partitionValues"] = list(add["partitionValues"].items())
             add["tags"] = list(add["tags"].items())
-        domains = [_domain(snap), *(_span_domain(sp.name, sp) for sp in snap.spans)]
+        domains = [domain(snap), *(span_domain(sp.name, sp) for sp in snap.spans)]
         n = 2 + len(domains) + len(adds)
         protocol = dict(PROTOCOL, readerFeatures=None)
         table = pa.table(
@@ -517,55 +564,11 @@ class Log:
                 "protocol": [None, protocol] + [None] * (n - 2),
                 "domainMetadata": [None, None, *domains] + [None] * len(adds),
             },
-            schema=_CHECKPOINT_SCHEMA,
+            schema=CHECKPOINT_SCHEMA,
         )
-        path = self.dir / f"{snap.version:020d}.checkpoint.parquet"
-        tmp = self.root / ("." + path.name + ".tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         hint = {"version": snap.version, "size": n, "numOfAddFiles": len(adds)}
-        replace_bytes(self.dir / LAST_CHECKPOINT, _line(hint), "checkpoint_hint_tmp_written")
+        self._write_checkpoint(snap.version, table, line(hint))
 
 
-def _remove(entry: FileEntry, now: int) -> dict[str, Any]:
-    return {
-        "path": entry.path,
-        "deletionTimestamp": now,
-        "dataChange": True,
-        "extendedFileMetadata": True,
-        "partitionValues": {"date": entry.date},
-        "size": entry.size,
-    }
-
-
-def _span_domain(name: str, span: SpanEntry | None) -> dict[str, Any]:
-    """The domain of one span: its entry, or (None) its removal."""
-    config = "" if span is None else json.dumps(span.to_json(), separators=(",", ":"))
-    return {"domain": SPAN_DOMAIN + name, "configuration": config, "removed": span is None}
-
-
-def _domain(snap: Snapshot) -> dict[str, Any]:
-    state = {
-        "txid": snap.txid,
-        "schema_version": snap.schema_version,
-        "next_id": snap.next_id,
-    }
-    if snap.retention:
-        state["retention_s"] = snap.retention
-    return {
-        "domain": DOMAIN,
-        "configuration": json.dumps(state, separators=(",", ":")),
-        "removed": False,
-    }
-
-
-def _check_protocol(protocol: Mapping[str, Any], path: Path) -> None:
-    reader = protocol.get("minReaderVersion")
-    features = protocol.get("readerFeatures") or []
-    if not is_int(reader) or reader > 3 or features:
-        raise IncompatibleDatasetError(
-            f"{path} asks for Delta reader version {reader!r} with features {features!r}; "
-            "this usage_analytics reads only the tables it writes (reader version 1)"
-        )
+def _commit_name(version: int) -> str:
+    return f"{version:020d}.json"

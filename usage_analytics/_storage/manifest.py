@@ -4,18 +4,23 @@ it names. Reading one checks every field, so damage is named when it is read.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import functools
+import gc
 import json
 import re
-from collections.abc import Mapping, Sequence
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 from ..errors import CorruptDatasetError, IncompatibleDatasetError
 
-__all__ = ["FileEntry", "Snapshot", "SpanEntry", "day_number"]
+__all__ = ["FileEntry", "Snapshot", "SpanEntry", "day_date", "day_number"]
 
 FORMAT_NAME: Final = "usage_analytics"
 FORMAT_VERSION: Final = 1
@@ -285,6 +290,25 @@ def day_number(date: str) -> int:
     return (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many objects are built at once (the entries
+    of a checkpoint, none of them in a cycle): it would walk every object built so far, again
+    and again, for nothing."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def day_date(day: int) -> str:
+    """The partition date of a day numbered from the Unix epoch."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One committed state of the dataset."""
@@ -298,6 +322,17 @@ class Snapshot:
     #: Seconds the files a commit removes are kept, so that older versions stay readable
     #: (0: they are removed right after the commit).
     retention: int = 0
+
+    @classmethod
+    def first(cls, schema_version: int) -> Snapshot:
+        """The state a new dataset starts from: version 0, no file, ids from 1."""
+        return cls(
+            version=0,
+            txid=uuid.uuid4().hex,
+            schema_version=schema_version,
+            next_id=1,
+            files=(),
+        )
 
     @property
     def rows(self) -> int:
@@ -316,6 +351,55 @@ class Snapshot:
         for f in self.files:
             out.setdefault(f.date, []).append(f)
         return dict(sorted(out.items()))
+
+    @functools.cached_property
+    def by_path(self) -> dict[str, FileEntry]:
+        """The files by path, in the order of :attr:`files` (do not modify it)."""
+        return {f.path: f for f in self.files}
+
+    def evolve(self, removed: Iterable[str], added: Sequence[FileEntry], **fields: Any) -> Snapshot:
+        """The state after this one where the files ``removed`` (paths, all live) are gone
+        and ``added`` are live (an entry of a live path replaces it, in its place), with
+        ``fields`` changed. Its indexes are this state's, changed where the files changed, so
+        that a commit of a few files costs its change, not the dataset's size."""
+        removed = tuple(removed)
+        files = dict(self.by_path)
+        dates = set()
+        for path in removed:
+            dates.add(files.pop(path).date)
+        if files:
+            for entry in added:
+                files[entry.path] = entry
+        else:  # a state from nothing (a checkpoint): one step
+            files = {entry.path: entry for entry in added}
+        if "_by_date" in self.__dict__:  # the dates whose lists change
+            dates.update(entry.date for entry in added)
+        new = dataclasses.replace(self, files=tuple(files.values()), **fields)
+        new.__dict__["by_path"] = files
+        old = self.__dict__.get("_by_date")
+        if old is not None:
+            by_date = dict(old)
+            for date in dates:
+                kept = [files[f.path] for f in old.get(date, ()) if f.path in files]
+                known = {f.path for f in kept}
+                kept += [e for e in added if e.date == date and e.path not in known]
+                if kept:
+                    by_date[date] = kept
+                else:
+                    by_date.pop(date, None)
+            if not dates <= old.keys():
+                by_date = dict(sorted(by_date.items()))
+            new.__dict__["_by_date"] = by_date
+        new.__dict__["_change"] = (weakref.ref(self), removed, tuple(added))
+        return new
+
+    def change_from(self, base: Snapshot) -> tuple[tuple[str, ...], tuple[FileEntry, ...]] | None:
+        """The files removed and added since ``base``, when this state was made from it by
+        :meth:`evolve`; else None."""
+        change = self.__dict__.get("_change")
+        if change is None or change[0]() is not base:
+            return None
+        return change[1], change[2]
 
     def to_bytes(self) -> bytes:
         """The manifest's JSON text."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,9 +25,15 @@ class FileReader:
     root: Path
     _fill_values: Mapping[str, pa.Scalar]
     _columns_for_version: Callable[[int], Sequence[str]]
+    #: The filesystem of the files (an fsspec one on object storage); None: local files.
+    filesystem: Any = None
 
     def path_of(self, entry: FileEntry) -> Path:
         return self.root / entry.path
+
+    def _source(self, rel: str) -> str:
+        """What pyarrow opens to read the file ``rel`` (with :attr:`filesystem`)."""
+        return str(self.root / rel)
 
     def read_file(
         self,
@@ -44,10 +51,19 @@ class FileReader:
         if filter is not None and missing:
             # A filter on a column the file predates would fail; such filters are evaluated
             # after filling in the defaults.
-            table = pq.read_table(path, columns=wanted, read_dictionary=dictionary or None)
+            table = pq.read_table(
+                path,
+                columns=wanted,
+                read_dictionary=dictionary or None,
+                filesystem=self.filesystem,
+            )
             return self._fill(table, columns).filter(filter)
         table = pq.read_table(
-            path, columns=wanted, filters=filter, read_dictionary=dictionary or None
+            path,
+            columns=wanted,
+            filters=filter,
+            read_dictionary=dictionary or None,
+            filesystem=self.filesystem,
         )
         return self._fill(table, columns)
 
@@ -71,7 +87,7 @@ class FileReader:
         for version, group in sorted(by_version.items()):
             present = set(self._columns_for_version(version))
             wanted = [c for c in columns if c in present]
-            paths = [str(self._checked_path(e)) for e in group]
+            paths = [self._checked_path(e) for e in group]
             fmt = pads.ParquetFileFormat(
                 read_options=pads.ParquetReadOptions(
                     dictionary_columns=[c for c in dictionary if c in present]
@@ -79,7 +95,8 @@ class FileReader:
             )
             batches: list[pa.RecordBatch] = []
             rows = 0
-            for batch in pads.dataset(paths, format=fmt).to_batches(columns=wanted, filter=filter):
+            files = pads.dataset(paths, format=fmt, filesystem=self.filesystem)
+            for batch in files.to_batches(columns=wanted, filter=filter):
                 if batch.num_rows:
                     batches.append(batch)
                     rows += batch.num_rows
@@ -88,6 +105,17 @@ class FileReader:
                     batches, rows = [], 0
             if batches:
                 yield self._fill(pa.Table.from_batches(batches), columns)
+
+    def _check_folder(self, folder: str, of: str | None = None) -> None:
+        """Refuse to read through a folder that is a symbolic link (``of``: a file in it)."""
+        if (self.root / folder).is_symlink():
+            if of is not None:
+                raise CorruptDatasetError(
+                    f"{self.root / of} is in a linked folder; the store does not follow links"
+                )
+            raise CorruptDatasetError(
+                f"{self.root / folder} is a symbolic link; the store does not follow links"
+            )
 
     def _fill(self, table: pa.Table, columns: Sequence[str]) -> pa.Table:
         """``table`` with the columns it predates added as their defaults, in order."""
@@ -98,11 +126,11 @@ class FileReader:
                 )
         return table.select(list(columns))
 
-    def _checked_path(self, entry: FileEntry) -> Path:
+    def _checked_path(self, entry: FileEntry) -> str:
         path = self.path_of(entry)
         if path.is_symlink() or path.parent.is_symlink():
             raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
-        return path
+        return str(path)
 
     def read_sidecars(
         self, entries: Sequence[FileEntry], kind: str, first: str | None = None
@@ -110,11 +138,7 @@ class FileReader:
         """The ``kind`` summary files of ``entries``, one table each; with ``first``, only the
         rows whose first column equals it."""
         for entry in entries:
-            if (self.root / entry.path.split("/")[0]).is_symlink():
-                raise CorruptDatasetError(
-                    f"{self.root / entry.path} is in a linked folder; the store does not follow "
-                    "links"
-                )
+            self._check_folder(entry.path.split("/")[0], entry.path)
         return self.read_summaries([e.sidecar_path(kind) for e in entries], first)
 
     def read_summaries(self, paths: Sequence[str], first: str | None = None) -> list[pa.Table]:
@@ -124,15 +148,13 @@ class FileReader:
         checked = []
         for rel in paths:
             for folder in check_relative_path(rel, sidecar_ok=True):
-                if (self.root / folder).is_symlink():
-                    raise CorruptDatasetError(
-                        f"{self.root / folder} is a symbolic link; the store does not follow links"
-                    )
-            checked.append(self.root / rel)
+                self._check_folder(folder)
+            checked.append(self._source(rel))
         tables = []
+        fs = self.filesystem
         for path in checked:
             try:
-                tables.append(read_summary(path, first))
+                tables.append(read_summary(path, first, opener=None if fs is None else fs.open))
             except (pa.ArrowException, ValueError, IndexError) as exc:
                 if isinstance(exc, FileNotFoundError):
                     raise

@@ -6,9 +6,8 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import errno
-import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,26 +16,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import StorageError
+from ..errors import ConcurrentWriteError, StorageError
 from .faults import fault
-from .files import (
-    check_partition_folder,
-    fsync_dir,
-    remove_files,
-    replace_bytes,
-    unlink_missing_ok,
-    write_summary,
-)
 from .manifest import (
     PARTITION_PREFIX,
     SIDECAR_KIND_RE,
-    SPAN_DIR,
     FileEntry,
     Snapshot,
     SpanEntry,
-    check_relative_path,
+    day_date,
     day_number,
-    json_bytes,
 )
 
 if TYPE_CHECKING:
@@ -62,9 +51,9 @@ class _NewSpan:
     files: tuple[str, ...]  # the data files it covers, sorted
 
 
-#: A file a commit writes: its path, its table, the function that writes it, and the span it
+#: A file a commit writes: its path, its table, its kind ("data" or "summary"), and the span it
 #: belongs to (None for the files of data files).
-_Out: TypeAlias = "tuple[str, TableOrFuture, Callable[[pa.Table, Path], None], _NewSpan | None]"
+_Out: TypeAlias = "tuple[str, TableOrFuture, str, _NewSpan | None]"
 
 
 class Transaction:
@@ -84,6 +73,8 @@ class Transaction:
         self._done = False
         #: Spans staged as futures whose computation failed: the commit left them out.
         self.failed_spans: list[SpanEntry] = []
+        #: Spans left out because another writer changed their days meanwhile.
+        self.stale_spans: list[SpanEntry] = []
         #: Summary files whose future resolved to None (not worth writing): left out.
         self._unwritten: set[str] = set()
         #: Summaries added to files of the base state, by the file's path.
@@ -93,11 +84,16 @@ class Transaction:
         self._txid: str | None = None
         #: What the commit log names the commit (Delta Lake's operation names).
         self.operation = "WRITE"
+        #: Every file written so far (relative paths): what undoing the write removes.
+        self.written: list[str] = []
+        #: Checks the data files another writer committed meanwhile against this write's
+        #: rows, before the commit goes on top of them (see :meth:`rebased`).
+        self.check_added: Callable[[list[FileEntry]], None] | None = None
 
     def reserve_ids(self, n: int) -> int:
         """Reserve ``n`` consecutive row ids; returns the first."""
-        first = self.next_id
-        self.next_id += n
+        first = self._ds.reserve_ids(self.next_id, n)
+        self.next_id = max(self.next_id, first + n)
         return first
 
     def add(
@@ -130,6 +126,11 @@ class Transaction:
         return entry
 
     @property
+    def added(self) -> list[FileEntry]:
+        """The data files staged so far."""
+        return [s.entry for s in self._staged]
+
+    @property
     def flushed(self) -> bool:
         """Whether :meth:`flush` has written files that only the commit makes live."""
         return self._flushed > 0
@@ -148,20 +149,17 @@ class Transaction:
             self._txid = uuid.uuid4().hex
         ds = self._ds
         adds = [p for s in self._staged for p in s.entry.all_paths]
-        for rel in (p for s in pending for p in s.entry.all_paths):  # the others were checked
-            for folder in check_relative_path(rel, sidecar_ok=True):
-                check_partition_folder(ds.root / folder)
+        ds.check_folders(p for s in pending for p in s.entry.all_paths)  # the others were
         try:
-            journal = {"txid": self._txid, "adds": adds, "removes": []}
-            replace_bytes(ds.journal_path, json_bytes(journal), "journal_tmp_written")
+            ds.begin_write(self._txid, adds, [])
             self._write_files(pending, with_others=False)
         except BaseException as exc:
             with contextlib.suppress(BaseException):
-                ds._recover()
+                ds.undo_write(self.written)
             if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | StorageError):
                 raise StorageError(
                     exc.errno or errno.EIO,
-                    f"writing to {ds.root} failed ({exc.strerror or exc}); nothing was changed",
+                    f"writing to {ds.where} failed ({exc.strerror or exc}); nothing was changed",
                 ) from exc
             raise
         for staged in pending:
@@ -173,7 +171,7 @@ class Transaction:
         """Undo what :meth:`flush` wrote, when the transaction ends without a commit."""
         if self._flushed and not self._done:
             self._done = True
-            self._ds._recover()
+            self._ds.undo_write(self.written)
 
     def remove(self, entry: FileEntry) -> None:
         """Stage the removal of a live data file."""
@@ -234,45 +232,35 @@ class Transaction:
         if not self.changed:
             return
         ds = self._ds
-        new, dropped_spans = self._next(self._txid or uuid.uuid4().hex)
-        txid = new.txid
+        if self._txid is None:
+            self._txid = uuid.uuid4().hex
+        txid = self._txid
+        new, dropped_spans = self._next(txid)
         adds = [p for s in self._staged for p in s.entry.all_paths]
         adds += [p for new_span in self._new_spans for p in new_span.span.all_paths]
-        by_path = {e.path: e for e in self.base.files}
+        by_path = self.base.by_path
         adds += [by_path[p].sidecar_path(k) for p, more in self._more.items() for k in more]
         removes = [p for e in self._removed.values() for p in e.all_paths]
         removes += [p for span in dropped_spans for p in span.all_paths]
-        for rel in {*adds, *removes}:
-            for folder in check_relative_path(rel, sidecar_ok=True):
-                check_partition_folder(ds.root / folder)
+        ds.check_folders({*adds, *removes})
         committed = False
         try:
-            journal = {"txid": txid, "adds": adds, "removes": removes}
-            replace_bytes(ds.journal_path, json_bytes(journal), "journal_tmp_written")
+            ds.begin_write(txid, adds, removes)
             fault("journal_written")
             self._write_files()
-            if self._unwritten:
-                new = self._without_unwritten(new)
-            if self.failed_spans:
-                failed = {span.name for span in self.failed_spans}
-                for span in self.failed_spans:  # a kind that was computed may be written
-                    for rel in span.all_paths:
-                        unlink_missing_ok(ds.root / rel)
-                with contextlib.suppress(FileNotFoundError):  # none may have been written
-                    fsync_dir(ds.root / SPAN_DIR)
-                new = dataclasses.replace(
-                    new, spans=tuple(sp for sp in new.spans if sp.name not in failed)
-                )
-            new = ds.commit(self.base, new, operation=self.operation)
+            if self._unwritten or self.failed_spans:
+                self._discard_failed_spans()
+                new = self._next(txid)[0]  # without what was not written
+            new, removes = ds.commit_write(self, new, removes)
             committed = True
         except BaseException as exc:
             if not committed:
                 with contextlib.suppress(BaseException):
-                    ds._recover()
+                    ds.undo_write(self.written)
             if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | StorageError):
                 raise StorageError(
                     exc.errno or errno.EIO,
-                    f"writing to {ds.root} failed ({exc.strerror or exc}); "
+                    f"writing to {ds.where} failed ({exc.strerror or exc}); "
                     + (
                         "the write was committed, but may not be durable"
                         if committed
@@ -283,32 +271,79 @@ class Transaction:
         # Past the commit point: failures only leave garbage that the next recovery removes.
         with contextlib.suppress(OSError):
             # With a retention the removed files stay for older versions, until a vacuum.
-            self._cleanup([] if new.retention else removes)
+            fault("committed")
+            ds.finish_write([] if new.retention else removes)
         ds.after_commit(new)
 
-    def _without_unwritten(self, new: Snapshot) -> Snapshot:
-        """``new`` with the summary kinds that resolved to None moved from the entries' kinds to
-        their ``skipped`` kinds."""
-        files = []
-        for f in new.files:
-            left = tuple(k for k in f.sidecars if f.sidecar_path(k) in self._unwritten)
-            if left:
-                kept = tuple(k for k in f.sidecars if k not in left)
-                f = dataclasses.replace(f, sidecars=kept, skipped=(*f.skipped, *left))
-            files.append(f)
-        spans = []
-        for span in new.spans:
-            left = tuple(k for k in span.kinds if span.path(k) in self._unwritten)
-            if left:  # a span left with no kind stays, to say its days were summarized
-                kept = tuple(k for k in span.kinds if k not in left)
-                span = dataclasses.replace(span, kinds=kept, skipped=(*span.skipped, *left))
-            spans.append(span)
-        return dataclasses.replace(new, files=tuple(files), spans=tuple(spans))
+    def _discard_failed_spans(self) -> None:
+        """Remove the files of the spans whose computation failed (a kind that was computed
+        may have been written); the state commits without them."""
+        self._ds.discard_files([rel for span in self.failed_spans for rel in span.all_paths])
+
+    def rebased(self, latest: Snapshot) -> tuple[Snapshot, list[str]]:
+        """The state this transaction commits on top of ``latest``, a state another writer
+        committed after :attr:`base`, and the files the commit then removes; raises
+        :class:`ConcurrentWriteError` when the two writes conflict.
+
+        Writes conflict when the other removed a file this one removes or adds summaries to
+        (both deleted or merged the same rows), or changed the schema version or the
+        retention. Rows the other added are checked by :attr:`check_added` (the key check
+        of appends); spans of days the other changed are left out (they would not cover its
+        files). Appends meet deletes as in Delta Lake's WriteSerializable isolation: a delete
+        does not remove rows appended meanwhile.
+        """
+        base = self.base
+        if (latest.schema_version, latest.retention) != (base.schema_version, base.retention):
+            raise ConcurrentWriteError(
+                f"another writer changed the schema version or the retention of {self._ds.where} "
+                "while this write ran; nothing was written: run the write again"
+            )
+        live = latest.by_path
+        gone = base.by_path.keys() - live.keys()
+        if gone & (self._removed.keys() | self._more.keys()):
+            raise ConcurrentWriteError(
+                f"another writer deleted, compacted or merged the same files of {self._ds.where} "
+                "while this write ran; nothing was written: run the write again"
+            )
+        added = [live[p] for p in sorted(live.keys() - base.by_path.keys())]
+        if added and self.check_added is not None:
+            self.check_added(added)
+        changed = {f.day for f in added} | {base.by_path[p].day for p in gone}
+        stale = [
+            ns.span
+            for ns in self._new_spans
+            if any(ns.span.first_day <= d <= ns.span.last_day for d in changed)
+        ]
+        self.stale_spans.extend(stale)
+        self._new_spans = [ns for ns in self._new_spans if ns.span not in stale]
+        self.base = latest
+        self.next_id = max(self.next_id, latest.next_id)
+        new, dropped_spans = self._next(self._txid or uuid.uuid4().hex)
+        if stale:
+            self._ds.discard_files([rel for span in stale for rel in span.all_paths])
+        removes = [p for e in self._removed.values() for p in e.all_paths]
+        removes += [p for span in dropped_spans for p in span.all_paths]
+        return new, removes
+
+    def _without_unwritten(self, entry: FileEntry) -> FileEntry:
+        """``entry`` with the summary kinds that resolved to None (nothing was written) moved
+        from its kinds to its ``skipped`` kinds."""
+        left = tuple(k for k in entry.sidecars if entry.sidecar_path(k) in self._unwritten)
+        if not left:
+            return entry
+        kept = tuple(k for k in entry.sidecars if k not in left)
+        return dataclasses.replace(entry, sidecars=kept, skipped=(*entry.skipped, *left))
+
+    def _span_without_unwritten(self, span: SpanEntry) -> SpanEntry:
+        left = tuple(k for k in span.kinds if span.path(k) in self._unwritten)
+        if not left:  # a span left with no kind stays, to say its days were summarized
+            return span
+        kept = tuple(k for k in span.kinds if k not in left)
+        return dataclasses.replace(span, kinds=kept, skipped=(*span.skipped, *left))
 
     def pending(self) -> Snapshot:
         """The state this transaction would commit, as staged so far (its txid is empty)."""
-        new = self._next("")[0]
-        return self._without_unwritten(new) if self._unwritten else new
+        return self._next("")[0]
 
     def staged_summaries(self) -> dict[str, dict[str, TableOrFuture]]:
         """The summary tables (or their futures) of the data files staged so far, by path."""
@@ -326,21 +361,32 @@ class Transaction:
                 dropped_spans.append(span)
             else:
                 kept_spans.append(span)
-        files = [self._with_more(f) for f in self.base.files if f.path not in self._removed]
-        files.extend(s.entry for s in self._staged)
-        for new_span in self._new_spans:
-            days = range(new_span.span.first_day, new_span.span.last_day + 1)
-            if new_span.files != tuple(sorted(f.path for f in files if f.day in days)):
-                raise ValueError("a span must cover the files this commit leaves in its days")
-        new = Snapshot(
+        # Only the files this transaction adds or changes are touched: the new state is the
+        # base's, changed (see Snapshot.evolve).
+        by_path = self.base.by_path
+        added = [self._with_more(by_path[p]) for p in self._more if p not in self._removed]
+        added += [s.entry for s in self._staged]
+        failed = {span.name for span in self.failed_spans}
+        new_spans = [ns.span for ns in self._new_spans if ns.span.name not in failed]
+        if self._unwritten:
+            added = [self._without_unwritten(e) for e in added]
+            new_spans = [self._span_without_unwritten(sp) for sp in new_spans]
+        new = self.base.evolve(
+            self._removed.keys(),
+            added,
             version=self.base.version + 1,
             txid=txid,
             schema_version=self.schema_version,
             next_id=self.next_id,
-            files=tuple(files),
-            spans=tuple(kept_spans) + tuple(new_span.span for new_span in self._new_spans),
+            spans=tuple(kept_spans) + tuple(new_spans),
             retention=self.retention,
         )
+        by_date = new.by_date()
+        for new_span in self._new_spans:
+            days = range(new_span.span.first_day, new_span.span.last_day + 1)
+            covered = [f.path for d in days for f in by_date.get(day_date(d), ())]
+            if new_span.files != tuple(sorted(covered)):
+                raise ValueError("a span must cover the files this commit leaves in its days")
         return new, dropped_spans
 
     def _with_more(self, entry: FileEntry) -> FileEntry:
@@ -363,24 +409,24 @@ class Transaction:
         if staged_files is None:
             staged_files = self._staged[self._flushed :]
         data: list[_Out] = [
-            (staged.entry.path, staged.table, self._ds._write_data, None) for staged in staged_files
+            (staged.entry.path, staged.table, "data", None) for staged in staged_files
         ]
         summaries: list[_Out] = [
-            (staged.entry.sidecar_path(k), t, write_summary, None)
+            (staged.entry.sidecar_path(k), t, "summary", None)
             for staged in staged_files
             for k, t in staged.sidecars.items()
         ]
         if not with_others:
             self._write_all(data, summaries, dirs, new_dirs)
             return
-        by_path = {e.path: e for e in self.base.files}
+        by_path = self.base.by_path
         summaries += [
-            (by_path[path].sidecar_path(k), t, write_summary, None)
+            (by_path[path].sidecar_path(k), t, "summary", None)
             for path, tables in self._more.items()
             for k, t in tables.items()
         ]
         summaries += [
-            (new_span.span.path(k), t, write_summary, new_span)
+            (new_span.span.path(k), t, "summary", new_span)
             for new_span in self._new_spans
             for k, t in new_span.tables.items()
         ]
@@ -405,8 +451,7 @@ class Transaction:
             new_dirs |= summary_new_dirs
         else:
             self._write(data + summaries, dirs, new_dirs)
-        for written in dirs | {d.parent for d in new_dirs}:
-            fsync_dir(written)
+        self._ds.sync_folders(dirs | {d.parent for d in new_dirs})
 
     def _write(
         self,
@@ -414,9 +459,8 @@ class Transaction:
         dirs: set[Path],
         new_dirs: set[Path],
     ) -> None:
-        """Write each (path, table, writer) under a temporary name, then rename it."""
-        root = self._ds.root
-        for rel, table, writer, of_span in files:
+        """Write each (path, table, kind) (see ``Dataset.write_file``)."""
+        for rel, table, kind, of_span in files:
             if of_span is not None and isinstance(table, Future):
                 # A span whose computation failed is left out (see add_span).
                 if of_span.span in self.failed_spans:
@@ -431,27 +475,8 @@ class Transaction:
             if table is None:  # computed, and found not worth writing: left out
                 self._unwritten.add(rel)
                 continue
-            final = root / rel
-            for folder in check_relative_path(rel, sidecar_ok=True):
-                path = root / folder
-                check_partition_folder(path)
-                if not path.exists():
-                    path.mkdir()
-                    new_dirs.add(path)
-            dirs.add(final.parent)
-            tmp = final.with_name("." + final.name + ".tmp")
-            writer(table, tmp)
-            fault("data_tmp_written")
-            os.replace(tmp, final)
-            fault("data_renamed")
-
-    def _cleanup(self, removes: Iterable[str]) -> None:
-        ds = self._ds
-        fault("committed")
-        remove_files(ds.root, removes, each=lambda: fault("file_removed"))
-        fault("cleanup_done")
-        ds.journal_path.unlink()
-        fsync_dir(ds.root)
+            self.written.append(rel)
+            self._ds.write_file(rel, table, kind, dirs, new_dirs)
 
 
 def _join(job: Future[Any]) -> None:

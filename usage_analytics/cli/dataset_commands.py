@@ -68,7 +68,9 @@ def info(root: str) -> Document:
     store = Store(root)
     facts = store.info()
     try:
-        size: int | None = sum(p.stat().st_size for p in store.files())
+        size: int | None = sum(
+            f.size or store._ds.path_of(f).stat().st_size for f in store._ds.snapshot().files
+        )
     except OSError:  # a file removed by a concurrent compaction: the size is not known
         size = None
 

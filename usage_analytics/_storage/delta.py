@@ -1,0 +1,148 @@
+"""The Delta Lake actions and checkpoint schema the commit log writes (see ``log``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import pyarrow as pa
+
+from ..errors import IncompatibleDatasetError
+from .manifest import FileEntry, Snapshot, SpanEntry, is_int
+
+__all__ = [
+    "CHECKPOINT_SCHEMA",
+    "DOMAIN",
+    "PROTOCOL",
+    "SPAN_DOMAIN",
+    "check_protocol",
+    "delta_schema",
+    "domain",
+    "line",
+    "remove_action",
+    "span_domain",
+]
+
+DOMAIN: Final = "usage_analytics"
+SPAN_DOMAIN: Final = "usage_analytics.span."
+
+PROTOCOL: Final = {
+    "minReaderVersion": 1,
+    "minWriterVersion": 7,
+    "writerFeatures": ["domainMetadata"],
+}
+
+_DELTA_TYPES: Final = {
+    pa.int64(): "long",
+    pa.int32(): "integer",
+    pa.string(): "string",
+    pa.timestamp("us", tz="UTC"): "timestamp",
+}
+_STR_MAP: Final = pa.map_(pa.string(), pa.string())
+CHECKPOINT_SCHEMA: Final = pa.schema(
+    [
+        (
+            "add",
+            pa.struct(
+                [
+                    ("path", pa.string()),
+                    ("partitionValues", _STR_MAP),
+                    ("size", pa.int64()),
+                    ("modificationTime", pa.int64()),
+                    ("dataChange", pa.bool_()),
+                    ("stats", pa.string()),
+                    ("tags", _STR_MAP),
+                ]
+            ),
+        ),
+        (
+            "metaData",
+            pa.struct(
+                [
+                    ("id", pa.string()),
+                    ("name", pa.string()),
+                    ("description", pa.string()),
+                    ("format", pa.struct([("provider", pa.string()), ("options", _STR_MAP)])),
+                    ("schemaString", pa.string()),
+                    ("partitionColumns", pa.list_(pa.string())),
+                    ("configuration", _STR_MAP),
+                    ("createdTime", pa.int64()),
+                ]
+            ),
+        ),
+        (
+            "protocol",
+            pa.struct(
+                [
+                    ("minReaderVersion", pa.int32()),
+                    ("minWriterVersion", pa.int32()),
+                    ("readerFeatures", pa.list_(pa.string())),
+                    ("writerFeatures", pa.list_(pa.string())),
+                ]
+            ),
+        ),
+        (
+            "domainMetadata",
+            pa.struct(
+                [("domain", pa.string()), ("configuration", pa.string()), ("removed", pa.bool_())]
+            ),
+        ),
+    ]
+)
+
+
+def delta_schema(schema: pa.Schema) -> str:
+    """The Delta ``schemaString`` of data files of ``schema``, with the ``date`` partition."""
+    fields = [
+        {"name": f.name, "type": _DELTA_TYPES[f.type], "nullable": f.nullable, "metadata": {}}
+        for f in schema
+    ]
+    fields.append({"name": "date", "type": "string", "nullable": False, "metadata": {}})
+    return json.dumps({"type": "struct", "fields": fields}, separators=(",", ":"))
+
+
+def line(action: Mapping[str, Any]) -> bytes:
+    return json.dumps(action, separators=(",", ":")).encode() + b"\n"
+
+
+def remove_action(entry: FileEntry, now: int) -> dict[str, Any]:
+    return {
+        "path": entry.path,
+        "deletionTimestamp": now,
+        "dataChange": True,
+        "extendedFileMetadata": True,
+        "partitionValues": {"date": entry.date},
+        "size": entry.size,
+    }
+
+
+def span_domain(name: str, span: SpanEntry | None) -> dict[str, Any]:
+    """The domain of one span: its entry, or (None) its removal."""
+    config = "" if span is None else json.dumps(span.to_json(), separators=(",", ":"))
+    return {"domain": SPAN_DOMAIN + name, "configuration": config, "removed": span is None}
+
+
+def domain(snap: Snapshot) -> dict[str, Any]:
+    state = {
+        "txid": snap.txid,
+        "schema_version": snap.schema_version,
+        "next_id": snap.next_id,
+    }
+    if snap.retention:
+        state["retention_s"] = snap.retention
+    return {
+        "domain": DOMAIN,
+        "configuration": json.dumps(state, separators=(",", ":")),
+        "removed": False,
+    }
+
+
+def check_protocol(protocol: Mapping[str, Any], path: str) -> None:
+    reader = protocol.get("minReaderVersion")
+    features = protocol.get("readerFeatures") or []
+    if not is_int(reader) or reader > 3 or features:
+        raise IncompatibleDatasetError(
+            f"{path} asks for Delta reader version {reader!r} with features {features!r}; "
+            "this usage_analytics reads only the tables it writes (reader version 1)"
+        )
