@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from . import _many_files
+
 __all__ = ["Table", "evaluate_targets", "render"]
 
 MET: Final = "MET"
@@ -288,6 +290,9 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, str]]:
             _status(share <= SUMMARY_SHARE),
             f"{share:.3f}x ({_mib1(sizes['summary_bytes'])} of {_mib1(sizes['data_bytes'])} MiB)",
         )
+    if result.get("many_files"):
+        for name, met, measured in _many_files.targets(result["many_files"]):
+            add(name, _status(met), measured)
     return targets
 
 
@@ -544,6 +549,26 @@ def _tables(result: dict[str, Any]) -> list[Table]:
     sizes = _summary_table(result)
     if sizes is not None:
         tables.append(sizes)
+
+    many = result.get("many_files")
+    if many:
+        t = Table(
+            "Many files: open + first report (fresh processes) and single-row appends",
+            ["dataset", "files", "open + report ms", "append median ms", "append p90 ms"],
+            left=1,
+        )
+        for key in ("small", "many"):
+            case = many[key]
+            t.rows.append(
+                [
+                    key,
+                    _int(case["files"]),
+                    f"{case['open_report_ms']:.0f}",
+                    f"{case['append_median_ms']:.1f}",
+                    f"{case['append_p90_ms']:.1f}",
+                ]
+            )
+        tables.append(t)
 
     t = Table("Targets", ["target", "status", "measured"], left=3)
     t.rows.extend([x["target"], x["status"], x["measured"]] for x in result["targets"])

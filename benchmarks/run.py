@@ -15,7 +15,9 @@ Steps, on synthetic data from :mod:`usage_analytics.synthetic`:
 6. many single-row appends into a copy, the reports again, ``compact()``, the reports and the
    report shapes again;
 7. the bytes of the summaries against the data's, on the dataset and on a high-cardinality
-   variant of it (many users with a few keys each).
+   variant of it (many users with a few keys each);
+8. the many-files case of ``_many_files``: opening a dataset of 100,000 data files and
+   answering its first report, and single-row appends into it, beside a dataset of 1,000.
 
 Example:
     python -m benchmarks.run --rows 1000000 --days 30 --sqlite --out results.json
@@ -52,7 +54,7 @@ from usage_analytics import Store
 from usage_analytics.schema import NS_PER_DAY
 from usage_analytics.synthetic import Profile, generate, iter_batches
 
-from . import _load, _rss, _shapes, _sqlite
+from . import _load, _many_files, _rss, _shapes, _sqlite
 from ._engines import QUERIES, DuckDBEngine, Engine, ResultMismatchError, StoreEngine, check_same
 from ._report import evaluate_targets, render
 
@@ -734,6 +736,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
             "small_appends": args.small_appends,
             "delete_half": args.delete_half,
             "delete_repeats": args.delete_repeats,
+            "many_files": args.many_files,
             "profile": vars(Profile()),
         },
         "windows": {name: w.to_json() for name, w in windows.items()},
@@ -800,6 +803,15 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
         bulk_shapes=result.get("shapes"),
         start_ns=start_ns,
     )
+    if args.many_files:
+        result["many_files"] = _many_files.measure(
+            workdir,
+            args.many_files,
+            max(1, min(1_000, args.many_files // 10)),
+            args.single_appends,
+            args.repeats,
+            clock.log,
+        )
     result["targets"] = evaluate_targets(result)
     result["elapsed_s"] = clock.elapsed
     result["machine"]["load_average_at_end"] = (
@@ -896,6 +908,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_positive,
         default=5,
         help="deletes timed per dataset size, each on a fresh copy (median reported)",
+    )
+    parser.add_argument(
+        "--many-files",
+        type=int,
+        default=100_000,
+        help="data files of the many-files case (step 7; 0 skips it)",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "latest.json", help="JSON result file"

@@ -42,6 +42,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--load-repeats",
             "1",
             "--sqlite",
+            "--many-files",
+            "60",
             "--workdir",
             str(base / "work"),
             "--out",
@@ -255,3 +257,15 @@ def test_mismatch_is_loud() -> None:
             check_same("aggregated_usage", good, bad, column)
     with pytest.raises(ResultMismatchError):
         check_same("aggregated_usage", good, good.iloc[:1], "fewer rows")
+
+
+def test_the_many_files_case_is_measured_and_judged(result: dict[str, Any]) -> None:
+    many = result["many_files"]
+    assert many["many"]["files"] == 60 and many["small"]["files"] == 6
+    for case in (many["small"], many["many"]):
+        assert len(case["appends_ms"]) == 5 and all(_positive(t) for t in case["appends_ms"])
+        assert len(case["opens"]) == 1  # --repeats
+        assert all(run["requests"] > 0 for run in case["opens"])  # the report found rows
+    names = [t["target"] for t in result["targets"]]
+    assert "60 files: single-row append median < 25 ms" in names
+    assert "Many files" in render(result)
