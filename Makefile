@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: demo test lint bench bench-tiny sample notebooks browser format clean
+.PHONY: demo test lint bench bench-tiny sample notebooks browser spark format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	@$(BIN)/usage-analytics html data/sample --tenant tenant-005 --output report.html
 
 ## test: the whole test suite (unit, doctests, notebooks, HTML in a browser, crash and concurrency)
-test: $(STAMP) browser
+test: $(STAMP) browser spark
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## browser: Debian's Chromium, which the HTML report's test opens the report in (installed with
@@ -37,6 +37,21 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	      >/dev/null) || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium is not installed: the browser test will be skipped"; fi; }
+
+## spark: pyspark for the interop suite's Spark cases, in a folder of its own ($(SPARK_DIR)):
+## installed beside pandera, pandera would import it in every process. Without Java (or when
+## it cannot be installed) the Spark cases are skipped and say why.
+SPARK_DIR := $(VENV)/pyspark
+SPARK_VERSION := 4.0.1
+spark: $(STAMP)
+	@test -d $(SPARK_DIR)/pyspark || { \
+	  if command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ]; then \
+	    echo "installing pyspark $(SPARK_VERSION) into $(SPARK_DIR) for the Spark interop cases"; \
+	    rm -rf $(SPARK_DIR).tmp; \
+	    if $(BIN)/python -m pip install --quiet --target $(SPARK_DIR).tmp 'pyspark==$(SPARK_VERSION)'; \
+	    then mv $(SPARK_DIR).tmp $(SPARK_DIR); \
+	    else rm -rf $(SPARK_DIR).tmp; echo "could not install pyspark: the Spark cases will be skipped"; fi; \
+	  else echo "Java is not installed: the Spark interop cases will be skipped"; fi; }
 
 ## notebooks: run both notebooks from the repository root and save them with their outputs
 notebooks: $(STAMP)

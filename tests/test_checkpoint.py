@@ -9,13 +9,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import DAY0, NS_PER_DAY, random_usage_frame, small_files_get_summaries
 
 from usage_analytics import CorruptDatasetError, Store
-from usage_analytics._storage import checkpoint
+from usage_analytics._storage import checkpoint, dataset
 from usage_analytics._storage.log import TAG
 from usage_analytics._storage.manifest import FileEntry
 
@@ -172,3 +173,100 @@ def test_a_damaged_entry_in_a_checkpoint_is_named(built: Path, tmp_path: Path) -
             old.unlink()
     with pytest.raises(CorruptDatasetError, match=r"has -5 rows"):
         Store(store.root).find_usages()
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint is read a row group at a time, when a date in it is first used.
+
+
+@pytest.fixture
+def days_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A dataset of 2 files on each of 20 days whose checkpoint holds 3 adds a row group."""
+    monkeypatch.setattr(checkpoint, "ROW_GROUP_ROWS", 3)
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    for day in range(20):
+        for k in range(2):
+            store.create_usage(_rows(2, 10 * day + k, DAY0 + day * NS_PER_DAY))
+    store._ds._log.checkpoint(store._ds.snapshot())
+    return store
+
+
+def _counting_parses(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record the row groups of each parse of a checkpoint's adds."""
+    from usage_analytics._storage.log import Log
+
+    calls: list[list[int]] = []
+    parse = Log._checkpoint_adds
+
+    def counting(self: Log, file: Any, groups: list[int], path: str) -> list[FileEntry]:
+        calls.append(list(groups))
+        return parse(self, file, groups, path)
+
+    monkeypatch.setattr(Log, "_checkpoint_adds", counting)
+    return calls
+
+
+def test_a_report_of_a_day_reads_the_row_groups_of_that_day(
+    days_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = max(days_store.root.glob("_delta_log/*.checkpoint.parquet"))
+    ranges = checkpoint._date_ranges(pq.ParquetFile(name).metadata)
+    with_adds = [i for i, days in enumerate(ranges) if days is not None]
+    assert len(with_adds) >= 14  # 40 adds, 3 a row group
+    monkeypatch.setattr(dataset, "CHECKPOINT_EVERY", 10**9)  # no checkpoint in the test
+    expected = days_store.find_usages()
+    day = DAY0 + 7 * NS_PER_DAY
+    on_day = expected[expected["timestamp"].between(day, day + NS_PER_DAY - 1)]
+    tenant = on_day["tenant"].iloc[0]
+    # The same report, from a state whose every date was read first.
+    whole = Store(days_store.root)
+    assert len(whole.files()) == 40
+    calls = _counting_parses(monkeypatch)
+    store = Store(days_store.root)
+    report = store.aggregated_usage(tenant, day, day + NS_PER_DAY)
+    assert 1 <= len(calls) <= 2  # the day's two adds, in one row group or across two
+    pd.testing.assert_frame_equal(report, whole.aggregated_usage(tenant, day, day + NS_PER_DAY))
+    assert report["total_requests"].sum() == (on_day["tenant"] == tenant).sum() > 0
+    # An append to another day reads that day's row groups, not the rest.
+    before = len(calls)
+    store.create_usage(_rows(1, 999, DAY0 + 15 * NS_PER_DAY))
+    assert 1 <= len(calls) - before <= 2
+    # Every file, in date order; each row group read once.
+    files = store.files()
+    assert sorted(g for groups in calls for g in groups) == with_adds
+    assert len(files) == 41
+    assert sorted(files, key=lambda p: p.parent.name) == files
+    assert len(store.find_usages()) == len(expected) + 1
+
+
+def test_damage_in_a_row_group_no_read_uses_is_named_when_one_does(days_store: Store) -> None:
+    tenant = days_store.find_usages()["tenant"].iloc[0]
+    name = max(days_store.root.glob("_delta_log/*.checkpoint.parquet"))
+    table = pq.read_table(name)
+    rows = table.to_pylist()
+    last = max(i for i, row in enumerate(rows) if row["add"] is not None)
+    tags = dict(rows[last]["add"]["tags"])
+    raw = json.loads(tags[TAG])
+    raw["schema_version"] = 99
+    tags[TAG] = json.dumps(raw)
+    rows[last]["add"]["tags"] = list(tags.items())
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), name, row_group_size=3)
+    store = Store(days_store.root)
+    store.aggregated_usage(tenant, DAY0, DAY0 + NS_PER_DAY)  # the first day: not damaged
+    with pytest.raises(CorruptDatasetError, match=r"schema version 99"):
+        store.find_usages()
+    with pytest.raises(CorruptDatasetError, match=r"checkpoint\.parquet is damaged"):
+        Store(days_store.root).verify()
+
+
+def test_an_older_checkpoint_of_one_row_group_reads_whole(
+    days_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = days_store.find_usages()
+    name = max(days_store.root.glob("_delta_log/*.checkpoint.parquet"))
+    pq.write_table(pq.read_table(name), name)  # one row group, as earlier versions wrote
+    calls = _counting_parses(monkeypatch)
+    store = Store(days_store.root)
+    pd.testing.assert_frame_equal(store.find_usages(), expected)
+    assert calls == [[0]]

@@ -5,8 +5,10 @@ where they can, its Delta log) row for row as the store does, and agree with its
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,22 +154,64 @@ def test_a_missing_engine_is_an_error_that_says_what_to_install(
 # Every engine, after each stage of a dataset's life: row for row, and on a report.
 
 
+#: Where ``make spark`` installs pyspark, outside the test environment (see _spark_worker).
+PYSPARK_DIR = Path(
+    os.environ.get(
+        "USAGE_ANALYTICS_PYSPARK", Path(__file__).resolve().parent.parent / ".venv/pyspark"
+    )
+)
+
+
+class Spark:
+    """A local Spark session in a worker process (``tests/_spark_worker.py``)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        env = dict(os.environ, PYTHONPATH=str(PYSPARK_DIR))
+        self._proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("_spark_worker.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self._answer("ready")
+        self._reads = 0
+
+    def _answer(self, expected: str) -> None:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if line != expected:
+            raise AssertionError(f"the Spark worker answered {line and json.loads(line)!s}")
+
+    def read_parquet(self, files: list[str]) -> pd.DataFrame:
+        """The rows of ``files``, as Spark's ``read.parquet(...).toPandas()`` gives them."""
+        self._reads += 1
+        out = self._workdir / f"spark-{self._reads}.parquet"
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"files": files, "out": str(out)}) + "\n")
+        self._proc.stdin.flush()
+        self._answer("ok")
+        return pd.read_parquet(out)
+
+    def stop(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+
 @pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    """A local Spark session (pyspark, with the machine's Java)."""
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spark]:
+    """Spark (pyspark from ``make spark``, with the machine's Java), in a process of its own."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("Spark needs Java 17 or newer: apt-get install openjdk-17-jre-headless")
-    pyspark_sql = pytest.importorskip("pyspark.sql", reason="pip install pyspark")
-    session = (
-        pyspark_sql.SparkSession.builder.master("local[1]")
-        .appName("usage_analytics-interop")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
+    if not (PYSPARK_DIR / "pyspark").is_dir():
+        pytest.skip(f"pyspark is not installed in {PYSPARK_DIR}: run make spark")
+    session = Spark(tmp_path_factory.mktemp("spark"))
     yield session
     session.stop()
 
@@ -203,7 +247,7 @@ def engine_rows(engine: str, store: Store, spark: Any) -> pd.DataFrame:
     if engine == "dask":
         return dd.read_parquet(files).compute()
     assert engine == "spark"
-    return spark.read.parquet(*files).toPandas()
+    return spark.read_parquet(files)
 
 
 ENGINES = [
@@ -218,7 +262,6 @@ ENGINES = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")  # pyspark on pandas 3
 @pytest.mark.filterwarnings("ignore:.*inplace")
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("engine", ENGINES)

@@ -17,6 +17,7 @@ from typing import Any
 
 import _workers
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from _crash_worker import DAY, FANOUT_ENV, T0, batch, run, single_row
 from helpers import cli_fails, cli_ok
@@ -42,7 +43,7 @@ from usage_analytics import (
     UsageAnalyticsError,
     _layout,
 )
-from usage_analytics._storage import faults, objects
+from usage_analytics._storage import checkpoint, dataset, faults, objects
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
 REPORT = {
@@ -156,19 +157,24 @@ def test_the_same_answers_as_a_local_store(
     same_answers(store, local)
 
 
-def test_other_engines_read_the_snapshot_on_s3(s3: Remote) -> None:
-    import deltalake
-
-    store = s3.store()
-    load_like(store)
-    expected = store.find_usages().sort_values("id").reset_index(drop=True)
-    options = {
+def delta_options(s3: Remote) -> dict[str, str]:
+    """The storage options of ``deltalake`` for the S3 server of the tests."""
+    return {
         "AWS_ENDPOINT_URL": s3.options["endpoint_url"],
         "AWS_ACCESS_KEY_ID": s3.options["key"],
         "AWS_SECRET_ACCESS_KEY": s3.options["secret"],
         "AWS_REGION": "us-east-1",
         "AWS_ALLOW_HTTP": "true",
     }
+
+
+def test_other_engines_read_the_snapshot_on_s3(s3: Remote) -> None:
+    import deltalake
+
+    store = s3.store()
+    load_like(store)
+    expected = store.find_usages().sort_values("id").reset_index(drop=True)
+    options = delta_options(s3)
     table = deltalake.DeltaTable(s3.url, storage_options=options)
     assert table.version() == int(store.history()["version"].max())
     from_delta = table.to_pyarrow_table().to_pandas().sort_values("id")
@@ -181,6 +187,34 @@ def test_other_engines_read_the_snapshot_on_s3(s3: Remote) -> None:
         assert list(got.columns) == list(expected.columns)
         for column in ("id", "user_id", "timestamp", "prompt_tokens", "tenant"):
             assert got[column].tolist() == expected[column].tolist(), column
+
+
+def test_checkpoints_on_s3_are_read_by_the_store_and_by_deltalake(
+    s3: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deltalake
+
+    monkeypatch.setattr(dataset, "CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(checkpoint, "ROW_GROUP_ROWS", 2)  # a few adds a row group
+    store, local = s3.store(), Store(tmp_path / "usage")
+    for s in (store, local):
+        load_like(s)
+    fs = s3.fs
+    fs.invalidate_cache()
+    log = s3.url + "/_delta_log"
+    hint = json.loads(fs.cat_file(f"{log}/_last_checkpoint"))
+    assert hint["version"] >= 5 and hint["version"] % 5 == 0
+    name = f"{log}/{hint['version']:020d}.checkpoint.parquet"
+    with fs.open(name, "rb") as fh:
+        assert pq.ParquetFile(fh).metadata.num_row_groups > 2
+    # Without the commits the checkpoint holds, a new store reads as the local one does.
+    for version in range(hint["version"] + 1):
+        fs.rm_file(f"{log}/{version:020d}.json")
+    same_answers(s3.store(), local)
+    assert s3.store().verify().empty
+    options = delta_options(s3)
+    from_delta = deltalake.DeltaTable(s3.url, storage_options=options).to_pyarrow_table()
+    assert sorted(from_delta.column("id").to_pylist()) == sorted(rows(local)["id"].tolist())
 
 
 # ---------------------------------------------------------------------------------------------

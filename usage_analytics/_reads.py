@@ -76,7 +76,7 @@ def files_between(snap: Snapshot, lo: int, hi: int) -> list[FileEntry]:
     if lo >= hi:
         return []
     first, last = day_date(lo // NS_PER_DAY), day_date((hi - 1) // NS_PER_DAY)
-    return [e for date, group in snap.by_date().items() if first <= date <= last for e in group]
+    return snap.files_between(first, last)
 
 
 def pieces(snap: Snapshot, lo: int, hi: int) -> tuple[list[Piece], list[Piece]]:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from . import _layout
 from ._reads import read_rows
 from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, day_number
+from ._storage.fileset import DayPaths, date_of
 from .reports import grains
 
 __all__ = [
@@ -261,9 +262,9 @@ class Summaries:
         files, not on disk yet, each with the future of every summary computed for it (None
         for a file too small for summaries).
         """
-        by_day: dict[int, list[str]] = {}
-        for entry in snap.files:
-            by_day.setdefault(day_number(entry.date), []).append(entry.path)
+        # The files of a day are read only for the blocks planned (a state of many files
+        # reads its checkpoint a date at a time).
+        by_day = DayPaths(snap.fileset)
         if not by_day or not SPAN_KINDS:
             return []
         first, last = min(by_day), max(by_day)
@@ -274,9 +275,7 @@ class Summaries:
         # A small file of the write being committed is not on disk yet: its day can be
         # summarized only from summaries, which it has none of.
         staged = staged or {}
-        without = [
-            day_number(e.date) for e in snap.files if e.path in staged and not staged[e.path]
-        ]
+        without = [day_number(date_of(p)) for p, f in staged.items() if not f and p in snap.by_path]
         if without:
             last = min(last, min(without) - 1)
             if open_day is not None and open_day >= min(without):

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from . import _layout
 from ._reads import read_rows
 from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, history
+from ._storage.fileset import date_of
 from ._storage.manifest import day_number
 from ._summaries import (
     SPAN_KINDS,
@@ -158,7 +159,7 @@ class Writer:
                 after = tx.pending()
                 # Every day before the last batch's first day is complete: batches run
                 # forward in time (a batch that does not only delays its days' spans).
-                batch_first_day = min(day_number(e.date) for e in after.files if e.path in staged)
+                batch_first_day = min(day_number(date_of(p)) for p in staged if p in after.by_path)
                 plans = summaries.plan_spans(
                     after,
                     max(first_day, batch_first_day),

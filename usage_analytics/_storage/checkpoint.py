@@ -1,24 +1,142 @@
-"""The file entries of a checkpoint, parsed column by column.
+"""The file entries of a checkpoint: read a row group at a time, parsed column by column.
 
 A checkpoint lists every live file: with 100,000 files, parsing and checking each entry's JSON
-one field at a time costs seconds. Entries of the plain shape this package writes are parsed
-here in bulk instead (pyarrow's JSON reader, vectorized checks of every field the entry-by-entry
-parser checks); anything else (a field missing, mistyped or out of range, an odd path) makes
-:func:`entries` return None, and the caller parses entry by entry, which names what is wrong.
+one field at a time costs seconds, and even in bulk a few hundred milliseconds. So a
+checkpoint is written in date order, in row groups of :data:`ROW_GROUP_ROWS` adds, and
+:class:`Adds` reads a row group only when a date in it is first used (the row groups'
+statistics of ``add.path`` say which dates each holds). Entries of the plain shape this
+package writes are parsed in bulk (pyarrow's JSON reader, vectorized checks of every field the
+entry-by-entry parser checks); anything else (a field missing, mistyped or out of range, an
+odd path) makes :func:`entries` return None, and the caller parses entry by entry, which names
+what is wrong. Damage is named when the row group that holds it is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
+import pyarrow.parquet as pq
 
+from .fileset import date_of
 from .manifest import FileEntry, valid_date
 
-__all__ = ["entries"]
+__all__ = ["ROW_GROUP_ROWS", "Adds", "entries"]
+
+#: Rows of a checkpoint's row group: a date's first use reads one or two of them.
+ROW_GROUP_ROWS: Final = 2048
+_LOWEST, _HIGHEST = "", "\uffff"
+
+
+class Adds:
+    """The add actions of the checkpoint ``file``, as a :class:`~.fileset.FileSet`'s source.
+
+    ``parse`` turns the row groups it is given into their entries (raising
+    ``CorruptDatasetError`` for damage). A checkpoint of another shape (one row group, no
+    statistics) is read whole at its first use.
+    """
+
+    def __init__(
+        self, file: pq.ParquetFile, parse: Callable[[pq.ParquetFile, list[int]], list[FileEntry]]
+    ) -> None:
+        self._file: pq.ParquetFile | None = file
+        self._parse = parse
+        self._ranges = _date_ranges(file.metadata)
+        #: The entries of each row group read, per date.
+        self._read: dict[int, dict[str, list[FileEntry]]] = {}
+        self._groups: dict[str, dict[str, FileEntry]] = {}
+        self._dates: list[str] | None = None
+        self._lock = threading.Lock()
+
+    def _row_groups(self, first: str, last: str) -> list[int]:
+        """The row groups that may hold dates of ``first..last``, read."""
+        wanted = [
+            i
+            for i, span in enumerate(self._ranges)
+            if span is not None and span[0] <= last and first <= span[1]
+        ]
+        if any(i not in self._read for i in wanted):
+            with self._lock:  # threads of one process may share a state
+                for i in wanted:
+                    if i not in self._read:
+                        assert self._file is not None  # dropped once every row group is read
+                        per_date: dict[str, list[FileEntry]] = {}
+                        for entry in self._parse(self._file, [i]):
+                            per_date.setdefault(entry.date, []).append(entry)
+                        self._read[i] = per_date
+                if len(self._read) == sum(span is not None for span in self._ranges):
+                    self._file = None  # every row group is read: its bytes are not needed
+        return wanted
+
+    def group(self, date: str) -> dict[str, FileEntry]:
+        out = self._groups.get(date)
+        if out is None:
+            out = {}
+            for i in self._row_groups(date, date):
+                for entry in self._read[i].get(date, ()):
+                    out[entry.path] = entry
+            self._groups[date] = out
+        return out
+
+    def dates_between(self, first: str, last: str) -> list[str]:
+        found = {d for i in self._row_groups(first, last) for d in self._read[i]}
+        return sorted(d for d in found if first <= d <= last)
+
+    def dates(self) -> list[str]:
+        """From the paths alone while a row group is unread (its entries are read when used;
+        a path of no valid date makes every row group read, which names the damage)."""
+        if self._dates is None:
+            dates = None if self._file is None else _path_dates(self._file)
+            if dates is None:
+                dates = self.dates_between(_LOWEST, _HIGHEST)
+            self._dates = dates
+        return self._dates
+
+
+def _path_dates(file: pq.ParquetFile) -> list[str] | None:
+    """The dates of the paths the adds of ``file`` name, or None for an odd path."""
+    try:
+        column = file.read(columns=["add.path"]).column("add").combine_chunks()
+        paths = column.flatten()[0].drop_null()
+        prefixes = pc.unique(pc.utf8_slice_codeunits(paths, 0, 16)).to_pylist()
+    except (pa.ArrowException, OSError, ValueError, IndexError):
+        return None
+    dates = sorted(date_of(p) for p in prefixes)
+    if not all(p == f"date={date_of(p)}/" and valid_date(date_of(p)) for p in prefixes):
+        return None
+    return dates
+
+
+def _date_ranges(metadata: pq.FileMetaData) -> list[tuple[str, str] | None]:
+    """For each row group, the first and last date of its adds' paths by its statistics (all
+    dates when it has none), or None when it holds no add."""
+    column = next(
+        (j for j in range(metadata.num_columns) if metadata.schema.column(j).path == "add.path"),
+        None,
+    )
+    out: list[tuple[str, str] | None] = []
+    for i in range(metadata.num_row_groups):
+        group = metadata.row_group(i)
+        stats = None if column is None else group.column(column).statistics
+        if stats is None or not stats.has_min_max:
+            if stats is not None and stats.null_count == group.num_rows:
+                out.append(None)
+            else:
+                out.append((_LOWEST, _HIGHEST))
+            continue
+        low, high = str(stats.min), str(stats.max)
+        out.append(
+            (
+                date_of(low) if len(low) >= 15 else _LOWEST,
+                date_of(high) if len(high) >= 15 and date_of(high) else _HIGHEST,
+            )
+        )
+    return out
+
 
 _PATH_RE = r"^date=\d{4}-\d{2}-\d{2}/[0-9a-f]{32}\.parquet$"
 _KIND_RE = r"^[a-z]+$"

@@ -24,6 +24,7 @@ Summary files live under ``_rollups/``, which no Delta action names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -52,6 +53,7 @@ from .delta import (
 )
 from .faults import fault
 from .files import fsync_dir, replace_bytes, unlink_missing_ok, write_bytes_durably
+from .fileset import FileSet
 from .manifest import (
     LOG_DIR_NAME as LOG_DIR,
 )
@@ -74,7 +76,7 @@ TAG: Final = "usage_analytics"
 #: Where a commit is written before it is linked into the log (skipped by every reader).
 COMMIT_TMP: Final = "._usage_analytics.commit.tmp"
 #: The state before version 0.
-_EMPTY: Final = Snapshot(version=-1, txid="", schema_version=1, next_id=1, files=())
+_EMPTY: Final = Snapshot(version=-1, txid="", schema_version=1, next_id=1)
 
 
 class Log:
@@ -132,11 +134,9 @@ class Log:
     def _names(self) -> list[str]:
         return os.listdir(self.dir)
 
-    def _read_table(self, name: str, columns: list[str]) -> pa.Table:
-        path = self.dir / name
-        if path.is_symlink():
-            raise CorruptDatasetError(f"{path} is a symbolic link; the store does not follow links")
-        return pq.read_table(path, columns=columns)
+    def _read_parquet(self, name: str) -> pq.ParquetFile:
+        """A Parquet file of the log, read whole into memory (its parts are parsed later)."""
+        return pq.ParquetFile(pa.py_buffer(self._read(name)))
 
     def _put(self, version: int, data: bytes) -> None:
         """Create commit ``version`` with ``data`` unless it exists: the commit point."""
@@ -162,7 +162,7 @@ class Log:
     def _write_checkpoint(self, version: int, table: pa.Table, hint: bytes) -> None:
         path = self.dir / f"{version:020d}.checkpoint.parquet"
         tmp = self.root / ("." + path.name + ".tmp")
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=checkpoint.ROW_GROUP_ROWS)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -277,32 +277,17 @@ class Log:
         return self._checkpoint(version)
 
     def _checkpoint(self, version: int) -> Snapshot:
-        """The state the checkpoint of ``version`` holds."""
+        """The state the checkpoint of ``version`` holds: its files are read a row group at a
+        time, when first used (see ``checkpoint``)."""
         name = f"{version:020d}.checkpoint.parquet"
         path = self.where(name)
-        with gc_paused():
-            return self._parse_checkpoint(name, path, version)
-
-    def _parse_checkpoint(self, name: str, path: str, version: int) -> Snapshot:
         try:
-            table = self._read_table(
-                name, ["add.path", "add.size", "add.tags", "protocol", "domainMetadata"]
-            )
+            file = self._read_parquet(name)
+            table = file.read(columns=["protocol", "domainMetadata"])
             actions: list[dict[str, Any]] = []
             for kind in ("protocol", "domainMetadata"):
                 column = table.column(kind)
                 actions += [{kind: a} for a in column.filter(pc.is_valid(column)).to_pylist()]
-            adds = table.select(["path", "size", "tags"])
-            listed = adds.filter(pc.is_valid(adds.column("path")))
-            entries = checkpoint.entries(listed, TAG, self._max_schema_version, self._stats_columns)
-            if entries is not None:  # the plain shape: parsed column by column
-                return self._state(_EMPTY, version, actions, path, listed=entries)
-            # Parsed add by add, which names what is odd.
-            for add in self._read_table(name, ["add"]).column("add").to_pylist():
-                if add is not None:
-                    add["tags"] = dict(add["tags"] or ())
-                    add["partitionValues"] = dict(add["partitionValues"] or ())
-                    actions.append({"add": add})
         except FileNotFoundError:
             raise CorruptDatasetError(
                 f"the checkpoint {path} that {self.where(LAST_CHECKPOINT)} names is missing; "
@@ -310,7 +295,41 @@ class Log:
             ) from None
         except (pa.ArrowException, OSError, KeyError) as exc:
             raise self._damaged(path, f"not a checkpoint ({' '.join(str(exc).split())})") from exc
-        return self._state(_EMPTY, version, actions, path)
+        adds = checkpoint.Adds(file, lambda file, groups: self._checkpoint_adds(file, groups, path))
+        base = dataclasses.replace(_EMPTY, fileset=FileSet(source=adds))
+        return self._state(base, version, actions, path)
+
+    def _checkpoint_adds(
+        self, file: pq.ParquetFile, groups: list[int], path: str
+    ) -> list[FileEntry]:
+        """The entries of the adds in the row groups ``groups`` of the checkpoint ``file``."""
+        with gc_paused():
+            try:
+                table = file.read_row_groups(groups, columns=["add.path", "add.size", "add.tags"])
+                fields = table.column("add").combine_chunks().flatten()
+                adds = pa.table(dict(zip(("path", "size", "tags"), fields, strict=True)))
+                listed = adds.filter(pc.is_valid(adds.column("path")))
+                entries = checkpoint.entries(
+                    listed, TAG, self._max_schema_version, self._stats_columns
+                )
+                if entries is not None:  # the plain shape: parsed column by column
+                    return entries
+                # Parsed add by add, which names what is odd.
+                column = file.read_row_groups(groups, columns=["add"]).column("add")
+                raw = [add for add in column.to_pylist() if add is not None]
+            except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+                raise self._damaged(
+                    path, f"not a checkpoint ({' '.join(str(exc).split())})"
+                ) from exc
+            out = []
+            for add in raw:
+                try:
+                    add["tags"] = dict(add["tags"] or ())
+                    add["partitionValues"] = dict(add["partitionValues"] or ())
+                    out.append(self._entry(add))
+                except (Damaged, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise self._damaged(path, str(exc)) from None
+            return out
 
     def _apply(self, snap: Snapshot, version: int, data: bytes) -> Snapshot:
         """``snap`` changed by commit ``version``, whose bytes are ``data``."""
@@ -325,30 +344,15 @@ class Log:
             raise self._damaged(path, f"a line is not JSON ({exc})") from exc
         return version, actions, path
 
-    def _state(
-        self,
-        base: Snapshot,
-        version: int,
-        actions: list[Any],
-        path: str,
-        *,
-        listed: Sequence[FileEntry] = (),
-    ) -> Snapshot:
-        """``base`` changed by ``actions`` of commit ``version`` (after adds of the entries
-        ``listed``)."""
-        return self._replay(base, [(version, actions, path)], listed=listed)
+    def _state(self, base: Snapshot, version: int, actions: list[Any], path: str) -> Snapshot:
+        """``base`` changed by ``actions`` of commit ``version``."""
+        return self._replay(base, [(version, actions, path)])
 
-    def _replay(
-        self,
-        base: Snapshot,
-        commits: Sequence[tuple[int, list[Any], str]],
-        *,
-        listed: Sequence[FileEntry] = (),
-    ) -> Snapshot:
+    def _replay(self, base: Snapshot, commits: Sequence[tuple[int, list[Any], str]]) -> Snapshot:
         """``base`` changed by the ``(version, actions, path)`` of each of ``commits`` in turn,
         as one change (so that catching up on many commits costs their changes)."""
         live = base.by_path
-        added: dict[str, FileEntry] = {e.path: e for e in listed}
+        added: dict[str, FileEntry] = {}
         removed: dict[str, None] = {}  # paths of base's files, in order
         spans = {sp.name: sp for sp in base.spans}
         fields: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 from ..errors import CorruptDatasetError, IncompatibleDatasetError
+from .fileset import FileSet
 
 __all__ = ["FileEntry", "Snapshot", "SpanEntry", "day_date", "day_number"]
 
@@ -317,7 +318,8 @@ class Snapshot:
     txid: str
     schema_version: int
     next_id: int
-    files: tuple[FileEntry, ...]
+    #: The live files, by path (see :class:`FileSet`: a date's entries are made when used).
+    fileset: FileSet = field(default_factory=FileSet)
     spans: tuple[SpanEntry, ...] = ()
     #: Seconds the files a commit removes are kept, so that older versions stay readable
     #: (0: they are removed right after the commit).
@@ -326,70 +328,46 @@ class Snapshot:
     @classmethod
     def first(cls, schema_version: int) -> Snapshot:
         """The state a new dataset starts from: version 0, no file, ids from 1."""
-        return cls(
-            version=0,
-            txid=uuid.uuid4().hex,
-            schema_version=schema_version,
-            next_id=1,
-            files=(),
-        )
+        return cls(version=0, txid=uuid.uuid4().hex, schema_version=schema_version, next_id=1)
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        """Every live file, in date order (makes every date's entries: a read or a commit
+        of a few dates uses :meth:`files_between`, :meth:`by_date` or :meth:`entry`)."""
+        return self.fileset.all()
 
     @property
     def rows(self) -> int:
         return sum(f.rows for f in self.files)
 
     def dates(self) -> list[str]:
-        return sorted({f.date for f in self.files})
+        """The partition dates with files, ascending (do not modify the list)."""
+        return self.fileset.dates()
 
-    def by_date(self) -> dict[str, list[FileEntry]]:
+    def by_date(self) -> Mapping[str, list[FileEntry]]:
         """The files per partition date, dates ascending (do not modify the lists)."""
-        return self._by_date
+        return self.fileset.by_date()
 
-    @functools.cached_property
-    def _by_date(self) -> dict[str, list[FileEntry]]:
-        out: dict[str, list[FileEntry]] = {}
-        for f in self.files:
-            out.setdefault(f.date, []).append(f)
-        return dict(sorted(out.items()))
+    def files_between(self, first: str, last: str) -> list[FileEntry]:
+        """The files of the partition dates ``first..last``, in date order."""
+        return self.fileset.between(first, last)
 
-    @functools.cached_property
-    def by_path(self) -> dict[str, FileEntry]:
-        """The files by path, in the order of :attr:`files` (do not modify it)."""
-        return {f.path: f for f in self.files}
+    def entry(self, path: str) -> FileEntry | None:
+        """The live file at ``path``, if any."""
+        return self.fileset.get(path)
+
+    @property
+    def by_path(self) -> Mapping[str, FileEntry]:
+        """The files by path, in the order of :attr:`files`."""
+        return self.fileset
 
     def evolve(self, removed: Iterable[str], added: Sequence[FileEntry], **fields: Any) -> Snapshot:
         """The state after this one where the files ``removed`` (paths, all live) are gone
         and ``added`` are live (an entry of a live path replaces it, in its place), with
-        ``fields`` changed. Its indexes are this state's, changed where the files changed, so
-        that a commit of a few files costs its change, not the dataset's size."""
+        ``fields`` changed. It shares this state's dates the change leaves alone, so that a
+        commit of a few files costs its change, not the dataset's size."""
         removed = tuple(removed)
-        files = dict(self.by_path)
-        dates = set()
-        for path in removed:
-            dates.add(files.pop(path).date)
-        if files:
-            for entry in added:
-                files[entry.path] = entry
-        else:  # a state from nothing (a checkpoint): one step
-            files = {entry.path: entry for entry in added}
-        if "_by_date" in self.__dict__:  # the dates whose lists change
-            dates.update(entry.date for entry in added)
-        new = dataclasses.replace(self, files=tuple(files.values()), **fields)
-        new.__dict__["by_path"] = files
-        old = self.__dict__.get("_by_date")
-        if old is not None:
-            by_date = dict(old)
-            for date in dates:
-                kept = [files[f.path] for f in old.get(date, ()) if f.path in files]
-                known = {f.path for f in kept}
-                kept += [e for e in added if e.date == date and e.path not in known]
-                if kept:
-                    by_date[date] = kept
-                else:
-                    by_date.pop(date, None)
-            if not dates <= old.keys():
-                by_date = dict(sorted(by_date.items()))
-            new.__dict__["_by_date"] = by_date
+        new = dataclasses.replace(self, fileset=self.fileset.evolve(removed, added), **fields)
         new.__dict__["_change"] = (weakref.ref(self), removed, tuple(added))
         return new
 
@@ -449,7 +427,7 @@ class Snapshot:
             txid=txid,
             schema_version=schema_version,
             next_id=int_field(raw, "next_id", "it"),
-            files=tuple(
+            fileset=FileSet.of(
                 FileEntry.from_json(
                     f, max_schema_version=max_schema_version, stats_columns=stats_columns
                 )

@@ -46,6 +46,7 @@ from ..errors import (
     StorageError,
     UsageAnalyticsError,
 )
+from . import checkpoint
 from .dataset import Dataset
 from .faults import fault
 from .files import summary_bytes, write_parquet_to
@@ -143,9 +144,6 @@ class ObjectLog(Log):
         except FileNotFoundError:
             return []
 
-    def _read_table(self, name: str, columns: list[str]) -> pa.Table:
-        return pq.read_table(f"{self._dir}/{name}", columns=columns, filesystem=self.fs)
-
     def _identity(self, version: int) -> tuple[int, int, int] | None:
         # Commit objects are created once and never replaced: a version that exists is the
         # commit read before (unless the dataset was deleted and created again meanwhile,
@@ -175,7 +173,7 @@ class ObjectLog(Log):
         # Objects appear whole: no temporary name. A checkpoint of a version holds the same
         # state whoever writes it, so two writers racing to write it write the same.
         with self.fs.open(f"{self._dir}/{version:020d}.checkpoint.parquet", "wb") as fh:
-            pq.write_table(table, fh)
+            pq.write_table(table, fh, row_group_size=checkpoint.ROW_GROUP_ROWS)
         self.fs.pipe_file(f"{self._dir}/{LAST_CHECKPOINT}", hint)
 
 
