@@ -9,7 +9,6 @@ the dates they use. States made from one another share the dates neither changed
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -192,9 +191,10 @@ class DayPaths(Mapping[int, "list[str]"]):
     __slots__ = ("_days", "_files")
 
     def __init__(self, files: FileSet) -> None:
+        from .manifest import day_number  # (manifest imports this module)
+
         self._files = files
-        epoch = dt.date(1970, 1, 1)
-        self._days = {(dt.date.fromisoformat(d) - epoch).days: d for d in files.dates()}
+        self._days = {day_number(d): d for d in files.dates()}
 
     def __getitem__(self, day: int) -> list[str]:
         return [e.path for e in self._files.on(self._days[day])]
