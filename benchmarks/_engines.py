@@ -132,11 +132,11 @@ class DuckDBEngine:
     """DuckDB over the dataset's files, one in-process connection reused across runs.
 
     The query names the tenant and the bounds as literals, so that DuckDB sees constants it
-    can push into the Parquet scan, and reads ``<root>/*/*.parquet`` with hive partitioning.
+    can push into the Parquet scan, and reads ``<root>/date=*/*.parquet`` with hive partitioning.
     """
 
     def __init__(self, root: Path) -> None:
-        self.source = _sql_text(str(root / "*" / "*.parquet"))
+        self.source = _sql_text(str(root / "date=*" / "*.parquet"))
         self.con = duckdb.connect()
 
     def sql(self, query: str, tenant: str, start_ns: int, end_ns: int) -> str:

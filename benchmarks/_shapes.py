@@ -282,12 +282,12 @@ class StoreShapes:
 
 
 class DuckDBShapes:
-    """The shapes as DuckDB SQL over ``<root>/*/*.parquet``, one connection reused."""
+    """The shapes as DuckDB SQL over ``<root>/date=*/*.parquet``, one connection reused."""
 
     def __init__(self, root: Path, context: Context) -> None:
         import duckdb  # here: the store's memory is measured without it
 
-        self.source = _sql_text(str(root / "*" / "*.parquet"))
+        self.source = _sql_text(str(root / "date=*" / "*.parquet"))
         self.con = duckdb.connect()
         self.context = context
 

@@ -174,9 +174,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _dir_stats(root: Path) -> tuple[int, int]:
-    """(number of ``*.parquet`` files, their total bytes) under ``root``."""
-    files = [p for p in root.rglob("*.parquet") if not p.name.startswith(".")]
+def _dir_stats(root: Path, pattern: str) -> tuple[int, int]:
+    """(number of files matching ``pattern`` under ``root``, their total bytes)."""
+    files = [p for p in root.glob(pattern) if not p.name.startswith(".")]
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -238,8 +238,8 @@ def ingest(
             clock.log(f"ingest: {i + 1}/{n_batches} batches")
     if written != args.rows:
         raise RuntimeError(f"create_usage wrote {written} rows, expected {args.rows}")
-    store_files, store_bytes = _dir_stats(store_root)
-    plain_files, plain_bytes = _dir_stats(plain_root)
+    store_files, store_bytes = _dir_stats(store_root, "date=*/*.parquet")
+    plain_files, plain_bytes = _dir_stats(plain_root, "*.parquet")
     return (
         {
             "rows": args.rows,

@@ -105,6 +105,23 @@ def test_as_of_a_time_reads_the_commit_current_then(
         Store(store.root, as_of="2000-01-01").find_usages()
 
 
+def test_history_names_each_commit_by_its_operation(
+    kept: tuple[Store, dict[int, tuple[pd.DataFrame, pd.DataFrame]]],
+) -> None:
+    store, _ = kept
+    ops = store.history()["operation"].tolist()
+    assert ops[:2] == ["CREATE TABLE", "SET TBLPROPERTIES"]
+    # Appends write, the delete deletes, compaction optimizes (one commit per partition), and
+    # the commits that only add span summaries say so.
+    data = [op for op in ops[2:] if op != "SUMMARIZE"]
+    assert data[:5] == ["WRITE"] * 4 + ["DELETE"]
+    assert set(data[5:]) == {"OPTIMIZE"}
+    assert "SUMMARIZE" in ops
+    # Delta readers see the same names.
+    theirs = [c["operation"] for c in deltalake.DeltaTable(store.root).history()]
+    assert sorted(theirs) == sorted(ops)
+
+
 def test_a_store_as_of_a_version_refuses_every_write(
     kept: tuple[Store, dict[int, tuple[pd.DataFrame, pd.DataFrame]]],
 ) -> None:

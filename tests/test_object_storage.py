@@ -306,6 +306,62 @@ def test_racing_batches_with_on_conflict_ignore_both_land_once(s3: Remote) -> No
     assert got["id"].is_unique
 
 
+def _load_raced_by(remote: Remote, tmp_path: Path, on_conflict: str) -> Any:
+    """Load a 3-row CSV while, during its first attempt only, another writer commits a row
+    with the key of the second line; returns the load's result (or its error)."""
+    from usage_analytics import ingest
+
+    export = tmp_path / "export.csv"
+    export.write_text(
+        "timestamp,tenant,user_id\n"
+        "2026-11-02T10:00:00Z,t0,u1\n2026-11-02T10:00:01Z,t0,u1\n2026-11-02T10:00:02Z,t0,u2\n"
+    )
+    other = remote.store()
+    chunks = ingest._Reader.chunks
+    attempts = []
+
+    def racing(self: Any, **kw: Any) -> Any:
+        attempts.append(1)
+        for chunk in chunks(self, **kw):
+            yield chunk
+            if len(attempts) == 1:  # the other writer commits before this load does
+                other.create_usage(
+                    {"user_id": "u1", "tenant": "t0", "timestamp": "2026-11-02T10:00:01Z"}
+                )
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ingest._Reader, "chunks", racing)
+        try:
+            result = ingest.load_files(remote.store(), [export], on_conflict=on_conflict)
+        except UsageAnalyticsError as exc:
+            result = exc
+    return result, len(attempts)
+
+
+def test_a_load_raced_by_a_common_key_runs_again_and_skips_it(
+    memory: Remote, tmp_path: Path
+) -> None:
+    memory.store().auto_migrate()
+    result, attempts = _load_raced_by(memory, tmp_path, "ignore")
+    assert attempts == 2
+    assert (result.rows_read, result.rows_written, result.duplicates_skipped) == (3, 2, 1)
+    got = memory.store().find_usages()
+    assert len(got) == 3
+    assert not got.duplicated(["user_id", "timestamp"]).any()
+    assert memory.store().verify().empty
+
+
+def test_a_load_raced_by_a_common_key_with_on_conflict_error_lands_nothing(
+    memory: Remote, tmp_path: Path
+) -> None:
+    memory.store().auto_migrate()
+    result, attempts = _load_raced_by(memory, tmp_path, "error")
+    assert isinstance(result, DuplicateUsageError), result
+    assert "another writer" in str(result)
+    assert attempts == 1
+    assert len(memory.store().find_usages()) == 1  # the other writer's row alone
+
+
 def test_racing_writer_processes_exactly_one_lands(s3: Remote, procs: list[Any]) -> None:
     rounds = 3
     s3.store().auto_migrate()

@@ -220,6 +220,7 @@ class Summaries:
                     encoded = grains.encode_keys(rows)
                     tables = {k: grains.rollup(k, encoded) for k in kinds}
                     tx.add_summaries(entry, {k: worth(k, t, entry.rows) for k, t in tables.items()})
+                tx.operation = "SUMMARIZE"
                 tx.commit()
                 done += len(entries)
         return done
@@ -238,6 +239,7 @@ class Summaries:
                     tx.drop_span(span.replaces)
                 entry = tx.add_span(span.first, span.last, span.tables, span.files)
                 built[entry.name] = span.tables
+            tx.operation = "SUMMARIZE"
             tx.commit()
         self.remember_spans(built)
         return len(built)

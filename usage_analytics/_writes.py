@@ -364,6 +364,7 @@ class Writer:
                 deleted += n
                 if remaining is not None:
                     remaining -= n
+            tx.operation = "DELETE"
             tx.commit()
         return deleted
 
@@ -470,6 +471,7 @@ class Writer:
                     piece = merged.slice(start, size)
                     piece = piece.sort_by([("tenant", "ascending"), ("timestamp", "ascending")])
                     self._add(tx, date, piece)
+                tx.operation = "OPTIMIZE"
                 tx.commit()
                 done += 1
         self._summaries.fill_missing()

@@ -307,7 +307,12 @@ class Store:
 
     def history(self) -> pd.DataFrame:
         """The commits the log keeps, one row each: ``version``, ``time`` (UTC) and
-        ``operation``; a version can be read with ``Store(root, as_of=version)``."""
+        ``operation``; a version can be read with ``Store(root, as_of=version)``.
+
+        Operations: ``CREATE TABLE``, ``WRITE`` (an append), ``DELETE``, ``OPTIMIZE``
+        (:meth:`compact`, one commit per partition), ``UPGRADE`` (files rewritten in a newer
+        schema), ``SUMMARIZE`` (summaries added, rows unchanged), ``SET TBLPROPERTIES``
+        (the history retention) and ``RESERVE IDS`` (an append's row ids, on object storage)."""
         return _versions.history_frame(self._ds)
 
     def set_history_retention(self, duration: Any) -> None:

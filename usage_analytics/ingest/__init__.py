@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import InvalidArgumentError, ValidationError
+from ..errors import ConcurrentWriteError, InvalidArgumentError, ValidationError
 from ..schema import INT32_COLUMNS, NS_PER_DAY
 from ._convert import Options, convert, empty, joined, parse_options
 from ._formats import (
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["CHUNK_ROWS", "FORMATS", "LoadResult", "load_files", "read_usage_file"]
 
 CHUNK_ROWS: Final = 1 << 17
+
+#: How many times a load runs when other writers' commits conflict with it (object storage).
+LOAD_ATTEMPTS: Final = 5
 
 
 _SHOWN: Final = 20
@@ -344,7 +347,10 @@ def load_files(
 
     The files are read in chunks (see :func:`read_usage_file` for the options), so memory
     stays bounded whatever their size; each chunk is written as it comes, and the commit
-    at the end makes them all live at once.
+    at the end makes them all live at once. On object storage, when another writer commits
+    rows with keys of this load meanwhile (and ``on_conflict="ignore"``), nothing of this
+    attempt lands and the files are read and loaded again on the newer state, which then
+    skips those rows (up to :data:`LOAD_ATTEMPTS` times).
 
     Args:
         store: the store to load into (created with ``auto_migrate()`` or ``init``).
@@ -371,15 +377,45 @@ def load_files(
     files = _paths(paths)
     if not isinstance(progress, bool):
         raise InvalidArgumentError(f"progress must be True or False, not {progress!r}")
+    target: Path | None = None
+    if rejects is not None:
+        target = Path(rejects)
+        if target.resolve() in {f.resolve() for f in files}:
+            raise InvalidArgumentError(f"rejects file {target} is one of the files to load")
+        if target.is_dir():
+            raise InvalidArgumentError(f"rejects file {target} is a folder")
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        try:
+            reader, written = _load_once(store, files, options, on_conflict, target, progress)
+        except ConcurrentWriteError:
+            # Another writer committed rows with keys of this load (on object storage); the
+            # files are read again, and the rows now stored are skipped (or refused).
+            if attempt == LOAD_ATTEMPTS:
+                raise
+            continue
+        return LoadResult(
+            files=len(files),
+            rows_read=reader.rows_read,
+            rows_written=written,
+            duplicates_skipped=reader.rows_good - written,
+            rows_rejected=reader.bad_count,
+            rejects=target,
+        )
+    raise AssertionError("unreachable")
+
+
+def _load_once(
+    store: Store,
+    files: list[Path],
+    options: Options,
+    on_conflict: Literal["error", "ignore"],
+    target: Path | None,
+    progress: bool,
+) -> tuple[_Reader, int]:
+    """One attempt of :func:`load_files`: the reader (for its counts) and the rows written."""
     reader = _Reader(files, options, progress)
     with contextlib.ExitStack() as stack:
-        target: Path | None = None
-        if rejects is not None:
-            target = Path(rejects)
-            if target.resolve() in {f.resolve() for f in files}:
-                raise InvalidArgumentError(f"rejects file {target} is one of the files to load")
-            if target.is_dir():
-                raise InvalidArgumentError(f"rejects file {target} is a folder")
+        if target is not None:
             tmp = target.with_name(f".{target.name}.tmp")
             try:
                 out = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
@@ -399,11 +435,4 @@ def load_files(
         if target is not None:
             out.close()
             os.replace(tmp, target)
-    return LoadResult(
-        files=len(files),
-        rows_read=reader.rows_read,
-        rows_written=written,
-        duplicates_skipped=reader.rows_good - written,
-        rows_rejected=reader.bad_count,
-        rejects=target,
-    )
+    return reader, written
