@@ -4,6 +4,7 @@ anything but the plain shape falls back to the entry-by-entry parser, which name
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -270,3 +271,56 @@ def test_an_older_checkpoint_of_one_row_group_reads_whole(
     store = Store(days_store.root)
     pd.testing.assert_frame_equal(store.find_usages(), expected)
     assert calls == [[0]]
+
+
+def test_a_checkpoint_copies_the_row_groups_of_the_dates_no_commit_changed(
+    days_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usage_analytics._storage.log import Log
+
+    monkeypatch.setattr(dataset, "CHECKPOINT_EVERY", 10**9)  # checkpoints written by the test
+    store = Store(days_store.root)
+    calls = _counting_parses(monkeypatch)
+    store.create_usage(_rows(1, 999, DAY0 + 15 * NS_PER_DAY))  # a date changes
+    store.create_usage(_rows(1, 998, DAY0 + 25 * NS_PER_DAY))  # a date appears
+    store.delete_usage(DAY0 + NS_PER_DAY)  # a date goes
+    snap = store._ds.snapshot()
+    first, day15, day25 = (str(pd.Timestamp(DAY0 + d * NS_PER_DAY).date()) for d in (0, 15, 25))
+    assert snap.fileset.changed() == [first, day15, day25]
+    parsed = {g for groups in calls for g in groups}
+    store._ds._log.checkpoint(snap)
+    parsed_by_checkpoint = {g for groups in calls for g in groups} - parsed
+    assert len(parsed_by_checkpoint) <= 2  # the neighbours of the changed dates, at most
+    # The new checkpoint holds the adds a checkpoint made from every entry holds, in order.
+    name = max(days_store.root.glob("_delta_log/*.checkpoint.parquet"))
+    rows = [r["add"] for r in pq.read_table(name).to_pylist() if r["add"] is not None]
+    made = [Log._checkpoint_add(store._ds._log, e, 0) for e in snap.files]
+    strip = [{k: v for k, v in add.items() if k != "modificationTime"} for add in rows]
+    assert strip == [{k: v for k, v in add.items() if k != "modificationTime"} for add in made]
+    ranges = [r for r in checkpoint._date_ranges(pq.ParquetFile(name).metadata) if r]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
+    hint = json.loads((days_store.root / "_delta_log" / "_last_checkpoint").read_text())
+    assert hint["numOfAddFiles"] == len(made) == 40 - 2 + 2
+    # A store opened from it (the commits before it gone) reads the same rows.
+    version = int(name.name.split(".")[0])
+    for commit in days_store.root.glob("_delta_log/*.json"):
+        if int(commit.name.split(".")[0]) <= version:
+            commit.unlink()
+    reopened = Store(days_store.root)
+    pd.testing.assert_frame_equal(reopened.find_usages(), store.find_usages())
+    assert reopened.verify().empty
+    deltalake = pytest.importorskip("deltalake")
+    assert deltalake.DeltaTable(days_store.root).to_pyarrow_table().num_rows == len(
+        store.find_usages()
+    )
+    # A checkpoint of a state read from that one copies from it in turn.
+    reopened.create_usage(_rows(1, 997, DAY0 + 10 * NS_PER_DAY))
+    later = reopened._ds.snapshot()
+    source = later.fileset.source
+    assert isinstance(source, checkpoint.Adds) and source.version == version
+    copy = checkpoint.reusable(source, later.fileset.changed())
+    assert sum(copy) >= len(ranges) - 1  # all but the row group of the changed date
+    reopened._ds._log.checkpoint(later)
+    again = max(days_store.root.glob("_delta_log/*.checkpoint.parquet"))
+    assert again != name
+    pd.testing.assert_frame_equal(Store(days_store.root).find_usages(), reopened.find_usages())

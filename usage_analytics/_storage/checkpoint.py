@@ -13,8 +13,10 @@ what is wrong. Damage is named when the row group that holds it is read.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import pyarrow as pa
@@ -22,14 +24,15 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from .fileset import date_of
+from .delta import CHECKPOINT_SCHEMA
+from .fileset import FileSet, date_of
 from .manifest import FileEntry, valid_date
 
-__all__ = ["ROW_GROUP_ROWS", "Adds", "entries"]
+__all__ = ["ROW_GROUP_ROWS", "Adds", "adds_table", "assemble", "entries", "reusable", "write"]
 
 #: Rows of a checkpoint's row group: a date's first use reads one or two of them.
 ROW_GROUP_ROWS: Final = 2048
-_LOWEST, _HIGHEST = "", "\uffff"
+_LOWEST, HIGHEST = "", "\uffff"
 
 
 class Adds:
@@ -41,8 +44,13 @@ class Adds:
     """
 
     def __init__(
-        self, file: pq.ParquetFile, parse: Callable[[pq.ParquetFile, list[int]], list[FileEntry]]
+        self,
+        file: pq.ParquetFile,
+        parse: Callable[[pq.ParquetFile, list[int]], list[FileEntry]],
+        version: int | None = None,
     ) -> None:
+        #: The version of the checkpoint (None: not one a later checkpoint may copy from).
+        self.version = version
         self._file: pq.ParquetFile | None = file
         self._parse = parse
         self._ranges = _date_ranges(file.metadata)
@@ -72,6 +80,17 @@ class Adds:
                     self._file = None  # every row group is read: its bytes are not needed
         return wanted
 
+    def row_group(self, i: int) -> dict[str, list[FileEntry]]:
+        """The entries of row group ``i``, per date (for a checkpoint that copies the rest)."""
+        lo, hi = self._ranges[i] or (_LOWEST, HIGHEST)
+        self._row_groups(lo, hi)
+        return self._read.get(i, {})
+
+    @property
+    def ranges(self) -> list[tuple[str, str] | None]:
+        """Each row group's first and last date (None: no adds)."""
+        return self._ranges
+
     def group(self, date: str) -> dict[str, FileEntry]:
         out = self._groups.get(date)
         if out is None:
@@ -92,9 +111,124 @@ class Adds:
         if self._dates is None:
             dates = None if self._file is None else _path_dates(self._file)
             if dates is None:
-                dates = self.dates_between(_LOWEST, _HIGHEST)
+                dates = self.dates_between(_LOWEST, HIGHEST)
             self._dates = dates
         return self._dates
+
+
+def reusable(source: Adds, changed: Sequence[str]) -> list[bool]:
+    """For each row group of ``source``'s checkpoint, whether a checkpoint of a state that
+    differs from ``source``'s only on the dates ``changed`` (ascending) can copy it unparsed:
+    when no changed date falls within its range of dates. Row groups without statistics are
+    never copied."""
+    ranges = source._ranges
+    if any(r == (_LOWEST, HIGHEST) for r in ranges if r is not None):
+        return [False] * len(ranges)
+    return [
+        r is not None and bisect.bisect_right(changed, r[1]) == bisect.bisect_left(changed, r[0])
+        for r in ranges
+    ]
+
+
+def reusable_from(
+    files: FileSet, read: Callable[[str], pq.ParquetFile]
+) -> tuple[pq.ParquetFile | None, list[bool]]:
+    """The checkpoint ``files`` came from (``read`` reads a file of the log by name), if any,
+    and which of its row groups a checkpoint of ``files`` can copy (see :func:`reusable`)."""
+    source = files.source
+    if not isinstance(source, Adds) or source.version is None:
+        return None, []
+    copy = reusable(source, files.changed())
+    if not any(copy):
+        return None, []
+    try:
+        old = read(f"{source.version:020d}.checkpoint.parquet")
+        if not old.schema_arrow.equals(CHECKPOINT_SCHEMA):
+            return None, []
+    except (FileNotFoundError, pa.ArrowException, OSError):
+        return None, []  # gone (or damaged): every date from its entries
+    return old, copy
+
+
+def assemble(
+    header: pa.Table,
+    files: FileSet,
+    make_add: Callable[[FileEntry], dict[str, Any]],
+    old: pq.ParquetFile | None,
+    copy: Sequence[bool],
+) -> tuple[list[pa.Table], int]:
+    """The rows of a checkpoint of the state whose files are ``files``, in date order: the
+    ``header`` rows, then the adds, and how many adds. When ``old`` is the checkpoint of
+    ``files``'s source, the row groups ``copy`` marks (see :func:`reusable`) are copied from
+    it as they are; every other add is ``make_add`` of its entry, in row groups of at most
+    :data:`ROW_GROUP_ROWS`."""
+    tables, adds = [header], 0
+    rows: list[dict[str, Any]] = []
+
+    def emit(entries: Iterable[FileEntry]) -> None:
+        rows.extend(make_add(e) for e in entries)
+        if len(rows) >= ROW_GROUP_ROWS:
+            flush()
+
+    def flush() -> None:
+        nonlocal adds
+        if rows:
+            tables.append(adds_table(rows[:]))
+            adds += len(rows)
+            rows.clear()
+
+    changed = files.changed()
+    fresh = [d for d in changed if files.on(d)]  # dates made from their entries
+    source = files.source
+    if old is None or not isinstance(source, Adds):
+        for date in files.dates():
+            emit(files.on(date))
+    else:
+        for i, span in enumerate(source.ranges):
+            if span is None:
+                continue
+            table = None
+            if copy[i]:  # no changed date in it: copied as it is, if it reads
+                with contextlib.suppress(pa.ArrowException, OSError):
+                    table = old.read_row_group(i)
+            if table is not None:
+                while fresh and fresh[0] < span[0]:
+                    emit(files.on(fresh.pop(0)))
+                flush()
+                tables.append(table.filter(pc.is_valid(table.column("add"))))
+                adds += tables[-1].num_rows
+                continue
+            # Its unchanged dates' entries as it holds them, and the changed dates
+            # within its range (or before it) from the state.
+            part = {d: e for d, e in source.row_group(i).items() if d not in changed}
+            while fresh and fresh[0] <= span[1]:
+                date = fresh.pop(0)
+                part[date] = files.on(date)
+            for date in sorted(part):
+                emit(part[date])
+        for date in fresh:
+            emit(files.on(date))
+    flush()
+    return tables, adds
+
+
+def adds_table(adds: list[dict[str, Any]]) -> pa.Table:
+    """Checkpoint rows of the add actions ``adds``."""
+    none = [None] * len(adds)
+    return pa.table(
+        {"add": adds, "metaData": none, "protocol": none, "domainMetadata": none},
+        schema=CHECKPOINT_SCHEMA,
+    )
+
+
+def write(tables: Sequence[pa.Table], where: Any) -> None:
+    """Write a checkpoint's rows (``tables``, in order; the first its header rows) to the
+    path or file ``where``, in row groups of at most :data:`ROW_GROUP_ROWS` rows, none
+    holding both the header and adds."""
+    with pq.ParquetWriter(where, tables[0].schema) as writer:
+        for table in tables:
+            if table.num_rows:
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
 
 def _path_dates(file: pq.ParquetFile) -> list[str] | None:
@@ -126,13 +260,13 @@ def _date_ranges(metadata: pq.FileMetaData) -> list[tuple[str, str] | None]:
             if stats is not None and stats.null_count == group.num_rows:
                 out.append(None)
             else:
-                out.append((_LOWEST, _HIGHEST))
+                out.append((_LOWEST, HIGHEST))
             continue
         low, high = str(stats.min), str(stats.max)
         out.append(
             (
                 date_of(low) if len(low) >= 15 else _LOWEST,
-                date_of(high) if len(high) >= 15 and date_of(high) else _HIGHEST,
+                date_of(high) if len(high) >= 15 and date_of(high) else HIGHEST,
             )
         )
     return out

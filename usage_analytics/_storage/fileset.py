@@ -74,6 +74,16 @@ class FileSet(Mapping[str, "FileEntry"]):
     def __reduce__(self) -> tuple[Any, ...]:  # a source is not sent along: every date is
         return (FileSet.of, (self.all(),))
 
+    @property
+    def source(self) -> Source | None:
+        """Where the dates this set has not made come from."""
+        return self._source
+
+    def changed(self) -> list[str]:
+        """The dates whose files this set holds itself rather than its source's (every date
+        a change touched), ascending."""
+        return sorted(self._groups)
+
     # -- by date -----------------------------------------------------------------------------
 
     def group(self, date: str) -> Mapping[str, FileEntry]:

@@ -159,10 +159,10 @@ class Log:
     def _size(self, path: str) -> int:
         return os.stat(self.root / path).st_size
 
-    def _write_checkpoint(self, version: int, table: pa.Table, hint: bytes) -> None:
+    def _write_checkpoint(self, version: int, tables: list[pa.Table], hint: bytes) -> None:
         path = self.dir / f"{version:020d}.checkpoint.parquet"
         tmp = self.root / ("." + path.name + ".tmp")
-        pq.write_table(table, tmp, row_group_size=checkpoint.ROW_GROUP_ROWS)
+        checkpoint.write(tables, tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -295,7 +295,9 @@ class Log:
             ) from None
         except (pa.ArrowException, OSError, KeyError) as exc:
             raise self._damaged(path, f"not a checkpoint ({' '.join(str(exc).split())})") from exc
-        adds = checkpoint.Adds(file, lambda file, groups: self._checkpoint_adds(file, groups, path))
+        adds = checkpoint.Adds(
+            file, lambda file, groups: self._checkpoint_adds(file, groups, path), version
+        )
         base = dataclasses.replace(_EMPTY, fileset=FileSet(source=adds))
         return self._state(base, version, actions, path)
 
@@ -549,29 +551,40 @@ class Log:
         }
 
     def checkpoint(self, snap: Snapshot) -> None:
-        """Write the whole state ``snap`` (the latest, just committed) as a checkpoint."""
+        """Write the whole state ``snap`` (the latest, just committed) as a checkpoint.
+
+        When ``snap`` was read from an earlier checkpoint, the row groups of its adds that
+        hold only dates no commit since has changed are copied from it as they are (see
+        :func:`checkpoint.reusable`); the other dates' adds are made from their entries.
+        """
         now = int(time.time() * 1000)
         meta = json.loads(self._metadata(snap.schema_version, now, fresh=False))["metaData"]
         meta.update(name=None, description=None, configuration=[])
         meta["format"]["options"] = []
-        adds = [self._add(f, now, data_change=True) for f in snap.files]
-        for add in adds:
-            add["partitionValues"] = list(add["partitionValues"].items())
-            add["tags"] = list(add["tags"].items())
         domains = [domain(snap), *(span_domain(sp.name, sp) for sp in snap.spans)]
-        n = 2 + len(domains) + len(adds)
+        n = 2 + len(domains)
         protocol = dict(PROTOCOL, readerFeatures=None)
-        table = pa.table(
+        header = pa.table(
             {
-                "add": [None] * (2 + len(domains)) + adds,
+                "add": [None] * n,
                 "metaData": [meta] + [None] * (n - 1),
                 "protocol": [None, protocol] + [None] * (n - 2),
-                "domainMetadata": [None, None, *domains] + [None] * len(adds),
+                "domainMetadata": [None, None, *domains],
             },
             schema=CHECKPOINT_SCHEMA,
         )
-        hint = {"version": snap.version, "size": n, "numOfAddFiles": len(adds)}
-        self._write_checkpoint(snap.version, table, line(hint))
+        old, copy = checkpoint.reusable_from(snap.fileset, self._read_parquet)
+        tables, adds = checkpoint.assemble(
+            header, snap.fileset, lambda e: self._checkpoint_add(e, now), old, copy
+        )
+        hint = {"version": snap.version, "size": n + adds, "numOfAddFiles": adds}
+        self._write_checkpoint(snap.version, tables, line(hint))
+
+    def _checkpoint_add(self, entry: FileEntry, now: int) -> dict[str, Any]:
+        add = self._add(entry, now, data_change=True)
+        add["partitionValues"] = list(add["partitionValues"].items())
+        add["tags"] = list(add["tags"].items())
+        return add
 
 
 def _commit_name(version: int) -> str:

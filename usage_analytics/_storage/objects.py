@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import (
     ConcurrentWriteError,
@@ -169,11 +168,11 @@ class ObjectLog(Log):
     def _size(self, path: str) -> int:
         return int(self.fs.size(f"{self._root}/{path}"))
 
-    def _write_checkpoint(self, version: int, table: pa.Table, hint: bytes) -> None:
+    def _write_checkpoint(self, version: int, tables: list[pa.Table], hint: bytes) -> None:
         # Objects appear whole: no temporary name. A checkpoint of a version holds the same
         # state whoever writes it, so two writers racing to write it write the same.
         with self.fs.open(f"{self._dir}/{version:020d}.checkpoint.parquet", "wb") as fh:
-            pq.write_table(table, fh, row_group_size=checkpoint.ROW_GROUP_ROWS)
+            checkpoint.write(tables, fh)
         self.fs.pipe_file(f"{self._dir}/{LAST_CHECKPOINT}", hint)
 
 
