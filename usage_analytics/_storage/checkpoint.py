@@ -173,7 +173,7 @@ def assemble(
     def flush() -> None:
         nonlocal adds
         if rows:
-            tables.append(adds_table(rows[:]))
+            tables.append(adds_table(rows))  # (the table holds its own copy)
             adds += len(rows)
             rows.clear()
 
