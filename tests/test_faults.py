@@ -229,6 +229,11 @@ def test_disk_error_writing_any_file_of_an_append_with_spans_changes_nothing(
         faults.FAULT_HOOK = None
     assert snapshot_files(store.root) == before
     store.create_usage(batch(2, days=(3,)))
+    # The two days before, and each of them (a day of one file gets a span of the kinds that
+    # only days have: the distributions).
+    first = T0 // DAY
     assert {(s.first_day, s.last_day) for s in store._ds.snapshot().spans} == {
-        (T0 // DAY, T0 // DAY + 1)
+        (first, first + 1),
+        (first, first),
+        (first + 1, first + 1),
     }

@@ -41,7 +41,7 @@ from usage_analytics import StorageError, Store, _layout, _reads
 from usage_analytics._storage import Dataset, FileEntry, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
-from usage_analytics._summaries import KINDS, summaries_of
+from usage_analytics._summaries import FILE_KINDS, summaries_of
 from usage_analytics.reports import grains
 
 TENANTS = ("t0", "t1", "t2")
@@ -125,7 +125,7 @@ def test_upgraded_files_without_rollups_are_scanned(tmp_path: Path) -> None:
     old = store.info()
     added = store.create_usage(random_usage_frame(200, 5, start=T0, days=5, tenants=("t0", "t1")))
     entries = store._ds.snapshot().files
-    assert {tuple(sorted(e.sidecars)) for e in entries} == {(), tuple(sorted(KINDS))}
+    assert {tuple(sorted(e.sidecars)) for e in entries} == {(), tuple(sorted(FILE_KINDS))}
     assert len(store.find_usages()) == old.rows + added
     assert_paths_agree(store, np.random.default_rng(5), day0=T0)
 
@@ -203,7 +203,8 @@ def test_a_write_into_a_spanned_day_drops_exactly_the_spans_over_it(tmp_path: Pa
     after = {sp.name for sp in store._ds.snapshot().spans}
     assert after == {sp.name for sp in before} - over
     on_disk = {p.name.split(".")[0] for p in (store.root / "_rollups" / "spans").iterdir()}
-    assert on_disk == after
+    # (a span every kind of which was not worth writing has no file)
+    assert on_disk == {sp.name for sp in store._ds.snapshot().spans if sp.kinds}
     assert_paths_agree(store, np.random.default_rng(12))
 
 
@@ -225,6 +226,61 @@ def test_whole_window_reads_spans_not_file_rollups(
     assert len(read) == 2  # days 0-3 are two aligned 2-day spans, and nothing else
     assert all(p.startswith(SPAN_DIR + "/") for p in read)
     pd.testing.assert_frame_equal(summary, expected[0], check_exact=True)
+
+
+HOURLY = {"by": "api_method", "every": "1h", "metrics": ["requests", "error_rate"]}
+
+
+def _hourly_report(store: Store, start: int, end: int, *, summaries: bool) -> pd.DataFrame:
+    store._use_rollups = summaries
+    try:
+        return store.report("t0", start, end, **HOURLY)  # type: ignore[arg-type]
+    finally:
+        store._use_rollups = True
+
+
+def test_hourly_buckets_of_whole_days_read_one_summary_a_day(tmp_path: Path) -> None:
+    # Three loads a day: each day's span of per-method hours replaces its three files.
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    third = NS_PER_DAY // 3
+    for i in range(9):
+        frame = random_usage_frame(300, 50 + i, start=DAY0 + i * third, days=1, tenants=TENANTS)
+        store.create_usage(frame[frame["timestamp"] < DAY0 + (i + 1) * third], on_conflict="ignore")
+    store.create_usage(random_usage_frame(5, 60, start=DAY0 + 3 * NS_PER_DAY, days=1))
+    start, end = DAY0, DAY0 + 3 * NS_PER_DAY
+    plan = store.report("t0", start, end, **HOURLY, explain=True)  # type: ignore[arg-type]
+    assert plan[["read", "grain"]].values.tolist() == [["summary", "methodhours"]] * 3
+    assert plan["piece"].str.startswith("span ").all()
+    got = _hourly_report(store, start, end, summaries=True)
+    pd.testing.assert_frame_equal(got, _hourly_report(store, start, end, summaries=False))
+    rows = store.find_usages()
+    rows = rows[(rows["tenant"] == "t0") & (rows["timestamp"] < end)]
+    hour = (rows["timestamp"] // 3_600_000_000_000).rename("hour")
+    expected = rows.groupby([hour, rows["api_method"]]).size()
+    found = got[got["requests"] > 0]
+    hours = found["bucket"].astype("int64") // 3_600_000_000_000
+    keys = zip(hours, found["api_method"], strict=True)
+    assert dict(zip(keys, found["requests"], strict=True)) == expected.to_dict()
+
+
+def test_an_hour_a_file_holds_part_of_is_read_from_its_summary(tmp_path: Path) -> None:
+    # One file of rows from 00:10 to 05:20; a window from 01:00 to the day's end holds its
+    # hours 1 to 5 whole (the file has no rows in the rest of hour 5): no row is scanned.
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    hour = 3_600_000_000_000
+    frame = random_usage_frame(400, 70, start=DAY0, days=1, tenants=("t0",))
+    frame["timestamp"] = DAY0 + 10 * 60 * 10**9 + frame["timestamp"] % (5 * hour + 10 * 60 * 10**9)
+    frame = frame.drop_duplicates(["user_id", "timestamp"])
+    store.create_usage(frame)
+    start, end = DAY0 + hour, DAY0 + NS_PER_DAY
+    plan = store.report("t0", start, end, **HOURLY, explain=True)  # type: ignore[arg-type]
+    assert plan["read"].tolist() == ["summary (hours)"]
+    got = _hourly_report(store, start, end, summaries=True)
+    pd.testing.assert_frame_equal(got, _hourly_report(store, start, end, summaries=False))
+    inside = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < end)]
+    assert int(got["requests"].sum()) == len(inside) > 0
 
 
 def test_a_day_of_small_files_gets_a_span_from_their_rows(

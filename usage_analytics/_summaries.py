@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import _layout
 from ._reads import read_rows
@@ -40,17 +38,31 @@ __all__ = [
     "SpanPlan",
     "Summaries",
     "day_groups",
+    "file_worth",
     "missing_kinds",
     "open_day_is_due",
+    "span_kinds",
     "submit_rollups",
     "summaries_of",
-    "verify",
     "worth",
 ]
 
-#: The summary kinds of data files (one per declared grain) and of spans.
+#: The summary kinds (one per declared grain), those data files get, and those spans get.
 KINDS: Final = tuple(g.name for g in grains.GRAINS)
+FILE_KINDS: Final = tuple(g.name for g in grains.GRAINS if g.files)
 SPAN_KINDS: Final = tuple(g.name for g in grains.GRAINS if g.spans)
+
+
+#: Kinds of days only, not of single files: a day of one file gets a span for them.
+_SPAN_ONLY: Final = tuple(k for k in SPAN_KINDS if k not in FILE_KINDS)
+
+
+def span_kinds(days: int) -> tuple[str, ...]:
+    """The kinds a span of ``days`` days gets."""
+    return tuple(
+        k for k in SPAN_KINDS if (limit := grains.grain(k).max_span_days) is None or days <= limit
+    )
+
 
 #: Every summary computed for a data file, by kind (also those not worth writing).
 Computed: TypeAlias = "Mapping[str, pa.Table]"
@@ -100,13 +112,18 @@ def worth(kind: str, table: pa.Table | None, rows: int) -> pa.Table | None:
     return table
 
 
+def file_worth(kind: str, table: pa.Table | None, rows: int) -> pa.Table | None:
+    """``table`` if a data file of ``rows`` rows gets it as its summary of ``kind``."""
+    return worth(kind, table, rows) if grains.grain(kind).files else None
+
+
 def summaries_of(table: pa.Table) -> dict[str, pa.Table | None] | None:
     """The summaries a data file of ``table`` gets, by kind (None: not worth writing), or None
     when the file is smaller than ``ROLLUP_MIN_ROWS`` (reports scan it; ``compact()`` merges
     it later)."""
     if table.num_rows < _layout.ROLLUP_MIN_ROWS:
         return None
-    return {k: worth(k, t, table.num_rows) for k, t in grains.rollups(table).items()}
+    return {k: file_worth(k, t, table.num_rows) for k, t in grains.rollups(table).items()}
 
 
 def missing_kinds(entry: FileEntry) -> tuple[str, ...]:
@@ -114,7 +131,7 @@ def missing_kinds(entry: FileEntry) -> tuple[str, ...]:
     given (written by an older version, or before a grain was declared)."""
     if entry.rows < _layout.ROLLUP_MIN_ROWS:
         return ()
-    return tuple(k for k in KINDS if k not in entry.sidecars and k not in entry.skipped)
+    return tuple(k for k in FILE_KINDS if k not in entry.sidecars and k not in entry.skipped)
 
 
 def submit_rollups(
@@ -146,7 +163,7 @@ def submit_rollups(
                 tables = {}
                 for kind, table in grains.iter_rollups(rows):  # written as they come
                     tables[kind] = table
-                    written[kind].set_result(worth(kind, table, rows.num_rows))
+                    written[kind].set_result(file_worth(kind, table, rows.num_rows))
                 computed.set_result(tables)
             except BaseException as exc:  # raised in the commit that waits for it
                 futures: list[Future[Any]] = [*written.values(), computed]
@@ -170,8 +187,10 @@ def open_day_is_due(snap: Snapshot, day: int) -> bool:
 
 
 def _complete(span: SpanEntry) -> bool:
-    """Whether a span was given every span kind (written or found not worth writing)."""
-    return all(k in span.kinds or k in span.skipped for k in SPAN_KINDS)
+    """Whether a span was given every kind of a span of its days (written or found not worth
+    writing)."""
+    kinds = span_kinds(span.last_day - span.first_day + 1)
+    return all(k in span.kinds or k in span.skipped for k in kinds)
 
 
 #: What a block of days holds, per kind: the tables that add up to it, or None when it cannot
@@ -219,7 +238,9 @@ class Summaries:
                     rows = read_rows(self._ds, entry).select(list(grains.INPUT_COLUMNS))
                     encoded = grains.encode_keys(rows)
                     tables = {k: grains.rollup(k, encoded) for k in kinds}
-                    tx.add_summaries(entry, {k: worth(k, t, entry.rows) for k, t in tables.items()})
+                    tx.add_summaries(
+                        entry, {k: file_worth(k, t, entry.rows) for k, t in tables.items()}
+                    )
                 tx.operation = "SUMMARIZE"
                 tx.commit()
                 done += len(entries)
@@ -258,7 +279,8 @@ class Summaries:
         writes: it may still be loading that day and those after it), and only blocks with
         data in both halves: otherwise the half with data says it all. The day ``open_day``
         gets a span of its own all the same (see :func:`open_day_is_due`). A block whose span
-        lacks some kinds (written by an older version) is built again.
+        lacks some kinds (written by an older version) is built again, except in a write's
+        commit (``staged`` given).
 
         ``snap`` may be the state a write is about to commit: ``staged`` then holds its new
         files, not on disk yet, each with the future of every summary computed for it (None
@@ -276,6 +298,7 @@ class Summaries:
             last = min(last, before_day - 1)
         # A small file of the write being committed is not on disk yet: its day can be
         # summarized only from summaries, which it has none of.
+        in_commit = staged is not None
         staged = staged or {}
         without = [day_number(date_of(p)) for p, f in staged.items() if not f and p in snap.by_path]
         if without:
@@ -292,11 +315,15 @@ class Summaries:
             for start in range(first - first % size, top + 1, size):
                 end = start + size - 1
                 existing = have.get((start, end))
+                # A span lacking kinds is built again, but not in a load's commit: its days'
+                # files may lack them too (written by an older version), and summarizing their
+                # rows is maintenance work (build_spans, compact).
                 if (end > last and not (size == 1 and start == open_day)) or (
-                    existing is not None and _complete(existing)
+                    existing is not None and (_complete(existing) or in_commit)
                 ):
                     continue
-                if size == 1 and len(by_day.get(start, ())) < 2:
+                n_files = len(by_day.get(start, ())) if size == 1 else 0
+                if size == 1 and (not n_files or (n_files == 1 and not _SPAN_ONLY)):
                     continue  # a single file's own summaries already cover its day
                 half = size // 2
                 if size > 1 and not (
@@ -357,7 +384,11 @@ class Summaries:
                 rows = sum(rows_by_day.get(d, 0) for d in range(plan.first, plan.last + 1))
                 combined: dict[str, pa.Table | None] = {}
                 tables: dict[str, pa.Table | None] = {}
+                kinds = span_kinds(plan.last - plan.first + 1)
                 for kind in SPAN_KINDS:
+                    if kind not in kinds:  # spans of these days get none of the kind
+                        combined[kind] = tables[kind] = None
+                        continue
                     pieces = found[kind]
                     table = None if pieces is None else grains.combine(kind, pieces)
                     combined[kind] = table
@@ -365,10 +396,13 @@ class Summaries:
                     # in its place (its halves' spans, files' summaries or rows) enough to
                     # save reading that.
                     in_place = read_in_place(plan.first, plan.last, kind)
-                    share = (
-                        _layout.DAY_SPAN_SHRINK if plan.first == plan.last else _layout.SPAN_SHRINK
-                    )
+                    share = grains.grain(kind).span_shrink
+                    if share is None:
+                        one_day = plan.first == plan.last
+                        share = _layout.DAY_SPAN_SHRINK if one_day else _layout.SPAN_SHRINK
                     shrinks = table is not None and table.num_rows <= share * in_place
+                    if plan.first == plan.last and len(by_day.get(plan.first, ())) < 2:
+                        shrinks = shrinks and kind not in FILE_KINDS  # the file's own covers it
                     tables[kind] = worth(kind, table, rows) if shrinks else None
                     done = tables[kind]
                     reads[(plan.first, plan.last)][kind] = (
@@ -404,7 +438,7 @@ class Summaries:
         ``reads`` with the rows a report reads for the block: of each kind its span has
         (by kind), and for one day of its files (by ``files:<kind>``)."""
         found: _Parts = {}
-        wanted = list(SPAN_KINDS)
+        wanted = list(span_kinds(hi - lo + 1))
         span = have.get((lo, hi))
         if span is not None:
             cached = self._recent_spans.get(span.name, {})
@@ -467,102 +501,3 @@ class Summaries:
 
     def _read_kinds(self, entry: FileEntry, kinds: Sequence[str]) -> list[pa.Table]:
         return [self._ds.read_sidecars([entry], k)[0] for k in kinds]
-
-
-def _normalized(table: pa.Table) -> pd.DataFrame:
-    """A summary table as a frame of strings and int64s, sorted by every column: two
-    summaries of the same rows are equal as such frames, whatever their encoding."""
-    frame = table.to_pandas()
-    for name in frame.columns:
-        column = frame[name]
-        if isinstance(column.dtype, pd.CategoricalDtype) or column.dtype == object:
-            frame[name] = column.astype(str)
-        elif column.dtype.kind in "iu":
-            frame[name] = column.astype(np.int64)
-        else:
-            frame[name] = column.astype(str)
-    return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
-
-
-def verify(ds: Dataset, snap: Snapshot) -> pd.DataFrame:
-    """Every data file read back and every summary recomputed from the rows it summarizes;
-    returns one row per problem found (columns ``piece``, ``kind``, ``problem``), none when
-    the dataset is sound. Memory stays bounded: the rows of one file at a time, and the
-    summaries of one span."""
-    problems: list[tuple[str, str, str]] = []
-    unreadable: set[str] = set()
-
-    def summaries(entry: FileEntry, check: bool) -> Computed | None:
-        if entry.path in unreadable:
-            return None
-        try:
-            rows = read_rows(ds, entry)
-        except Exception as exc:  # a damaged file: said, and the checks go on
-            unreadable.add(entry.path)
-            problems.append((entry.path, "data", f"cannot be read: {exc}"))
-            return None
-        if check:
-            _check_rows(entry, rows, problems)
-        return grains.rollups(rows.select(list(grains.INPUT_COLUMNS)))
-
-    def compare(piece: str, kind: str, path: str, expected: pa.Table) -> None:
-        try:
-            stored = ds.read_summaries([path])[0]
-        except Exception as exc:
-            problems.append((piece, kind, f"cannot be read: {exc}"))
-            return
-        if not _normalized(stored).equals(_normalized(expected)):
-            problems.append((piece, kind, "differs from the summary of its rows"))
-
-    for entry in snap.files:
-        computed = summaries(entry, check=True)
-        if computed is None:
-            continue
-        for kind in entry.sidecars:
-            if kind in computed:
-                compare(entry.path, kind, entry.sidecar_path(kind), computed[kind])
-            else:
-                problems.append((entry.path, kind, "is not a summary kind of this version"))
-    by_day: dict[int, list[FileEntry]] = {}
-    for entry in snap.files:
-        by_day.setdefault(entry.day, []).append(entry)
-    for span in snap.spans:
-        name = f"span {np.datetime64(span.first_day, 'D')}..{np.datetime64(span.last_day, 'D')}"
-        kinds = [k for k in span.kinds if k in KINDS]
-        problems += [
-            (name, k, "is not a summary kind of this version") for k in span.kinds if k not in KINDS
-        ]
-        files = [e for d in range(span.first_day, span.last_day + 1) for e in by_day.get(d, [])]
-        combined: dict[str, pa.Table] = {}
-        for entry in files:
-            computed = summaries(entry, check=False)
-            if computed is None:
-                break
-            for k in kinds:
-                combined[k] = grains.combine(
-                    k, [combined[k], computed[k]] if k in combined else [computed[k]]
-                )
-        else:
-            for k in kinds:
-                compare(name, k, span.path(k), combined.get(k, grains.combine(k, [])))
-    frame = pd.DataFrame(problems, columns=["piece", "kind", "problem"])
-    return frame.astype("str")
-
-
-def _check_rows(entry: FileEntry, rows: pa.Table, problems: list[tuple[str, str, str]]) -> None:
-    """The rows of a file against what the manifest says of them."""
-    if rows.num_rows != entry.rows:
-        problems.append(
-            (entry.path, "data", f"holds {rows.num_rows} rows, the manifest says {entry.rows}")
-        )
-    for column, (low, high) in entry.stats.items():
-        if rows.num_rows and column in rows.column_names:
-            bounds = (int(pc.min(rows[column]).as_py()), int(pc.max(rows[column]).as_py()))
-            if bounds != (low, high):
-                problems.append(
-                    (
-                        entry.path,
-                        "data",
-                        f"{column} spans {bounds}, the manifest says {(low, high)}",
-                    )
-                )

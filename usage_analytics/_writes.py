@@ -32,9 +32,9 @@ from ._summaries import (
     Computed,
     Summaries,
     day_groups,
+    file_worth,
     open_day_is_due,
     submit_rollups,
-    worth,
 )
 from .errors import ConcurrentWriteError, DuplicateUsageError, LockTimeoutError
 from .reports import grains
@@ -344,7 +344,7 @@ class Writer:
         if table.num_rows < _layout.ROLLUP_MIN_ROWS:
             return tx.add(date, table), None
         computed = grains.rollups(table)
-        written = {k: worth(k, t, table.num_rows) for k, t in computed.items()}
+        written = {k: file_worth(k, t, table.num_rows) for k, t in computed.items()}
         return tx.add(date, table, written), computed
 
     # -- deletes -----------------------------------------------------------------------------

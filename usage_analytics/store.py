@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from . import _reads, _versions, interop
 from ._summaries import Summaries
-from ._summaries import verify as verify_dataset
 from ._validation import prepare_batch, scan_args, to_bound
+from ._verify import verify as verify_dataset
 from ._writes import Writer, duplicate_error, repeated_keys
 from .errors import InvalidArgumentError
 from .reports import presets

@@ -5,7 +5,8 @@
 - ``buckets``: calendar buckets in a time zone;
 - ``grains``: the declared summary grains kept beside the rows;
 - ``planner``: which parts of a window are read from summaries and which as rows;
-- ``kernels``: group sums and the combination of partials (pandas and pyarrow);
+- ``kernels``: group sums, partials of rows and distributions (pandas and pyarrow);
+- ``combined``: the exact combination of partials into a report's groups;
 - ``engine``: a spec bound to its buckets: partials of rows and summaries, the finished frame;
 - ``presets``: the source system's reports as engine reports;
 - ``prices``: the price table of the cost metrics.

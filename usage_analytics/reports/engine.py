@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .buckets import Buckets, check_end
+from .combined import Combined, combine
 from .grains import HOUR_NS, Grain
-from .kernels import KEY_TYPE, Combined, Partial, combine, encode_groups, ints, partial_of_rows
+from .kernels import KEY_TYPE, Partial, encode_groups, ints, partial_of_rows
 from .metrics import measure_values
 from .planner import Piece
 from .spec import ReportSpec, status_classes

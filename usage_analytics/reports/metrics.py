@@ -32,7 +32,7 @@ from ..errors import InvalidArgumentError
 from .kernels import ints
 
 if TYPE_CHECKING:
-    from .kernels import Combined
+    from .combined import Combined
 
 __all__ = [
     "DEFAULT_METRICS",

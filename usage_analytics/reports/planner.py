@@ -194,7 +194,7 @@ def plan(
             out.reads.append(Read(piece, found))
             continue
         start, end = max(lo, piece.first), min(last, piece.last) + 1  # the part in the window
-        hours = _hours(piece, start, end, covering, buckets, priced) if covering else None
+        hours = _hours(piece, lo, last + 1, covering, buckets, priced) if covering else None
         if hours is None:
             # The whole window, not its part in this piece: the same for every such piece,
             # so that they are scanned together (in parallel, as one dataset).
@@ -220,10 +220,11 @@ def _hours(
     buckets: Buckets | None,
     priced: Callable[[int, int], bool],
 ) -> tuple[tuple[int, int], dict[str, Grain]] | None:
-    """The whole hours of [start, end) and the hourly grains that give every component for
-    them, or None."""
-    first_hour = -(-start // HOUR_NS)
-    last_hour = end // HOUR_NS - 1
+    """The hours of ``piece`` that lie wholly inside the window [start, end) and the hourly
+    grains that give every component for them, or None. (An hour the piece holds only part
+    of is whole in its summary: the piece has no rows in the rest of it.)"""
+    first_hour = max(-(-start // HOUR_NS), piece.first // HOUR_NS)
+    last_hour = min(end // HOUR_NS - 1, piece.last // HOUR_NS)
     if first_hour > last_hour:
         return None
     span = (first_hour * HOUR_NS, (last_hour + 1) * HOUR_NS)

@@ -1,0 +1,174 @@
+"""The exact combination of partials (of disjoint sets of rows) into the groups of a report.
+
+Sums and counts add up (one group-by over every partial's rows), distributions keep every
+(value, count) pair, sorted (a value counted by several partials ranks the same), value sets
+unite, and priced token sums are summed per model and price row for pricing. Every component is
+coded with one set of group ids, so that the groups of a report's measures agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .kernels import (
+    VALUE_BITS,
+    Partial,
+    encode_groups,
+    group_sums,
+    ints,
+    key_codes,
+    sorted_pairs,
+    with_key_type,
+)
+
+__all__ = ["Combined", "combine"]
+
+
+@dataclass
+class Combined:
+    """Partials combined into groups: ``groups`` holds the key tuples, sorted; every other
+    field is indexed by group (0 .. len(groups) - 1)."""
+
+    groups: pa.Table
+    base: dict[str, np.ndarray]
+    #: Per histogram column: (group, value, count) rows, sorted by group, then value (a value
+    #: may repeat: counts of it from several parts).
+    hists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    distinct: dict[str, np.ndarray] = field(default_factory=dict)
+    #: (group, model id, price row, prompt tokens, completion tokens) per priced piece.
+    cost: tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: Costs per group by kind ("prompt_cost", "completion_cost", "cost"), set by pricing.
+    costs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Per histogram column: the running count over its rows, each group's count, and the
+    #: count of the groups before each.
+    _ranks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False
+    )
+
+    @property
+    def size(self) -> int:
+        return int(self.groups.num_rows)
+
+    def count_distinct(self, column: str) -> np.ndarray:
+        """Each group's number of distinct values of ``column``."""
+        return self.distinct.get(column, np.zeros(self.size, dtype=np.int64))
+
+    def quantile(self, column: str, q: float) -> np.ndarray:
+        """Each group's ``q`` quantile (0 < q <= 1) of ``column``, by linear interpolation
+        between the closest ranks (pandas' default, DuckDB's ``quantile_cont``); NaN for a
+        group without values."""
+        out = np.full(self.size, np.nan)
+        if column not in self.hists:  # no rows
+            return out
+        gid, value, count = self.hists[column]
+        if not len(gid):
+            return out
+        if column not in self._ranks:  # the same for every quantile of the column
+            cum = np.cumsum(count)
+            # The count of groups 0..g is the running count at the last row of a group <= g.
+            past = np.searchsorted(gid, np.arange(self.size), side="right")
+            totals = np.diff(np.where(past > 0, cum[past - 1], 0), prepend=0)
+            self._ranks[column] = (cum, totals, np.cumsum(totals) - totals)
+        cum, totals, before = self._ranks[column]
+        has = np.flatnonzero(totals)
+        position = (totals[has] - 1) * q  # 0-based rank within the group
+        low = np.floor(position)
+        high = np.ceil(position)
+        start = before[has]
+        at_low = value[np.searchsorted(cum, start + low.astype(np.int64), side="right")]
+        at_high = value[np.searchsorted(cum, start + high.astype(np.int64), side="right")]
+        low_f, high_f = at_low.astype(np.float64), at_high.astype(np.float64)
+        out[has] = low_f + (position - low) * (high_f - low_f)
+        return out
+
+
+def _concat(tables: list[pa.Table], columns: Sequence[str]) -> pa.Table:
+    parts = [with_key_type(t.select(list(columns)), columns) for t in tables]
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def combine(
+    partials: Iterable[Partial],
+    keys: Sequence[str],
+    measures: Sequence[str],
+    empty_keys: Mapping[str, pa.DataType],
+) -> Combined:
+    """The exact combination of ``partials`` (of disjoint sets of rows), grouped by ``keys``
+    (a subset of the partials' keys: the others are summed over).
+
+    Args:
+        measures: the base measures to sum (the partials' integers may be of any width).
+        empty_keys: the type of each key, for the groups table of an empty result.
+    """
+    by_component: dict[str, list[pa.Table]] = {}
+    for partial in partials:
+        for name, table in partial.items():
+            if table.num_rows:
+                by_component.setdefault(name, []).append(table)
+    bases = by_component.pop("base", [])
+    if not bases:
+        groups = pa.table({k: pa.array([], empty_keys[k]) for k in keys})
+        return Combined(groups, {m: np.zeros(0, dtype=np.int64) for m in measures})
+    if not by_component:  # sums only: one group-by over every partial
+        values = {m: np.concatenate([ints(t.column(m)) for t in bases]) for m in measures}
+        summed = group_sums(_concat(bases, keys), keys, values)
+        return Combined(summed.select(list(keys)), {m: ints(summed.column(m)) for m in measures})
+    # One coding of the keys of every component, so that group ids agree between them.
+    names = ["base", *by_component]
+    key_tables = [_concat(parts, keys) for parts in (bases, *by_component.values())]
+    gid, groups = encode_groups(pa.concat_tables(key_tables), keys)
+    size = groups.num_rows
+    offsets = np.cumsum([0, *(t.num_rows for t in key_tables)])
+    gids = {name: gid[offsets[i] : offsets[i + 1]] for i, name in enumerate(names)}
+    frame = pd.DataFrame(
+        {m: np.concatenate([ints(t.column(m)) for t in bases]) for m in measures}, copy=False
+    )
+    summed = frame.groupby(pd.Index(gids["base"], copy=False), sort=True).sum()
+    if len(summed) != size:  # pragma: no cover - every group has rows, so a base row
+        summed = summed.reindex(range(size), fill_value=0)
+    combined = Combined(groups, {m: summed[m].to_numpy(dtype=np.int64) for m in measures})
+    for name, parts in by_component.items():
+        component_gid = gids[name]
+        kind, _, column = name.partition(":")
+        if kind == "hist":
+            value = np.concatenate([ints(t.column("value")) for t in parts])
+            count = np.concatenate([ints(t.column("count")) for t in parts])
+            # Sorted, not added up: a value may repeat (each part's count of it), which
+            # ranks the same.
+            found, totals = sorted_pairs((component_gid << VALUE_BITS) | value, count)
+            combined.hists[column] = (
+                found >> VALUE_BITS,
+                found & ((1 << VALUE_BITS) - 1),
+                totals,
+            )
+        elif kind == "distinct":
+            values = _concat(parts, ["value"]).unify_dictionaries().column("value")
+            codes, found_values = key_codes(values)
+            width = max(len(found_values), 1)
+            pairs = np.unique(component_gid * width + codes)
+            combined.distinct[column] = np.bincount(pairs // width, minlength=size).astype(np.int64)
+        elif kind == "cost":
+            table = _concat(parts, ["model_id", "price", "prompt_tokens", "completion_tokens"])
+            summed_cost = group_sums(
+                table.append_column("_gid", pa.array(component_gid)),
+                ["_gid", "model_id", "price"],
+                {
+                    "prompt_tokens": ints(table.column("prompt_tokens")),
+                    "completion_tokens": ints(table.column("completion_tokens")),
+                },
+            )
+            combined.cost = (
+                ints(summed_cost.column("_gid")),
+                summed_cost.column("model_id").combine_chunks(),
+                ints(summed_cost.column("price")),
+                ints(summed_cost.column("prompt_tokens")),
+                ints(summed_cost.column("completion_tokens")),
+            )
+    return combined
