@@ -157,3 +157,29 @@ def test_summary_files_stay_small_beside_the_rows(tmp_path: Path) -> None:
     got = store.report("t0", DAY0, DAY0 + 2 * NS_PER_DAY, by="model_id", metrics=PERCENTILES)
     expected = _expected(store.find_usages(), "t0", DAY0, DAY0 + 2 * NS_PER_DAY)
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
+def test_a_load_of_many_days_gives_each_day_its_distributions_in_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One commit of a batch (one file) per day: the days before the last batch's get their
+    # spans in the commit, from the summaries the load computed (kept compressed meanwhile),
+    # with the distributions, though no file has one of its own.
+    monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 1)
+    monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", float("inf"))
+    store = new_store(tmp_path / "usage")
+    frames = [_frame(1_500, 200 + day, DAY0 + day * NS_PER_DAY, 1) for day in range(4)]
+    assert store.create_usage_batches(iter(frames)) == sum(len(f) for f in frames)
+    snap = store._ds.snapshot()
+    assert len(snap.files) == 4 and len(store.history()) == 2  # the migration and the load
+    days = {(sp.first_day, sp.last_day): sp for sp in snap.spans}
+    first = min(e.day for e in snap.files)
+    for day in range(first, first + 3):
+        assert set(DISTRIBUTIONS) <= set(days[(day, day)].kinds), day
+    assert store.verify().empty
+    start, end = DAY0, DAY0 + 3 * NS_PER_DAY
+    plan = store.report("t0", start, end, by="model_id", metrics=PERCENTILES, explain=True)
+    assert (plan["read"] == "summary").all(), plan
+    got = store.report("t0", start, end, by="model_id", metrics=PERCENTILES)
+    expected = _expected(store.find_usages(), "t0", start, end)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)

@@ -41,7 +41,7 @@ from usage_analytics import StorageError, Store, _layout, _reads
 from usage_analytics._storage import Dataset, FileEntry, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
-from usage_analytics._summaries import FILE_KINDS, summaries_of
+from usage_analytics._summaries import FILE_KINDS, Compressed, summaries_of
 from usage_analytics.reports import grains
 
 TENANTS = ("t0", "t1", "t2")
@@ -725,3 +725,19 @@ def test_random_operations_with_failures_keep_spans_exact_long(
     monkeypatch.setattr(_layout, "ROLLUP_MIN_ROWS", 16)
     monkeypatch.setattr(_layout, "SUMMARY_MAX_RATIO", math.inf)
     _random_operations(tmp_path / "usage", seed, steps=150)
+
+
+def test_compressed_summaries_read_back_exactly_with_their_types() -> None:
+    rows = random_usage_frame(5_000, 3)
+    tables = {k: grains.rollup(k, grains.encode_keys(rows)) for k in ("groups", "latency")}
+    kept = Compressed(tables, min_rows=100)
+    small = Compressed(tables, min_rows=10**9)  # every table kept as it is
+    for found in (kept, small):
+        assert list(found) == ["groups", "latency"] and len(found) == 2
+        assert "groups" in found and "daily" not in found
+        for kind, table in tables.items():
+            back = found[kind]
+            assert back.schema == table.schema and back.equals(table)
+    assert small["groups"] is tables["groups"]
+    with pytest.raises(KeyError):
+        kept["daily"]

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from ._storage import Dataset, FileEntry, Snapshot, day_date
 from .errors import DatasetChangedError
-from .reports import planner
+from .reports import grains, planner
 from .reports.engine import Report
 from .reports.grains import Grain
 from .reports.kernels import Partial
@@ -52,9 +52,14 @@ __all__ = [
 BATCH_ROWS: Final = 1 << 16
 
 
-def read_rows(ds: Dataset, entry: FileEntry) -> pa.Table:
-    """Every column of one file, in the current schema (columns it predates are zeros)."""
-    return ds.read_file(entry, COLUMNS).cast(arrow_schema())
+def read_rows(ds: Dataset, entry: FileEntry, kinds: Sequence[str] | None = None) -> pa.Table:
+    """Every column of one file (or those the summaries of grains ``kinds`` are computed
+    from), in the current schema (columns it predates are zeros)."""
+    if kinds is None:
+        return ds.read_file(entry, COLUMNS).cast(arrow_schema())
+    columns = list(dict.fromkeys(c for k in kinds for c in grains.grain(k).columns))
+    schema = arrow_schema()
+    return ds.read_file(entry, columns).cast(pa.schema([schema.field(c) for c in columns]))
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:

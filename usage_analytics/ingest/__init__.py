@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CHUNK_ROWS", "FORMATS", "LoadResult", "load_files", "read_usage_file"]
 
-CHUNK_ROWS: Final = 1 << 17
+CHUNK_ROWS: Final = 1 << 16
+#: The most rows of one day a load holds before writing them (a day's file of a load).
+_DAY_ROWS: Final = 1 << 19
 
 #: How many times a load runs when other writers' commits conflict with it (object storage).
 LOAD_ATTEMPTS: Final = 5
@@ -197,7 +199,7 @@ def _by_days(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         cut = len(batch)
         if (days[1:] >= days[:-1]).all() and days[0] != days[-1]:
             cut = int(np.searchsorted(days, days[-1]))  # the rows of the last day wait
-        elif days[0] == days[-1] and len(batch) < 4 * CHUNK_ROWS:
+        elif days[0] == days[-1] and len(batch) < _DAY_ROWS:
             held, rows = [batch], len(batch)  # one day so far: wait for more
             continue
         if cut < len(batch):

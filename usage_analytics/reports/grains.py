@@ -302,7 +302,9 @@ GRAINS: Final = (
     # Latency takes many distinct values (0.70 histogram rows per row of a 100,000-row file,
     # 0.56-0.64 per row of a day, 0.30 over 16 days, on the benchmark data): a histogram row
     # is about 2.5 bytes on disk against 22 for a data row, and merging it is cheaper than
-    # scanning, so days get one where it has at most 0.75 rows per row. Single files get none
+    # scanning, so days get one where it has at most two thirds of a row per row (every day of
+    # the benchmark data; on its high-cardinality variant, 0.68-0.75, days get none, which
+    # keeps its summaries under half the data's bytes). Single files get none
     # (a day's span replaces them, and a file's would be nearly as many rows); spans of more
     # than a day shrink too little for the work of building them at every load.
     *(
@@ -310,7 +312,7 @@ GRAINS: Final = (
             name,
             ("tenant", "model_id", column),
             dict(_REQUESTS),
-            max_ratio=0.75,
+            max_ratio=2 / 3,
             files=False,
             max_span_days=1,
             value_column=column,
@@ -393,10 +395,13 @@ def grain(name: str) -> Grain:
     return _BY_NAME[name]
 
 
-def encode_keys(rows: pa.Table | pd.DataFrame) -> pa.Table:
-    """The input columns, their string dimensions dictionary-encoded once for every grain."""
-    keys = [k for k in dict.fromkeys(k for g in GRAINS for k in g.dims) if k in _TEXT_DIMS]
-    return with_key_type(as_table(rows, INPUT_COLUMNS), keys)
+def encode_keys(rows: pa.Table | pd.DataFrame, kinds: Iterable[str] | None = None) -> pa.Table:
+    """The input columns of every grain (or of the grains ``kinds``), their string dimensions
+    dictionary-encoded once for every grain."""
+    found = GRAINS if kinds is None else [grain(k) for k in kinds]
+    columns = list(dict.fromkeys(c for g in found for c in g.columns))
+    keys = [k for k in dict.fromkeys(k for g in found for k in g.dims) if k in _TEXT_DIMS]
+    return with_key_type(as_table(rows, columns), keys)
 
 
 _TEXT_DIMS: Final = frozenset(
