@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pandera.errors
 import pyarrow as pa
+import pytest
 from helpers import random_usage_frame
 from hypothesis import given, settings
 
@@ -263,3 +264,21 @@ def test_group_sums_of_dictionaries_that_repeat_a_value_or_hold_a_null() -> None
     )
     got = kernels.group_sums(pa.table({"k": keys}), ["k"], {"v": np.array([1, 2, 4, 8, 16])})
     assert got.to_pylist() == [{"k": "a", "v": 26}, {"k": "b", "v": 1}]
+
+
+@pytest.mark.parametrize("runs", [1, 3, 40, 5_000])
+def test_sorted_pairs_sorts_runs_and_shuffled_input_alike(runs: int) -> None:
+    # Parts each sorted, one after the other (merged), or as many runs as a shuffle has.
+    rng = np.random.default_rng(runs)
+    parts = [np.sort(rng.integers(0, 1 << 30, 20_000 // runs + 1)) for _ in range(runs)]
+    composite = np.concatenate(parts).astype(np.int64)
+    counts = rng.integers(1, 1_000, len(composite)).astype(np.int64)
+    order = np.lexsort((counts, composite))
+    for c, n in ((composite, counts), (composite[::-1].copy(), counts[::-1].copy())):
+        got, got_counts = kernels.sorted_pairs(c, n)
+        np.testing.assert_array_equal(got, composite[order])
+        np.testing.assert_array_equal(got_counts, counts[order])
+    wide = composite << 33  # too wide to pack with the counts: the argsort path
+    got, got_counts = kernels.sorted_pairs(wide, counts)
+    np.testing.assert_array_equal(got, wide[np.argsort(wide, kind="stable")])
+    assert (np.diff(got) >= 0).all() and got_counts.sum() == counts.sum()

@@ -171,10 +171,19 @@ class Prices:
         codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         starts = self._starts
         models = self._frame["model_id"].to_numpy()
+        # A model of one price (the common case) is priced by a lookup of its code; those of
+        # several, from the one in force at each timestamp.
+        only_row = np.full(len(names), -1, dtype=np.int32)
+        only_start = np.full(len(names), np.iinfo(np.int64).max, dtype=np.int64)
+        several: list[tuple[int, np.ndarray]] = []
         for code, name in enumerate(names):
             rows = np.flatnonzero(models == name)
-            if not len(rows):
-                continue
+            if len(rows) == 1:
+                only_row[code], only_start[code] = rows[0], starts[rows[0]]
+            elif len(rows):
+                several.append((code, rows))
+        out = np.where(timestamps >= only_start[codes], only_row[codes], -1).astype(np.int32)
+        for code, rows in several:
             mine = np.flatnonzero(codes == code)
             at = np.searchsorted(starts[rows], timestamps[mine], side="right") - 1
             out[mine] = np.where(at >= 0, rows[np.maximum(at, 0)], -1)
