@@ -282,3 +282,22 @@ def test_sorted_pairs_sorts_runs_and_shuffled_input_alike(runs: int) -> None:
     got, got_counts = kernels.sorted_pairs(wide, counts)
     np.testing.assert_array_equal(got, wide[np.argsort(wide, kind="stable")])
     assert (np.diff(got) >= 0).all() and got_counts.sum() == counts.sum()
+
+
+def test_key_runs_cut_where_the_keys_change_and_nothing_else() -> None:
+    from usage_analytics.reports.combined import _key_runs
+
+    a = pa.array(["x", "x", "y", "y", "y"]).dictionary_encode()
+    b = pa.array(["y", "y", "x"]).dictionary_encode()  # a chunk of its own dictionary
+    table = pa.table(
+        {"k": pa.chunked_array([a, b]), "n": pa.chunked_array([[1, 1, 1, 2, 2], [2, 2, 2]])}
+    )
+    starts, lengths = _key_runs(table)
+    # A chunk starts a run (its dictionary is another), as does any change of any key.
+    assert starts.to_pydict() == {"k": ["x", "y", "y", "y", "x"], "n": [1, 1, 2, 2, 2]}
+    assert lengths.tolist() == [2, 1, 2, 2, 1]
+    with_null = pa.table({"k": pa.array(["x", None, None, "x"])})
+    assert _key_runs(with_null)[1].tolist() == [1, 1, 1, 1]
+    no_keys = pa.table({"n": [1, 2, 3]}).select([])
+    assert _key_runs(no_keys)[1].tolist() == [3]
+    assert _key_runs(pa.table({"k": pa.array([], pa.string())}))[1].tolist() == []

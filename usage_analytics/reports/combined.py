@@ -36,19 +36,17 @@ class Combined:
 
     groups: pa.Table
     base: dict[str, np.ndarray]
-    #: Per histogram column: (group, value, count) rows, sorted by group, then value (a value
-    #: may repeat: counts of it from several parts).
+    #: Per histogram column: (group, value, running count) rows, sorted by group, then value
+    #: (a value may repeat: counts of it from several parts); the running count adds up the
+    #: counts of the rows up to each, over every group.
     hists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     distinct: dict[str, np.ndarray] = field(default_factory=dict)
     #: (group, model id, price row, prompt tokens, completion tokens) per priced piece.
     cost: tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray, np.ndarray] | None = None
     #: Costs per group by kind ("prompt_cost", "completion_cost", "cost"), set by pricing.
     costs: dict[str, np.ndarray] = field(default_factory=dict)
-    #: Per histogram column: the running count over its rows, each group's count, and the
-    #: count of the groups before each.
-    _ranks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
-        default_factory=dict, repr=False
-    )
+    #: Per histogram column: each group's count, and the count of the groups before each.
+    _ranks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -65,16 +63,15 @@ class Combined:
         out = np.full(self.size, np.nan)
         if column not in self.hists:  # no rows
             return out
-        gid, value, count = self.hists[column]
+        gid, value, cum = self.hists[column]
         if not len(gid):
             return out
         if column not in self._ranks:  # the same for every quantile of the column
-            cum = np.cumsum(count)
             # The count of groups 0..g is the running count at the last row of a group <= g.
-            past = np.searchsorted(gid, np.arange(self.size), side="right")
+            past = np.searchsorted(gid, np.arange(self.size, dtype=gid.dtype), side="right")
             totals = np.diff(np.where(past > 0, cum[past - 1], 0), prepend=0)
-            self._ranks[column] = (cum, totals, np.cumsum(totals) - totals)
-        cum, totals, before = self._ranks[column]
+            self._ranks[column] = (totals, np.cumsum(totals) - totals)
+        totals, before = self._ranks[column]
         has = np.flatnonzero(totals)
         position = (totals[has] - 1) * q  # 0-based rank within the group
         low = np.floor(position)
@@ -92,6 +89,31 @@ def _concat(tables: list[pa.Table], columns: Sequence[str]) -> pa.Table:
     if len(parts) == 1:
         return parts[0]
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _key_runs(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The rows of ``table`` that start a run of equal rows (parts sorted by their keys have
+    few), and the length of each run. Dictionary columns are compared by index within a
+    chunk; a chunk starts a run."""
+    n = table.num_rows
+    change = np.zeros(n, dtype=bool)
+    change[:1] = True
+    for column in table.columns:
+        offset = 0
+        for chunk in column.chunks:
+            size = len(chunk)
+            if size:
+                change[offset] = True
+                if chunk.null_count:  # rows with a missing key: each its own run
+                    change[offset : offset + size] = True
+                else:
+                    values = chunk.indices if pa.types.is_dictionary(chunk.type) else chunk
+                    array = np.asarray(values.to_numpy(zero_copy_only=False))
+                    change[offset + 1 : offset + size] |= array[1:] != array[:-1]
+            offset += size
+    starts = np.flatnonzero(change)
+    lengths = np.diff(np.append(starts, n))
+    return table.take(pa.array(starts, pa.int64())), lengths
 
 
 def combine(
@@ -122,11 +144,19 @@ def combine(
         return Combined(summed.select(list(keys)), {m: ints(summed.column(m)) for m in measures})
     # One coding of the keys of every component, so that group ids agree between them.
     names = ["base", *by_component]
-    key_tables = [_concat(parts, keys) for parts in (bases, *by_component.values())]
+    key_tables = []
+    runs: dict[str, np.ndarray] = {}
+    for name, parts in zip(names, (bases, *by_component.values()), strict=True):
+        table = _concat(parts, keys)
+        if name.startswith("hist:"):  # a row per value: long runs of one key tuple
+            table, runs[name] = _key_runs(table)
+        key_tables.append(table)
     gid, groups = encode_groups(pa.concat_tables(key_tables), keys)
     size = groups.num_rows
     offsets = np.cumsum([0, *(t.num_rows for t in key_tables)])
     gids = {name: gid[offsets[i] : offsets[i + 1]] for i, name in enumerate(names)}
+    for name, lengths in runs.items():
+        gids[name] = np.repeat(gids[name], lengths)
     frame = pd.DataFrame(
         {m: np.concatenate([ints(t.column(m)) for t in bases]) for m in measures}, copy=False
     )
@@ -138,16 +168,28 @@ def combine(
         component_gid = gids[name]
         kind, _, column = name.partition(":")
         if kind == "hist":
-            value = np.concatenate([ints(t.column("value")) for t in parts])
-            count = np.concatenate([ints(t.column("count")) for t in parts])
+            # (In place where it can be: these are the largest arrays of a report of
+            # percentiles.)
+            composite = component_gid << VALUE_BITS
+            del component_gid, gids[name]
+            at = 0
+            for chunk in (c for t in parts for c in t.column("value").chunks):
+                composite[at : at + len(chunk)] |= chunk.to_numpy(zero_copy_only=False)
+                at += len(chunk)
+            count = np.concatenate(
+                [
+                    np.asarray(c.to_numpy(zero_copy_only=False), dtype=np.int64)
+                    for t in parts
+                    for c in t.column("count").chunks
+                ]
+            )
             # Sorted, not added up: a value may repeat (each part's count of it), which
             # ranks the same.
-            found, totals = sorted_pairs((component_gid << VALUE_BITS) | value, count)
-            combined.hists[column] = (
-                found >> VALUE_BITS,
-                found & ((1 << VALUE_BITS) - 1),
-                totals,
-            )
+            found, totals = sorted_pairs(composite, count, consume=True)
+            del composite, count
+            group = (found >> VALUE_BITS).astype(np.int32)
+            found &= (1 << VALUE_BITS) - 1
+            combined.hists[column] = (group, found, np.cumsum(totals, out=totals))
         elif kind == "distinct":
             values = _concat(parts, ["value"]).unify_dictionaries().column("value")
             codes, found_values = key_codes(values)

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from .buckets import Buckets, check_end
 from .combined import Combined, combine
 from .grains import HOUR_NS, Grain
-from .kernels import KEY_TYPE, Partial, encode_groups, ints, partial_of_rows
+from .kernels import KEY_TYPE, Partial, encode_groups, group_sums, ints, partial_of_rows
 from .metrics import measure_values
 from .planner import Piece
 from .spec import ReportSpec, status_classes
@@ -178,6 +178,11 @@ class Report:
         for component in components:
             kind, _, column = component.partition(":")
             columns: dict[str, pa.Array | pa.ChunkedArray] = dict(keys)
+            if kind == "base" and grain.value_column is not None:
+                # A distribution has a row per value: its sums per key tuple are far fewer.
+                sums = {name: grain.measure(table, name) for name in sorted(spec.needs.measures)}
+                out[component] = group_sums(pa.table(keys), self.keys, sums)
+                continue
             if kind == "base":
                 for name in sorted(spec.needs.measures):
                     columns[name] = pa.array(grain.measure(table, name))

@@ -371,8 +371,11 @@ def _take_keys(groups: pa.Table, keys: Sequence[str], at: np.ndarray) -> dict[st
 _LONG_RUN: Final = 1024
 
 
-def sorted_pairs(composite: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``composite`` (non-negative) ascending, with ``counts`` (positive) in the same order.
+def sorted_pairs(
+    composite: np.ndarray, counts: np.ndarray, *, consume: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``composite`` (non-negative) ascending, with ``counts`` (positive) in the same order;
+    with ``consume``, both may be overwritten (copies less).
 
     When both fit in one int64 they are sorted as one (a sort of values, about twice as fast
     as an argsort and two gathers). Input made of long ascending runs (summaries of parts,
@@ -382,10 +385,21 @@ def sorted_pairs(composite: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray,
         return composite, counts
     count_bits = int(counts.max()).bit_length()
     if int(composite.max()).bit_length() + count_bits <= 63:
-        packed = (composite << count_bits) | counts
+        if consume:
+            packed = composite
+            packed <<= count_bits
+        else:
+            packed = composite << count_bits
+        packed |= counts
         descents = int(np.count_nonzero(packed[1:] < packed[:-1]))
-        packed = np.sort(packed, kind="stable" if descents * _LONG_RUN < len(packed) else None)
-        return packed >> count_bits, packed & ((1 << count_bits) - 1)
+        packed.sort(kind="stable" if descents * _LONG_RUN < len(packed) else None)
+        mask = (1 << count_bits) - 1
+        if consume and counts.dtype == np.int64 and counts.flags.writeable:
+            counts = np.bitwise_and(packed, mask, out=counts)
+        else:
+            counts = packed & mask
+        packed >>= count_bits
+        return packed, counts
     order = np.argsort(composite, kind="stable")
     return composite[order], counts[order]
 
