@@ -102,11 +102,14 @@ def day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[
     return [(int(days[chunk[0]]), chunk) for chunk in np.split(order, bounds) if len(chunk)]
 
 
-def worth(kind: str, table: pa.Table | None, rows: int) -> pa.Table | None:
-    """``table`` if it is worth writing as a summary of ``rows`` rows (at most its grain's
-    ``max_ratio`` rows per row), else None."""
-    limit = _layout.SUMMARY_MAX_RATIO
-    if limit is None:
+def worth(
+    kind: str, table: pa.Table | None, rows: int, limit: float | None = None
+) -> pa.Table | None:
+    """``table`` if it is worth writing as a summary of ``rows`` rows (at most ``limit``, by
+    default its grain's ``max_ratio``, rows per row), else None."""
+    if _layout.SUMMARY_MAX_RATIO is not None:
+        limit = _layout.SUMMARY_MAX_RATIO
+    elif limit is None:
         limit = grains.grain(kind).max_ratio
     if table is None or table.num_rows > limit * rows:
         return None
@@ -114,8 +117,10 @@ def worth(kind: str, table: pa.Table | None, rows: int) -> pa.Table | None:
 
 
 def file_worth(kind: str, table: pa.Table | None, rows: int) -> pa.Table | None:
-    """``table`` if a data file of ``rows`` rows gets it as its summary of ``kind``."""
-    return worth(kind, table, rows) if grains.grain(kind).files else None
+    """``table`` if a data file of ``rows`` rows gets it as its summary of ``kind`` (at most
+    its grain's ``file_max_ratio`` rows per row)."""
+    grain = grains.grain(kind)
+    return worth(kind, table, rows, grain.file_max_ratio) if grain.files else None
 
 
 def summaries_of(table: pa.Table) -> dict[str, pa.Table | None] | None:
