@@ -108,7 +108,7 @@ class Writer:
                 if staged:
                     tx.flush()  # the rows of the batches before go to disk and are let go
                     # ... and the memory they held goes back to the system (pyarrow's
-                    # allocator keeps freed pages otherwise: a tenth of the peak of a load).
+                    # allocator keeps freed pages otherwise: up to a fifth of a load's peak).
                     pa.default_memory_pool().release_unused()
                     # Their summaries are computed by now (the flush wrote them); the spans
                     # need only the kinds that spans have, kept compressed (by the second
