@@ -1219,6 +1219,42 @@ def test_transitions_are_real() -> None:
             assert before != t.tz_convert(tz).utcoffset(), (tz, text)
 
 
+@pytest.mark.parametrize(
+    ("tz", "lo", "hi", "expected"),
+    [
+        (
+            "America/New_York",
+            "2025-12-01",
+            "2027-01-01",
+            ["2026-03-08T07:00Z", "2026-11-01T06:00Z"],
+        ),
+        (
+            "Australia/Lord_Howe",
+            "2025-12-01",
+            "2026-12-01",
+            ["2026-04-04T15:00Z", "2026-10-03T15:30Z"],
+        ),
+        ("Asia/Kolkata", "2025-01-01", "2027-01-01", []),
+        # Local mean time to a standard offset, and Amsterdam's +00:19:32 to +00:20, at a second
+        # that is no whole minute.
+        ("America/New_York", "1883-11-18", "1883-11-19", ["1883-11-18T17:00Z"]),
+        ("Europe/Amsterdam", "1937-06-30", "1937-07-02", ["1937-06-30T22:40:28Z"]),
+    ],
+)
+def test_the_offset_changes_of_a_window_are_found_to_the_second(
+    tz: str, lo: str, hi: str, expected: list[str]
+) -> None:
+    from usage_analytics.reports.buckets import _transitions
+
+    lo_ns, hi_ns = pd.Timestamp(lo, tz="UTC").value, pd.Timestamp(hi, tz="UTC").value
+    at, offsets = _transitions(tz, lo_ns, hi_ns)
+    assert [pd.Timestamp(t, tz="UTC") for t in at] == [pd.Timestamp(e) for e in expected]
+    for t, offset in zip(at, offsets, strict=True):
+        now = pd.Timestamp(t, tz="UTC").tz_convert(tz).utcoffset()
+        second_before = pd.Timestamp(t - 10**9, tz="UTC").tz_convert(tz).utcoffset()
+        assert now != second_before and now == pd.Timedelta(int(offset), "ns")
+
+
 HAND_BUCKETS = [
     # (tz, every, instant, the start of its bucket)
     ("America/New_York", "1h", "2026-11-01T05:30Z", "2026-11-01T01:00-04:00"),

@@ -33,6 +33,7 @@ from ..errors import InvalidArgumentError
 __all__ = ["EVERY", "MAX_BUCKETS", "Buckets", "check_end", "check_zone"]
 
 _S: Final = 10**9
+_MINUTE: Final = 60 * _S
 _HOUR: Final = 3600 * _S
 _DAY: Final = 24 * _HOUR
 #: Bucket widths: a fixed slice of the wall clock (ns), or a calendar unit.
@@ -89,8 +90,9 @@ def _offsets(tz: str, instants: np.ndarray) -> np.ndarray:
 def _transitions(tz: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     """The instants in (lo, hi) where the offset of ``tz`` changes, and the offset from each.
 
-    Offsets are sampled every hour and each change is narrowed to the second it happens at
-    (zones change at whole seconds, never twice within an hour).
+    Offsets are sampled every hour, then every minute of each hour that holds a change, then
+    every second of the minute (zones change at whole seconds, never twice within an hour):
+    three lookups of the zone's offsets in all.
     """
     start = lo - lo % _HOUR
     samples = np.arange(start, hi + _HOUR, _HOUR, dtype=np.int64)
@@ -98,17 +100,13 @@ def _transitions(tz: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     changed = np.flatnonzero(offsets[1:] != offsets[:-1])
     if not len(changed):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    before, after = samples[changed], samples[changed + 1]  # the change is in (before, after]
+    last_old = samples[changed]  # the last instant seen with the old offset
     old = offsets[changed]
-    while (after - before).max() > _S:
-        mid = before + (after - before) // 2
-        mid -= mid % _S
-        mid = np.maximum(mid, before)
-        same = _offsets(tz, mid) == old
-        before = np.where(same, mid, before)
-        after = np.where(same, after, mid)
-        if ((after - before) <= _S).all():
-            break
+    for step in (_MINUTE, _S):
+        grid = last_old[:, None] + step * np.arange(1, 61, dtype=np.int64)[None, :]
+        same = _offsets(tz, grid.ravel()).reshape(grid.shape) == old[:, None]
+        last_old = last_old + step * same.sum(axis=1)  # the old offset holds up to the change
+    after = last_old + _S
     inside = (after > lo) & (after < hi)
     return after[inside], _offsets(tz, after[inside])
 
