@@ -57,7 +57,7 @@ def read_rows(ds: Dataset, entry: FileEntry, kinds: Sequence[str] | None = None)
     from), in the current schema (columns it predates are zeros)."""
     if kinds is None:
         return ds.read_file(entry, COLUMNS).cast(arrow_schema())
-    columns = list(dict.fromkeys(c for k in kinds for c in grains.grain(k).columns))
+    columns = list(grains.input_columns(kinds))
     schema = arrow_schema()
     return ds.read_file(entry, columns).cast(pa.schema([schema.field(c) for c in columns]))
 

@@ -277,8 +277,7 @@ class Summaries:
                 entries = [e for e in tx.base.by_date().get(date, []) if missing_kinds(e)]
                 for entry in entries:
                     kinds = missing_kinds(entry)
-                    rows = read_rows(self._ds, entry).select(list(grains.INPUT_COLUMNS))
-                    encoded = grains.encode_keys(rows)
+                    encoded = grains.encode_keys(read_rows(self._ds, entry, kinds), kinds)
                     tables = {k: grains.rollup(k, encoded) for k in kinds}
                     tx.add_summaries(
                         entry, {k: file_worth(k, t, entry.rows) for k, t in tables.items()}

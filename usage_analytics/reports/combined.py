@@ -176,13 +176,7 @@ def combine(
             for chunk in (c for t in parts for c in t.column("value").chunks):
                 composite[at : at + len(chunk)] |= chunk.to_numpy(zero_copy_only=False)
                 at += len(chunk)
-            count = np.concatenate(
-                [
-                    np.asarray(c.to_numpy(zero_copy_only=False), dtype=np.int64)
-                    for t in parts
-                    for c in t.column("count").chunks
-                ]
-            )
+            count = np.concatenate([ints(c) for t in parts for c in t.column("count").chunks])
             # Sorted, not added up: a value may repeat (each part's count of it), which
             # ranks the same.
             found, totals = sorted_pairs(composite, count, consume=True)

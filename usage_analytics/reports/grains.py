@@ -351,8 +351,17 @@ def _compute_order() -> tuple[str, ...]:
 #: The order grains are computed in: each grain computed from the rows, then those derived
 #: from it (a writer can write each as soon as it is there).
 COMPUTE_ORDER: Final = _compute_order()
+
+
+def input_columns(kinds: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The row columns the summaries of the grains ``kinds`` (None: every grain) are computed
+    from."""
+    found = GRAINS if kinds is None else [grain(k) for k in kinds]
+    return tuple(dict.fromkeys(c for g in found for c in g.columns))
+
+
 #: The row columns every grain's summaries are computed from.
-INPUT_COLUMNS: Final = tuple(dict.fromkeys(c for g in GRAINS for c in g.columns))
+INPUT_COLUMNS: Final = input_columns()
 
 
 def _aggregate(
@@ -407,9 +416,8 @@ def encode_keys(rows: pa.Table | pd.DataFrame, kinds: Iterable[str] | None = Non
     """The input columns of every grain (or of the grains ``kinds``), their string dimensions
     dictionary-encoded once for every grain."""
     found = GRAINS if kinds is None else [grain(k) for k in kinds]
-    columns = list(dict.fromkeys(c for g in found for c in g.columns))
     keys = [k for k in dict.fromkeys(k for g in found for k in g.dims) if k in _TEXT_DIMS]
-    return with_key_type(as_table(rows, columns), keys)
+    return with_key_type(as_table(rows, input_columns(kinds)), keys)
 
 
 _TEXT_DIMS: Final = frozenset(
