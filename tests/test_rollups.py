@@ -741,3 +741,54 @@ def test_compressed_summaries_read_back_exactly_with_their_types() -> None:
     assert small["groups"] is tables["groups"]
     with pytest.raises(KeyError):
         kept["daily"]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_the_grains_are_dealt_to_threads_in_whole_trees_and_give_the_same_summaries(
+    threads: int,
+) -> None:
+    """Each thread of a write computes a part of the grains: every grain in exactly one part,
+    with the grain it is derived from, and a part's summaries equal those of every grain."""
+    parts = grains.compute_parts(threads)
+    assert 1 <= len(parts) <= threads
+    dealt = [kind for part in parts for kind in part]
+    assert sorted(dealt) == sorted(grains.COMPUTE_ORDER)
+    for part in parts:
+        for kind in part:
+            finer = grains.grain(kind).derive_from
+            assert finer is None or finer in part
+    rows = pa.Table.from_pandas(
+        random_usage_frame(400, 7, days=2, tenants=TENANTS), preserve_index=False
+    )
+    every = grains.rollups(rows)
+    for part in parts:
+        found = dict(grains.iter_rollups(rows, part))
+        assert list(found) == list(part)
+        for kind, table in found.items():
+            assert table.equals(every[kind]), kind
+
+
+def test_a_write_whose_summaries_fail_in_one_thread_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grains of a write are computed on two threads; a failure on one fails the write,
+    whose files all stay as they were."""
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    store.create_usage(random_usage_frame(200, 1, days=2, tenants=TENANTS))
+    before = snapshot_files(tmp_path / "usage")
+    compute = grains.Grain.compute
+
+    def failing(self: grains.Grain, rows: pa.Table) -> pa.Table:
+        if self.name == "groups":
+            raise RuntimeError("summary failed")
+        return compute(self, rows)
+
+    monkeypatch.setattr(grains.Grain, "compute", failing)
+    later = random_usage_frame(200, 2, start=DAY0 + 3 * NS_PER_DAY, days=2, tenants=TENANTS)
+    with pytest.raises(RuntimeError, match="summary failed"):
+        store.create_usage(later)
+    assert snapshot_files(tmp_path / "usage") == before
+    monkeypatch.setattr(grains.Grain, "compute", compute)
+    assert store.create_usage(later) == len(later)
+    assert_paths_agree(store, np.random.default_rng(3), windows=3)

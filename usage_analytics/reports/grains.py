@@ -44,6 +44,7 @@ __all__ = [
     "INPUT_COLUMNS",
     "Grain",
     "combine",
+    "compute_parts",
     "encode_keys",
     "grain",
     "iter_rollups",
@@ -353,6 +354,20 @@ def _compute_order() -> tuple[str, ...]:
 COMPUTE_ORDER: Final = _compute_order()
 
 
+def compute_parts(n: int) -> tuple[tuple[str, ...], ...]:
+    """``COMPUTE_ORDER`` cut into at most ``n`` parts of whole trees (a grain computed from the
+    rows with those derived from it), dealt in turn, for threads that compute one each."""
+    trees: list[list[str]] = []
+    for name in COMPUTE_ORDER:
+        if _BY_NAME[name].derive_from is None:
+            trees.append([])
+        trees[-1].append(name)
+    parts: list[list[str]] = [[] for _ in range(min(max(1, n), len(trees)))]
+    for i, tree in enumerate(trees):
+        parts[i % len(parts)] += tree
+    return tuple(tuple(k for k in COMPUTE_ORDER if k in part) for part in parts)
+
+
 def input_columns(kinds: Iterable[str] | None = None) -> tuple[str, ...]:
     """The row columns the summaries of the grains ``kinds`` (None: every grain) are computed
     from."""
@@ -443,14 +458,18 @@ def rollup(kind: str, rows: pa.Table | pd.DataFrame) -> pa.Table:
     return found.compute(table)
 
 
-def iter_rollups(rows: pa.Table | pd.DataFrame) -> Iterator[tuple[str, pa.Table]]:
-    """The summaries of every grain of ``rows`` as they are computed, in ``COMPUTE_ORDER``
-    (a grain derived from a finer one right after it, from its summary)."""
-    encoded = encode_keys(rows)
+def iter_rollups(
+    rows: pa.Table | pd.DataFrame, kinds: Iterable[str] | None = None
+) -> Iterator[tuple[str, pa.Table]]:
+    """The summaries of every grain (or of the grains ``kinds``) of ``rows`` as they are
+    computed, in ``COMPUTE_ORDER`` (a grain derived from a finer one right after it, from its
+    summary; from the rows when that one is not among ``kinds``)."""
+    wanted = COMPUTE_ORDER if kinds is None else tuple(k for k in COMPUTE_ORDER if k in kinds)
+    encoded = encode_keys(rows, wanted)
     done: dict[str, pa.Table] = {}
-    for name in COMPUTE_ORDER:
+    for name in wanted:
         g = _BY_NAME[name]
-        if g.derive_from is None:
+        if g.derive_from is None or g.derive_from not in done:
             done[name] = g.compute(encoded)
         else:
             done[name] = g.compute_from(_BY_NAME[g.derive_from], done[g.derive_from])
