@@ -445,24 +445,36 @@ def measure_shapes(
 
 
 def time_store_shapes(
-    store_root: Path, tenant: str, start_ns: int, days: int, repeats: int
-) -> dict[str, dict[str, float]]:
-    """The store's median time of each report shape over windows a-d (no DuckDB)."""
-    context = _shapes.context_for(store_root, tenant)
-    engine = _shapes.StoreShapes(store_root, context)
-    out: dict[str, dict[str, float]] = {}
-    for name, shape in _shapes.SHAPES.items():
-        out[name] = {}
-        for window in shape_windows(start_ns, days, shape.tz).values():
-            lo, hi = window.start_ns, window.end_ns
-            engine.run(shape, tenant, lo, hi)  # warm-up
-            runs = []
-            for _ in range(repeats):
-                gc.collect()
-                started = time.perf_counter()
-                engine.run(shape, tenant, lo, hi)
-                runs.append(time.perf_counter() - started)
-            out[name][window.name] = _median(runs)
+    roots: Mapping[str, Path], tenant: str, start_ns: int, days: int, repeats: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The store's median time of each report shape over windows a-d on each dataset of
+    ``roots`` (no DuckDB), side by side: each cell on every dataset in turn (who goes first
+    alternating), the same queries (those of the first dataset's context) on all."""
+    context = _shapes.context_for(next(iter(roots.values())), tenant)
+    engines = {name: _shapes.StoreShapes(root, context) for name, root in roots.items()}
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in roots}
+    cell_number = 0
+    try:
+        for shape_name, shape in _shapes.SHAPES.items():
+            for name in roots:
+                out[name][shape_name] = {}
+            for window in shape_windows(start_ns, days, shape.tz).values():
+                lo, hi = window.start_ns, window.end_ns
+                order = list(roots)[cell_number % len(roots) :]
+                order += list(roots)[: cell_number % len(roots)]
+                cell_number += 1
+                for name in order:
+                    engines[name].run(shape, tenant, lo, hi)  # warm-up
+                    runs = []
+                    for _ in range(repeats):
+                        gc.collect()
+                        started = time.perf_counter()
+                        engines[name].run(shape, tenant, lo, hi)
+                        runs.append(time.perf_counter() - started)
+                    out[name][shape_name][window.name] = _median(runs)
+    finally:
+        for engine in engines.values():
+            engine.close()
     return out
 
 
@@ -583,11 +595,17 @@ def _single_appends(store: Store, rows: pd.DataFrame) -> list[float]:
 
 
 def measure_single_appends(
-    args: argparse.Namespace, store_root: Path, last_day_ns: int, clock: _Clock
+    args: argparse.Namespace, store_root: Path, workdir: Path, last_day_ns: int, clock: _Clock
 ) -> dict[str, Any]:
-    """Single-row ``create_usage`` calls into the full dataset (the rows stay)."""
+    """Single-row ``create_usage`` calls into a copy of the full dataset (so that the steps
+    after this one compare with the dataset as it was bulk-loaded)."""
     rows = _append_rows(args.single_appends, last_day_ns, args.seed + 1)
-    times_ms = [t * 1000 for t in _single_appends(Store(store_root), rows)]
+    copy = workdir / "single-appends"
+    shutil.copytree(store_root, copy)
+    try:
+        times_ms = [t * 1000 for t in _single_appends(Store(copy), rows)]
+    finally:
+        shutil.rmtree(copy)
     clock.log(f"single appends: median {_median(times_ms):.1f} ms")
     return {
         "n": len(times_ms),
@@ -609,11 +627,11 @@ def measure_small_appends(
     bulk: Mapping[str, Mapping[str, Mapping[str, Any]]],
     last_day_ns: int,
     clock: _Clock,
-    bulk_shapes: Mapping[str, Any] | None = None,
+    shapes: bool = False,
     start_ns: int = 0,
 ) -> dict[str, Any]:
-    """Many single-row appends into a copy, the reports, ``compact()``, the reports again (and
-    the report shapes, when ``bulk_shapes`` holds their times on the bulk-loaded dataset)."""
+    """Many single-row appends into a copy, the reports, ``compact()``, the reports again (and,
+    with ``shapes``, the report shapes, beside the same on the bulk-loaded dataset)."""
     copy = workdir / "small-appends"
     shutil.copytree(store_root, copy)
     store = Store(copy)
@@ -658,14 +676,18 @@ def measure_small_appends(
         expected=results,
         what="after compact: ",
     )
-    shapes: dict[str, dict[str, Any]] = {}
-    if bulk_shapes:
-        compacted_shapes = time_store_shapes(copy, tenant, start_ns, args.days, args.repeats)
-        for name, by_window in compacted_shapes.items():
-            shapes[name] = {}
+    by_shape: dict[str, dict[str, Any]] = {}
+    if shapes:
+        # The bulk-loaded dataset is timed again here, beside the compacted one: times taken
+        # an hour apart on a shared machine differ by more than what is measured.
+        both = time_store_shapes(
+            {"bulk": store_root, "compacted": copy}, tenant, start_ns, args.days, args.repeats
+        )
+        for name, by_window in both["compacted"].items():
+            by_shape[name] = {}
             for window, seconds in by_window.items():
-                bulk_s = bulk_shapes["shapes"][name]["windows"][window]["store"]["median_s"]
-                shapes[name][window] = {
+                bulk_s = both["bulk"][name][window]
+                by_shape[name][window] = {
                     "bulk_s": bulk_s,
                     "after_compact_s": seconds,
                     "after_compact_over_bulk": seconds / bulk_s,
@@ -673,7 +695,7 @@ def measure_small_appends(
             clock.log(
                 f"after compact: shape {name}: "
                 + ", ".join(
-                    f"{w} {c['after_compact_over_bulk']:.2f}x" for w, c in shapes[name].items()
+                    f"{w} {c['after_compact_over_bulk']:.2f}x" for w, c in by_shape[name].items()
                 )
             )
     shutil.rmtree(copy)
@@ -707,7 +729,7 @@ def measure_small_appends(
         "partitions_compacted": compacted_partitions,
         "files_after_compact": files_after_compact,
         "queries": queries,
-        "shapes": shapes,
+        "shapes": by_shape,
     }
 
 
@@ -790,7 +812,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
     clock.log(f"load: {result['load']['store_over_duckdb']:.2f}x DuckDB's rows/s")
     result["rss"] = measure_rss(store_root, tenant, windows, clock)
     result["delete"] = measure_delete(args, store_root, workdir, start_ns, clock)
-    result["single_append"] = measure_single_appends(args, store_root, last_day_ns, clock)
+    result["single_append"] = measure_single_appends(args, store_root, workdir, last_day_ns, clock)
     result["small_appends"] = measure_small_appends(
         args,
         store_root,
@@ -800,7 +822,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, clock: _Clock) -> dic
         result["queries"],
         last_day_ns,
         clock,
-        bulk_shapes=result.get("shapes"),
+        shapes=bool(result.get("shapes")),
         start_ns=start_ns,
     )
     if args.many_files:
