@@ -301,3 +301,54 @@ def test_key_runs_cut_where_the_keys_change_and_nothing_else() -> None:
     no_keys = pa.table({"n": [1, 2, 3]}).select([])
     assert _key_runs(no_keys)[1].tolist() == [3]
     assert _key_runs(pa.table({"k": pa.array([], pa.string())}))[1].tolist() == []
+
+
+@pytest.mark.parametrize("unpriced", [False, True])
+def test_priced_token_sums_by_price_row_equal_those_by_model_and_price(unpriced: bool) -> None:
+    """A cost component's sums per (group, price row), each with its price row's model, are
+    the sums per (group, model, price row) of a plain group-by; with rows of no price (-1),
+    those keep their models."""
+    from usage_analytics.reports.combined import _priced_sums
+
+    rng = np.random.default_rng(11)
+    n, groups = 5_000, 40
+    models = np.array([f"m{i}" for i in range(6)])
+    # Each model has two price rows (a price change): rows 2m and 2m + 1.
+    model = rng.integers(0, len(models), n)
+    price = 2 * model + rng.integers(0, 2, n)
+    if unpriced:
+        price[rng.random(n) < 0.1] = -1
+    gid = rng.integers(0, groups, n)
+    prompt, completion = rng.integers(0, 2**40, n), rng.integers(0, 1000, n)
+    table = pa.table(
+        {
+            "model_id": pa.array(models[model]).dictionary_encode(),
+            "price": pa.array(price, pa.int32()),
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+        }
+    )
+    group, model_of, prices, prompt_sums, completion_sums = _priced_sums(table, gid, groups)
+    got = pd.DataFrame(
+        {
+            "g": group,
+            "model": model_of.cast(pa.string()).to_pylist(),
+            "price": prices,
+            "prompt": prompt_sums,
+            "completion": completion_sums,
+        }
+    )
+    frame = pd.DataFrame(
+        {
+            "g": gid,
+            "model": models[model],
+            "price": price,
+            "prompt": prompt,
+            "completion": completion,
+        }
+    )
+    want = frame.groupby(["g", "model", "price"], as_index=False).sum()
+    key = ["g", "price", "model"]
+    got = got.sort_values(key, ignore_index=True)
+    want = want.sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)

@@ -45,6 +45,7 @@ __all__ = [
     "partial_of_rows",
     "sort_key",
     "sorted_pairs",
+    "sums_by_key",
     "with_key_type",
 ]
 
@@ -261,31 +262,44 @@ def group_sums(rows: Rows, keys: Sequence[str], sums: Mapping[str, np.ndarray]) 
         kept = np.flatnonzero(~coded.missing)
         combined = combined[kept]
         arrays = {k: v[kept] for k, v in arrays.items()}
-    n = len(combined)
-    if not coded.renumbered and coded.radix <= max(4 * n, _DENSE_RADIX):
-        # Few possible keys (hours, models, methods ...): a table of every key counts them,
-        # in sorted order, without hashing or sorting the rows.
-        counts = np.bincount(combined, minlength=coded.radix)
-        group_keys = np.flatnonzero(counts)
-        gid = (np.cumsum(counts > 0) - 1)[combined]
-        columns = _key_columns(coded, keys, group_keys, None)
-        for name in names:
-            columns[name] = pa.array(_sum_by(gid, arrays[name], len(group_keys)), pa.int64())
-        return pa.table(columns)
-    values = pd.DataFrame(
-        {k: np.asarray(v, dtype=np.int64) for k, v in arrays.items()}, index=None, copy=False
+    group_keys, totals = sums_by_key(
+        combined, None if coded.renumbered else coded.radix, {k: arrays[k] for k in names}
     )
-    # An Index as the key: pandas then skips looking the array up as a column label.
-    out = values.groupby(pd.Index(combined, copy=False), sort=True).sum()
     first = None
     if coded.renumbered:
         first = np.unique(combined, return_index=True)[1]
         if kept is not None:
             first = kept[first]
-    columns = _key_columns(coded, keys, out.index.to_numpy(dtype=np.int64), first)
-    totals = out.to_numpy(dtype=np.int64)
-    columns.update((name, pa.array(totals[:, i], pa.int64())) for i, name in enumerate(names))
+    columns = _key_columns(coded, keys, group_keys, first)
+    columns.update((name, pa.array(totals[name], pa.int64())) for name in names)
     return pa.table(columns)
+
+
+def sums_by_key(
+    key: np.ndarray, radix: int | None, sums: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The distinct values of a non-negative integer ``key`` (below ``radix``; None: unknown),
+    ascending, and the exact int64 sum of each of ``sums`` per value.
+
+    Few possible keys (hours, models, methods ...): a table of every key counts them, in
+    sorted order, without hashing or sorting the rows. Otherwise one pandas group-by.
+
+    Example:
+        >>> found, totals = sums_by_key(np.array([5, 2, 5]), 8, {"n": np.array([1, 2, 3])})
+        >>> found.tolist(), totals["n"].tolist()
+        ([2, 5], [2, 4])
+    """
+    if radix is not None and radix <= max(4 * len(key), _DENSE_RADIX):
+        counts = np.bincount(key, minlength=radix)
+        found = np.flatnonzero(counts)
+        gid = (np.cumsum(counts > 0) - 1)[key]
+        return found, {k: _sum_by(gid, np.asarray(v), len(found)) for k, v in sums.items()}
+    values = pd.DataFrame(
+        {k: np.asarray(v, dtype=np.int64) for k, v in sums.items()}, index=None, copy=False
+    )
+    # An Index as the key: pandas then skips looking the array up as a column label.
+    out = values.groupby(pd.Index(key, copy=False), sort=True).sum()
+    return out.index.to_numpy(dtype=np.int64), {k: out[k].to_numpy(dtype=np.int64) for k in sums}
 
 
 def _sum_by(gid: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
