@@ -941,3 +941,43 @@ def test_rows_without_tokens_need_no_price_on_any_path(
             "t0", "2026-11-01", "2026-11-02", metrics=["cost"], prices=prices, explain=True
         )
         assert set(plan["read"]) == ({"summary"} if use else {"scan"})
+
+
+@pytest.mark.parametrize("negate", [False, True])
+@pytest.mark.parametrize("values", [("b",), ("a", "c"), ("zz",), ()])
+def test_a_filter_by_mask_keeps_the_rows_its_expression_keeps(
+    values: tuple[str, ...], negate: bool
+) -> None:
+    """A filter on a dictionary column looks its values up in each chunk's dictionary; the
+    rows it keeps are those of its pyarrow expression, chunk by chunk."""
+    from usage_analytics.reports.spec import Filter
+
+    chunks = [
+        pa.array(["a", "b", "b", "c"]).dictionary_encode(),
+        pa.array(["c", "d", "a"]).dictionary_encode(),  # a dictionary of its own
+        pa.array([], pa.string()).dictionary_encode(),
+    ]
+    table = pa.table({"organization": pa.chunked_array(chunks), "n": list(range(7))})
+    where = Filter("organization", values, negate)
+    mask = where.mask(table)
+    assert mask is not None
+    assert table.filter(pa.array(mask)).equals(table.filter(where.expression()))
+    # Other columns and filters go through the expression.
+    assert Filter("status_class", ("2xx",)).mask(pa.table({"status_code": [200]})) is None
+    plain = pa.table({"organization": pa.array(["a", None])})
+    assert Filter("organization", ("a",)).mask(plain) is None
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_the_hours_of_an_hourly_summary_are_sliced_or_filtered_alike(ordered: bool) -> None:
+    """The hours of an edge day are cut out of an hourly summary by a slice where its hours
+    ascend, else by a mask: the same rows either way."""
+    from usage_analytics.reports.engine import _hour_range
+
+    rng = np.random.default_rng(5)
+    hours = np.sort(rng.integers(100, 130, 300)) if ordered else rng.integers(100, 130, 300)
+    table = pa.table({"hour": pa.array(hours, pa.int32()), "n": np.arange(300)})
+    for first, last in ((100, 129), (105, 110), (90, 99), (131, 140), (110, 110)):
+        got = _hour_range(table, first, last)
+        want = table.filter(pa.array((hours >= first) & (hours <= last)))
+        assert got.equals(want), (first, last)

@@ -146,9 +146,7 @@ class Report:
         tables = []
         for table, piece, hours in parts:
             if hours is not None:
-                table = table.filter(
-                    (pc.field("hour") >= hours[0]) & (pc.field("hour") <= hours[1])
-                )
+                table = _hour_range(table, *hours)
             if bucketed:
                 assert self.buckets is not None
                 at = self.buckets.index(np.array([piece.first]))[0]
@@ -162,9 +160,17 @@ class Report:
             if len(tables) == 1
             else pa.concat_tables(tables, promote_options="permissive")
         )
-        condition = None
+        condition, keep = None, None
         for where in spec.where:
-            condition = where.expression() if condition is None else condition & where.expression()
+            mask = where.mask(table)
+            if mask is not None:
+                keep = mask if keep is None else keep & mask
+            else:
+                condition = (
+                    where.expression() if condition is None else condition & where.expression()
+                )
+        if keep is not None:
+            table = table.filter(pa.array(keep))
         if condition is not None:
             table = table.filter(condition)
         bucket = None
@@ -310,3 +316,14 @@ def _top(order: np.ndarray, n: int) -> np.ndarray:
         key = np.where(np.isnan(value), np.inf, -value)
     best = np.lexsort((np.arange(len(key)), key))[:n]
     return np.sort(best)
+
+
+def _hour_range(table: pa.Table, first: int, last: int) -> pa.Table:
+    """The rows of an hourly summary ``table`` whose hour is in ``first..last``: a slice where
+    the hours ascend (the rows of one tenant of a file, summarized from rows in time order),
+    else a filter by a mask (a third of the time of an expression's for a few thousand rows)."""
+    hour = ints(table.column("hour"))
+    if len(hour) < 2 or bool((hour[1:] >= hour[:-1]).all()):
+        lo, hi = np.searchsorted(hour, [first, last + 1])
+        return table.slice(int(lo), int(hi - lo))
+    return table.filter(pa.array((hour >= first) & (hour <= last)))

@@ -119,6 +119,28 @@ class Filter:
             expr = pc.scalar(False)
         return ~expr if self.negate else expr
 
+    def mask(self, table: pa.Table) -> np.ndarray | None:
+        """The rows of ``table`` (of stored columns) the filter keeps, as :meth:`expression`
+        keeps them, for a dictionary column of strings without missing values: looked up once
+        per dictionary value, not per row (a fifth of the time of the expression's filter on
+        a summary). None for any other column."""
+        column = table.column(self.column)
+        if (
+            self.dim == "status_class"
+            or not pa.types.is_dictionary(column.type)
+            or column.null_count
+            or not all(isinstance(v, str) for v in self.values)
+        ):
+            return None
+        wanted = pa.array(self.values, pa.string())
+        parts = []
+        for chunk in column.chunks:
+            found = pc.is_in(chunk.dictionary.cast(pa.string()), value_set=wanted)
+            inside = np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
+            parts.append(inside[chunk.indices.to_numpy()])
+        keep = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        return ~keep if self.negate else keep
+
 
 def _class_expression(field: pc.Expression, name: str) -> pc.Expression:
     if name == "other":
