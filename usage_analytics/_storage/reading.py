@@ -146,19 +146,23 @@ class FileReader:
         (their integer columns may differ in width); with ``first``, only the rows whose first
         column equals it."""
         checked = []
+        folders: set[str] = set()  # each folder is looked at once (most paths share theirs)
         for rel in paths:
             for folder in check_relative_path(rel, sidecar_ok=True):
-                self._check_folder(folder)
+                if folder not in folders:
+                    self._check_folder(folder)
+                    folders.add(folder)
             checked.append(self._source(rel))
-        tables = []
         fs = self.filesystem
-        for path in checked:
+
+        def read(path: str) -> pa.Table:
             try:
-                tables.append(read_summary(path, first, opener=None if fs is None else fs.open))
+                return read_summary(path, first, opener=None if fs is None else fs.open)
             except (pa.ArrowException, ValueError, IndexError) as exc:
                 if isinstance(exc, FileNotFoundError):
                     raise
                 raise CorruptDatasetError(
                     f"the summary file {path} is damaged ({exc}); restore it from a backup"
                 ) from exc
-        return tables
+
+        return [read(path) for path in checked]

@@ -303,7 +303,10 @@ def _empty_labels(tz: str) -> pd.DatetimeIndex:
 def _as_series(key: str, column: pa.ChunkedArray | pa.Array) -> pd.Series:
     if key == "status_code":
         return pd.Series(np.asarray(column.to_numpy(), dtype=np.int32))
-    return pd.Series(column.cast(pa.string()).to_pandas(), dtype="str")
+    strings = column.cast(pa.string())
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    return pd.Series(pd.array(strings, dtype="str"), copy=False)
 
 
 def _top(order: np.ndarray, n: int) -> np.ndarray:
