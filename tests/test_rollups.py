@@ -792,3 +792,47 @@ def test_a_write_whose_summaries_fail_in_one_thread_writes_nothing(
     monkeypatch.setattr(grains.Grain, "compute", compute)
     assert store.create_usage(later) == len(later)
     assert_paths_agree(store, np.random.default_rng(3), windows=3)
+
+
+def test_a_day_span_adds_only_the_files_its_last_span_did_not_combine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day still loading gets a span at 4 and 8 files, and one when the next day starts:
+    each combines the tables of the day's span before it with the files added since (not
+    every file of the day again), and equals the summaries of the day's rows."""
+    from usage_analytics._summaries import Summaries
+
+    added: list[str] = []
+    add_file = Summaries._add_file
+
+    def counting(self: Summaries, entry: FileEntry, *args: Any) -> None:
+        added.append(entry.path)
+        add_file(self, entry, *args)
+
+    monkeypatch.setattr(Summaries, "_add_file", counting)
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    day = DAY0 // NS_PER_DAY
+    combined: list[int] = []
+    for part in range(10):
+        start = DAY0 + (NS_PER_DAY if part == 9 else part * 3_600 * 10**9)
+        frame = random_usage_frame(60, 70 + part, start=DAY0, days=1, tenants=TENANTS)
+        frame["timestamp"] = start + np.arange(len(frame)) * 10**6
+        added.clear()
+        store.create_usage(frame)
+        combined.append(len(added))
+    # Spans at 4 files (all 4), at 8 (the 4 since), and when the next day starts (the 9th).
+    assert combined == [0, 0, 0, 4, 0, 0, 0, 4, 0, 1]
+    (span,) = [sp for sp in store._ds.snapshot().spans if (sp.first_day, sp.last_day) == (day, day)]
+    rows = store.find_usages()
+    rows = rows[rows["timestamp"] // NS_PER_DAY == day]
+    expected = grains.rollups(pa.Table.from_pandas(rows, preserve_index=False))
+    for kind in span.kinds:
+        (got,) = store._ds.read_summaries([span.path(kind)])
+        keys = list(grains.grain(kind).keys)
+        want = expected[kind].to_pandas().sort_values(keys, ignore_index=True)
+        have = got.to_pandas().sort_values(keys, ignore_index=True)
+        for column in keys:
+            want[column], have[column] = want[column].astype(str), have[column].astype(str)
+        pd.testing.assert_frame_equal(have, want, check_dtype=False)
+    assert_paths_agree(store, np.random.default_rng(9), windows=3)

@@ -18,7 +18,7 @@ from them instead of reading them back.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _layout
+from ._compressed import Compressed
 from ._reads import read_rows
 from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, day_number
 from ._storage.fileset import DayPaths, date_of
@@ -80,6 +81,16 @@ class SpanPlan:
     last: int
     files: tuple[str, ...]
     replaces: SpanEntry | None = None
+
+
+@dataclass(frozen=True)
+class _Carry:
+    """A day's span as computed: the data files it combined, and its tables (of the kinds
+    computed from all of them) with the rows a report reads for those files (by kind)."""
+
+    files: frozenset[str]  # paths: a data file never changes (a rewrite is a new file)
+    tables: dict[str, pa.Table]
+    reads: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -215,42 +226,6 @@ def _complete(span: SpanEntry) -> bool:
     return all(k in span.kinds or k in span.skipped for k in kinds)
 
 
-class Compressed(Mapping[str, pa.Table]):
-    """Summary tables kept compressed in memory (Arrow IPC with zstd: a fifth to a tenth of
-    their size, exact with their types) and read back on each lookup; tables of fewer than
-    ``min_rows`` rows are kept as they are. What a load of many batches keeps of its flushed
-    files' summaries for the spans its commit builds: about 9 bytes per row loaded on the
-    benchmark data, against 52 uncompressed."""
-
-    def __init__(self, tables: Mapping[str, pa.Table], min_rows: int = 1_000) -> None:
-        self._tables: dict[str, pa.Table | pa.Buffer] = {}
-        options = pa.ipc.IpcWriteOptions(compression="zstd")
-        for kind, table in tables.items():
-            if table.num_rows < min_rows:
-                self._tables[kind] = table
-                continue
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
-                writer.write_table(table)
-            self._tables[kind] = sink.getvalue()
-
-    def __getitem__(self, kind: str) -> pa.Table:
-        found = self._tables[kind]
-        if isinstance(found, pa.Table):
-            return found
-        with pa.ipc.open_stream(found) as reader:
-            return reader.read_all()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tables)
-
-    def __len__(self) -> int:
-        return len(self._tables)
-
-    def __contains__(self, kind: object) -> bool:
-        return kind in self._tables
-
-
 #: What a block of days holds, per kind: the tables that add up to it, or None when it cannot
 #: be summarized now (a file of the commit being made lacks that kind).
 _Parts: TypeAlias = "dict[str, list[pa.Table] | None]"
@@ -266,6 +241,11 @@ class Summaries:
         # those not written): a load summarizes each day into a span right after it, from
         # these rather than from the disk.
         self._recent_rollups: dict[str, Computed] = {}
+        # The last day spans computed (also those of a commit that failed), each with the data
+        # files it combined: a day's next span combines its tables with the files added since,
+        # instead of every file of the day again (a day still loading gets a span at 4, 8, 16
+        # ... files: without this, the work of a day of n files is 2n file summaries).
+        self._day_carry: dict[int, _Carry] = {}
 
     def remember_rollups(self, computed: Mapping[str, Future[Computed]]) -> None:
         for path, future in computed.items():
@@ -468,6 +448,8 @@ class Summaries:
                         tables[kind] = done = worth(kind, table, rows)
                         if done is not None:
                             block_reads[kind] = done.num_rows
+                if plan.first == plan.last and not one_file:
+                    self._carry(plan.first, by_day.get(plan.first, []), kept, block_reads)
                 memo[block] = {k: kept.get(k) if k in wider else None for k in SPAN_KINDS}
                 # A block's parts are used only by the one block around it, built after it:
                 # those inside this block are let go.
@@ -523,44 +505,87 @@ class Summaries:
             return found
         for k in wanted:
             found[k] = []
-        for entry in by_day.get(lo, []):
-            # One lookup per file: the writing thread may drop old entries meanwhile. Files
-            # of the write being committed have theirs in ``staged`` (computed by now).
-            recent = self._recent_rollups.get(entry.path)
-            pending = staged.get(entry.path)
-            if recent is None and pending is not None:
-                recent = pending.result()
-            on_disk = [k for k in wanted if k in entry.sidecars and not (recent and k in recent)]
-            tables = dict(zip(on_disk, self._read_kinds(entry, on_disk), strict=True))
-            if recent:
-                tables.update((k, recent[k]) for k in wanted if k in recent and k not in tables)
-            lacking = [k for k in wanted if k not in tables]
-            if lacking and entry.path in staged:
-                # A file being committed, not on disk yet: the block has no summary of that
-                # kind now.
-                for k in lacking:
-                    found[k] = None
-                lacking = []
-            if lacking:
-                # A small file, or a large one whose summary of a kind was not worth writing
-                # (or that an older version wrote without it): summarize its rows here.
-                encoded = grains.encode_keys(read_rows(self._ds, entry, lacking), lacking)
-                tables.update((k, grains.rollup(k, encoded)) for k in lacking)
-            for k in wanted:
-                pieces = found[k]
-                if pieces is not None and k in tables:
-                    pieces.append(tables[k])
-                # A report reads the file's summary of the kind where it has one written,
-                # else the file's rows.
-                kept = k in entry.sidecars or (
-                    entry.path in staged
-                    and k in tables
-                    and entry.rows >= _layout.ROLLUP_MIN_ROWS
-                    and file_worth(k, tables[k], entry.rows) is not None
-                )
-                size = tables[k].num_rows if kept and k in tables else entry.rows
-                reads[f"files:{k}"] = reads.get(f"files:{k}", 0) + size
+        entries = by_day.get(lo, [])
+        carry = self._day_carry.get(lo)
+        carried: tuple[str, ...] = ()
+        carried_files: frozenset[str] = frozenset()
+        if carry is not None and carry.files <= {e.path for e in entries}:
+            # The tables of the day's last span, of the files it combined (unchanged since):
+            # only the day's other files are added to them.
+            carried, carried_files = tuple(k for k in wanted if k in carry.tables), carry.files
+            for k in carried:
+                found[k] = [carry.tables[k]]
+                reads[f"files:{k}"] = carry.reads[k]
+        for entry in entries:
+            need = wanted
+            if entry.path in carried_files:
+                need = [k for k in wanted if k not in carried]
+            if need:
+                self._add_file(entry, need, found, staged, reads)
         return found
+
+    def _add_file(
+        self,
+        entry: FileEntry,
+        wanted: Sequence[str],
+        found: _Parts,
+        staged: Mapping[str, Future[Computed] | None],
+        reads: dict[str, int],
+    ) -> None:
+        """Add the summaries of ``wanted`` kinds of one data file to ``found`` (see
+        :meth:`_block_parts`)."""
+        # One lookup per file: the writing thread may drop old entries meanwhile. Files
+        # of the write being committed have theirs in ``staged`` (computed by now).
+        recent = self._recent_rollups.get(entry.path)
+        pending = staged.get(entry.path)
+        if recent is None and pending is not None:
+            recent = pending.result()
+        on_disk = [k for k in wanted if k in entry.sidecars and not (recent and k in recent)]
+        tables = dict(zip(on_disk, self._read_kinds(entry, on_disk), strict=True))
+        if recent:
+            tables.update((k, recent[k]) for k in wanted if k in recent and k not in tables)
+        lacking = [k for k in wanted if k not in tables]
+        if lacking and entry.path in staged:
+            # A file being committed, not on disk yet: the block has no summary of that
+            # kind now.
+            for k in lacking:
+                found[k] = None
+            lacking = []
+        if lacking:
+            # A small file, or a large one whose summary of a kind was not worth writing
+            # (or that an older version wrote without it): summarize its rows here.
+            encoded = grains.encode_keys(read_rows(self._ds, entry, lacking), lacking)
+            tables.update((k, grains.rollup(k, encoded)) for k in lacking)
+        for k in wanted:
+            pieces = found[k]
+            if pieces is not None and k in tables:
+                pieces.append(tables[k])
+            # A report reads the file's summary of the kind where it has one written,
+            # else the file's rows.
+            kept = k in entry.sidecars or (
+                entry.path in staged
+                and k in tables
+                and entry.rows >= _layout.ROLLUP_MIN_ROWS
+                and file_worth(k, tables[k], entry.rows) is not None
+            )
+            size = tables[k].num_rows if kept and k in tables else entry.rows
+            reads[f"files:{k}"] = reads.get(f"files:{k}", 0) + size
+
+    def _carry(
+        self, day: int, entries: Sequence[FileEntry], kept: _Parts, reads: Mapping[str, int]
+    ) -> None:
+        """Keep the tables of the span of ``day`` just computed from ``entries`` (see
+        ``_day_carry``); only the last two days' are kept."""
+        kinds = [
+            k for k, v in kept.items() if v is not None and len(v) == 1 and f"files:{k}" in reads
+        ]
+        self._day_carry[day] = _Carry(
+            frozenset(e.path for e in entries),
+            {k: kept[k][0] for k in kinds},  # type: ignore[index]
+            {k: reads[f"files:{k}"] for k in kinds},
+        )
+        for old in sorted(self._day_carry)[:-2]:
+            del self._day_carry[old]
 
     def _read_kinds(self, entry: FileEntry, kinds: Sequence[str]) -> list[pa.Table]:
         return [self._ds.read_sidecars([entry], k)[0] for k in kinds]
