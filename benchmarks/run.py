@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import gc
 import json
 import os
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -203,6 +204,25 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
+def _in_turn(
+    runners: Mapping[str, Callable[[], object]], repeats: int, cell: int
+) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` runs of each runner after a warm-up run, the runners taking turns
+    (who goes first rotates with the ``cell`` number), back to back, garbage collected before
+    each run."""
+    names = list(runners)
+    shift = cell % len(names)
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for name in names[shift:] + names[:shift]:
+        runners[name]()  # warm-up
+        for _ in range(repeats):
+            gc.collect()
+            started = time.perf_counter()
+            runners[name]()
+            runs[name].append(time.perf_counter() - started)
+    return runs
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. Ingest
 
@@ -356,16 +376,12 @@ def measure_queries(
                 check_same(query, ref, expected[(query, window.name)], f"{label}: expected")
                 cells[reference]["checked_against"].append("expected")
             cells[reference]["result_rows"] = len(ref)
-            runs: dict[str, list[float]] = {name: [] for name in names}
-            shift = cell % len(names)
+            runs = _in_turn(
+                {name: functools.partial(timed[name].run, query, tenant, lo, hi) for name in names},
+                repeats,
+                cell,
+            )
             cell += 1
-            for name in names[shift:] + names[:shift]:
-                timed[name].run(query, tenant, lo, hi)  # warm-up
-                for _ in range(repeats):
-                    gc.collect()
-                    started = time.perf_counter()
-                    timed[name].run(query, tenant, lo, hi)
-                    runs[name].append(time.perf_counter() - started)
             for name in names:
                 cells[name]["runs_s"] = runs[name]
                 cells[name]["median_s"] = _median(runs[name])
@@ -409,17 +425,12 @@ def measure_shapes(
                 label = f"shape {name} {window.name}"
                 ref = engines["store"].run(shape, tenant, lo, hi)
                 _shapes.check_same_frame(ref, engines["duckdb"].run(shape, tenant, lo, hi), label)
-                runs: dict[str, list[float]] = {e: [] for e in engines}
-                order = list(engines)[cell_number % 2 :] + list(engines)[: cell_number % 2]
+                runs = _in_turn(
+                    {e: functools.partial(engines[e].run, shape, tenant, lo, hi) for e in engines},
+                    repeats,
+                    cell_number,
+                )
                 cell_number += 1
-                for engine_name in order:
-                    engine = engines[engine_name]
-                    engine.run(shape, tenant, lo, hi)  # warm-up
-                    for _ in range(repeats):
-                        gc.collect()
-                        started = time.perf_counter()
-                        engine.run(shape, tenant, lo, hi)
-                        runs[engine_name].append(time.perf_counter() - started)
                 cell = {e: {"runs_s": runs[e], "median_s": _median(runs[e])} for e in engines}
                 cell["result_rows"] = len(ref)
                 cell["duckdb_over_store"] = cell["duckdb"]["median_s"] / cell["store"]["median_s"]
@@ -460,18 +471,14 @@ def time_store_shapes(
                 out[name][shape_name] = {}
             for window in shape_windows(start_ns, days, shape.tz).values():
                 lo, hi = window.start_ns, window.end_ns
-                order = list(roots)[cell_number % len(roots) :]
-                order += list(roots)[: cell_number % len(roots)]
+                runs = _in_turn(
+                    {n: functools.partial(engines[n].run, shape, tenant, lo, hi) for n in roots},
+                    repeats,
+                    cell_number,
+                )
                 cell_number += 1
-                for name in order:
-                    engines[name].run(shape, tenant, lo, hi)  # warm-up
-                    runs = []
-                    for _ in range(repeats):
-                        gc.collect()
-                        started = time.perf_counter()
-                        engines[name].run(shape, tenant, lo, hi)
-                        runs.append(time.perf_counter() - started)
-                    out[name][shape_name][window.name] = _median(runs)
+                for name, seconds in runs.items():
+                    out[name][shape_name][window.name] = _median(seconds)
     finally:
         for engine in engines.values():
             engine.close()

@@ -576,13 +576,13 @@ class Summaries:
     ) -> None:
         """Keep the tables of the span of ``day`` just computed from ``entries`` (see
         ``_day_carry``); only the last two days' are kept."""
-        kinds = [
-            k for k, v in kept.items() if v is not None and len(v) == 1 and f"files:{k}" in reads
-        ]
+        tables = {
+            k: v[0]
+            for k, v in kept.items()
+            if v is not None and len(v) == 1 and f"files:{k}" in reads
+        }
         self._day_carry[day] = _Carry(
-            frozenset(e.path for e in entries),
-            {k: kept[k][0] for k in kinds},  # type: ignore[index]
-            {k: reads[f"files:{k}"] for k in kinds},
+            frozenset(e.path for e in entries), tables, {k: reads[f"files:{k}"] for k in tables}
         )
         for old in sorted(self._day_carry)[:-2]:
             del self._day_carry[old]

@@ -153,16 +153,15 @@ class FileReader:
                     self._check_folder(folder)
                     folders.add(folder)
             checked.append(self._source(rel))
+        tables = []
         fs = self.filesystem
-
-        def read(path: str) -> pa.Table:
+        for path in checked:
             try:
-                return read_summary(path, first, opener=None if fs is None else fs.open)
+                tables.append(read_summary(path, first, opener=None if fs is None else fs.open))
             except (pa.ArrowException, ValueError, IndexError) as exc:
                 if isinstance(exc, FileNotFoundError):
                     raise
                 raise CorruptDatasetError(
                     f"the summary file {path} is damaged ({exc}); restore it from a backup"
                 ) from exc
-
-        return [read(path) for path in checked]
+        return tables

@@ -22,6 +22,7 @@ from .kernels import (
     ints,
     key_codes,
     sorted_pairs,
+    sum_by_group,
     sums_by_key,
     with_key_type,
 )
@@ -162,12 +163,7 @@ def combine(
     if len(base_gid) and base_gid.min() < 0:  # rows with a missing key are in no group
         kept = base_gid >= 0
         base_gid, values = base_gid[kept], {m: v[kept] for m, v in values.items()}
-    found, summed = sums_by_key(base_gid, size, values)
-    if len(found) != size:  # pragma: no cover - every group has rows, so a base row
-        for m, v in summed.items():
-            summed[m] = np.zeros(size, dtype=np.int64)
-            summed[m][found] = v
-    combined = Combined(groups, summed)
+    combined = Combined(groups, {m: sum_by_group(base_gid, v, size) for m, v in values.items()})
     for name, parts in by_component.items():
         component_gid = gids[name]
         kind, _, column = name.partition(":")

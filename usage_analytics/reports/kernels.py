@@ -45,6 +45,7 @@ __all__ = [
     "partial_of_rows",
     "sort_key",
     "sorted_pairs",
+    "sum_by_group",
     "sums_by_key",
     "with_key_type",
 ]
@@ -293,7 +294,7 @@ def sums_by_key(
         counts = np.bincount(key, minlength=radix)
         found = np.flatnonzero(counts)
         gid = (np.cumsum(counts > 0) - 1)[key]
-        return found, {k: _sum_by(gid, np.asarray(v), len(found)) for k, v in sums.items()}
+        return found, {k: sum_by_group(gid, np.asarray(v), len(found)) for k, v in sums.items()}
     values = pd.DataFrame(
         {k: np.asarray(v, dtype=np.int64) for k, v in sums.items()}, index=None, copy=False
     )
@@ -302,9 +303,10 @@ def sums_by_key(
     return out.index.to_numpy(dtype=np.int64), {k: out[k].to_numpy(dtype=np.int64) for k in sums}
 
 
-def _sum_by(gid: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
-    """The int64 sum of ``values`` per group, exact: through float64 ``bincount`` when every
-    partial sum is below 2**53 (as for the rows of a file), else through pandas."""
+def sum_by_group(gid: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
+    """The int64 sum of ``values`` per group (ids 0 .. ``groups`` - 1), exact: through float64
+    ``bincount`` when every partial sum is below 2**53 (as for the rows of a file), else
+    through pandas."""
     if not len(values):
         return np.zeros(groups, dtype=np.int64)
     if values.dtype.itemsize <= 4 and len(values) < _EXACT_FLOAT >> 31:
@@ -479,7 +481,7 @@ def partial_of_rows(
     kept_gid = of_groups(gid)
     base = {k: groups.column(k) for k in keys}
     for k, v in measures.items():
-        base[k] = pa.array(_sum_by(kept_gid, of_groups(v), n_groups), pa.int64())
+        base[k] = pa.array(sum_by_group(kept_gid, of_groups(v), n_groups), pa.int64())
     out["base"] = pa.table(base)
     for column, values in (hists or {}).items():
         found, counts = _histogram(kept_gid, of_groups(values), n_groups)
