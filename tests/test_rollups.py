@@ -264,6 +264,80 @@ def test_hourly_buckets_of_whole_days_read_one_summary_a_day(tmp_path: Path) -> 
     assert dict(zip(keys, found["requests"], strict=True)) == expected.to_dict()
 
 
+@pytest.mark.parametrize("minutes", [0, 17])
+def test_the_first_and_last_day_of_a_window_are_read_from_their_spans_by_hours(
+    tmp_path: Path, minutes: int
+) -> None:
+    # Three loads a day, each of a third of it. A window from 05:00 (or 05:17) of day 0 to
+    # 10:30 of day 2: day 1 is its span; days 0 and 2 are their spans' hours (6 or 5 to 23,
+    # 0 to 9), and the unaligned edges are scanned from the files that hold them. A window
+    # that ends at 07:00 of day 2 holds hours of one file of that day: that file is read.
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    hour, third = 3_600_000_000_000, NS_PER_DAY // 3
+    for i in range(9):
+        frame = random_usage_frame(300, 80 + i, start=DAY0 + i * third, days=1, tenants=TENANTS)
+        store.create_usage(frame[frame["timestamp"] < DAY0 + (i + 1) * third], on_conflict="ignore")
+    store.create_usage(random_usage_frame(5, 60, start=DAY0 + 3 * NS_PER_DAY, days=1))  # day 2 ends
+    start = DAY0 + 5 * hour + minutes * 60 * 10**9 + 5 * 10**9 * (minutes > 0)
+    day2 = DAY0 + 2 * NS_PER_DAY
+    for end, last_day in ((day2 + 10 * hour + 30 * 60 * 10**9, "span"), (day2 + 7 * hour, "file")):
+        plan = store.report("t0", start, end, **HOURLY, explain=True)  # type: ignore[arg-type]
+        reads = plan[plan["read"] != "scan"]
+        spans = reads["piece"].str.startswith("span ")
+        assert reads[spans]["read"].tolist() == ["summary", "summary (hours)"] + [
+            "summary (hours)"
+        ] * (last_day == "span")
+        assert reads[~spans]["read"].tolist() == ["summary (hours)"] * (last_day == "file")
+        scanned = plan[plan["read"] == "scan"]["piece"].tolist()
+        edges = int(minutes > 0) + int(last_day == "span")  # the first file of day 0, the 2nd of 2
+        assert len(scanned) == edges
+        got = _hourly_report(store, start, end, summaries=True)
+        pd.testing.assert_frame_equal(got, _hourly_report(store, start, end, summaries=False))
+        rows = store.find_usages()
+        inside = rows[(rows["tenant"] == "t0") & rows["timestamp"].between(start, end - 1)]
+        assert int(got["requests"].sum()) == len(inside) > 0
+        errors = inside["status_code"] != 200  # error_rate counts every other status
+        assert int((got["error_rate"] * got["requests"]).round().sum()) == int(errors.sum())
+
+
+def test_random_windows_over_days_of_many_loads_equal_a_scan(tmp_path: Path) -> None:
+    # Four loads a day over four days: random windows, zones and buckets; every plan (some of
+    # them reading edge days by hours) adds up exactly what a plain scan does.
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    quarter = NS_PER_DAY // 4
+    for i in range(16):
+        frame = random_usage_frame(160, 90 + i, start=DAY0 + i * quarter, days=1, tenants=TENANTS)
+        store.create_usage(
+            frame[frame["timestamp"] < DAY0 + (i + 1) * quarter], on_conflict="ignore"
+        )
+    store.create_usage(random_usage_frame(5, 61, start=DAY0 + 4 * NS_PER_DAY, days=1))
+    rng = np.random.default_rng(7)
+    by_hours = 0
+    for _ in range(40):
+        start = DAY0 + int(rng.integers(0, 3 * NS_PER_DAY))
+        if rng.random() < 0.5:
+            start -= start % 3_600_000_000_000
+        end = start + int(rng.integers(NS_PER_DAY // 2, 3 * NS_PER_DAY))
+        kwargs: dict[str, Any] = {
+            "by": str(rng.choice(["api_method", "status_code"])),
+            "every": str(rng.choice(["1h", "1d", "15min"])),
+            "tz": str(rng.choice(["UTC", "America/New_York", "Asia/Kolkata"])),
+            "metrics": ["requests", "error_rate"],
+        }
+        plan = store.report("t0", start, end, explain=True, **kwargs)
+        by_hours += int((plan["piece"].str.startswith("span ") & (plan["read"] != "summary")).sum())
+        got = store.report("t0", start, end, **kwargs)
+        store._use_rollups = False
+        try:
+            expected = store.report("t0", start, end, **kwargs)
+        finally:
+            store._use_rollups = True
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert by_hours >= 10
+
+
 def test_an_hour_a_file_holds_part_of_is_read_from_its_summary(tmp_path: Path) -> None:
     # One file of rows from 00:10 to 05:20; a window from 01:00 to the day's end holds its
     # hours 1 to 5 whole (the file has no rows in the rest of hour 5): no row is scanned.

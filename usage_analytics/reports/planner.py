@@ -16,7 +16,9 @@ for every component, the smallest grain that covers it:
   (see ``Grain.provides`` and ``Grain.gives``); for costs, no price may change inside the piece.
 
 Spans are picked first, largest first, left to right, over the whole days they cover; then
-files; everything no summary covers is scanned. So every fast path adds up exactly the rows a
+spans of the window's first and last day by their hours (where the day has two or more files
+there), with the window's unaligned edges in that day scanned from its files; then files;
+everything no summary covers is scanned. So every fast path adds up exactly the rows a
 plain scan would. Nothing here reads a file: pieces are descriptions, and ``ref`` is whatever
 the caller needs to read one.
 """
@@ -186,6 +188,17 @@ def plan(
             out.reads.append(Read(span, tiled))
             assert span.days is not None
             covered_days.update(range(span.days[0], span.days[1] + 1))
+        for read, scans in _edge_days(
+            spans,
+            files,
+            covered_days,
+            (lo, last + 1),
+            lambda p: _hours(p, lo, last + 1, covering, buckets, priced),
+        ):
+            out.reads.append(read)
+            out.scans += scans
+            assert read.piece.days is not None
+            covered_days.add(read.piece.days[0])
     for piece in files:
         if piece.last < lo or piece.first > last or piece.first // NS_PER_DAY in covered_days:
             continue
@@ -237,6 +250,42 @@ def _hours(
             return None
         chosen[component] = grain
     return (first_hour, last_hour), chosen
+
+
+def _edge_days(
+    spans: Sequence[Piece],
+    files: Sequence[Piece],
+    covered_days: set[int],
+    window: tuple[int, int],
+    hours_of: Callable[[Piece], tuple[tuple[int, int], dict[str, Grain]] | None],
+) -> list[tuple[Read, list[Scan]]]:
+    """Spans of one day that the window ``[start, end)`` holds only part of (its first or last
+    day), read by the hours of an hourly grain where that saves reading the summaries of two
+    or more files; each with the scans of the parts of the window in that day outside those
+    hours (unaligned edges), in the day's files that may hold rows there."""
+    start, end = window
+    out: list[tuple[Read, list[Scan]]] = []
+    taken = set(covered_days)
+    for span in spans:
+        if span.days is None or span.days[0] != span.days[1] or span.days[0] in taken:
+            continue
+        found = hours_of(span)
+        if found is None:
+            continue
+        (first_hour, last_hour), hourly = found
+        day = span.days[0]
+        of_day = [p for p in files if p.first // NS_PER_DAY == day]
+        lo, hi = first_hour * HOUR_NS, (last_hour + 1) * HOUR_NS
+        if sum(p.first < hi and p.last >= lo for p in of_day) < 2:
+            continue  # no fewer reads than the files'
+        around = ((max(start, span.first), lo), (hi, min(end, span.last + 1)))
+        edges = tuple((a, b) for a, b in around if a < b)
+        scans = [
+            Scan(p, edges) for p in of_day if any(p.first < b and p.last >= a for a, b in edges)
+        ]
+        out.append((Read(span, hourly, (first_hour, last_hour)), scans))
+        taken.add(day)
+    return out
 
 
 def _tile(
