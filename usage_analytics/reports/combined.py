@@ -139,15 +139,23 @@ def combine(
     if not bases:
         groups = pa.table({k: pa.array([], empty_keys[k]) for k in keys})
         return Combined(groups, {m: np.zeros(0, dtype=np.int64) for m in measures})
+    # A component whose tables are its partials' base tables (costs of summaries: the same
+    # rows) takes the base's group ids: its keys are not coded twice.
+    shared = [
+        name
+        for name, parts in by_component.items()
+        if len(parts) == len(bases) and all(p is b for p, b in zip(parts, bases, strict=True))
+    ]
     if not by_component:  # sums only: one group-by over every partial
         values = {m: np.concatenate([ints(t.column(m)) for t in bases]) for m in measures}
         summed = group_sums(_concat(bases, keys), keys, values)
         return Combined(summed.select(list(keys)), {m: ints(summed.column(m)) for m in measures})
     # One coding of the keys of every component, so that group ids agree between them.
-    names = ["base", *by_component]
+    names = ["base", *(n for n in by_component if n not in shared)]
     key_tables = []
     runs: dict[str, np.ndarray] = {}
-    for name, parts in zip(names, (bases, *by_component.values()), strict=True):
+    for name in names:
+        parts = bases if name == "base" else by_component[name]
         table = _concat(parts, keys)
         if name.startswith("hist:"):  # a row per value: long runs of one key tuple
             table, runs[name] = _key_runs(table)
@@ -158,6 +166,7 @@ def combine(
     gids = {name: gid[offsets[i] : offsets[i + 1]] for i, name in enumerate(names)}
     for name, lengths in runs.items():
         gids[name] = np.repeat(gids[name], lengths)
+    gids.update(dict.fromkeys(shared, gids["base"]))
     base_gid = gids["base"]
     values = {m: np.concatenate([ints(t.column(m)) for t in bases]) for m in measures}
     if len(base_gid) and base_gid.min() < 0:  # rows with a missing key are in no group

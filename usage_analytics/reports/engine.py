@@ -192,22 +192,33 @@ class Report:
             if kind == "base":
                 for name in sorted(spec.needs.measures):
                     columns[name] = pa.array(grain.measure(table, name))
+                if "cost" in components:  # the same rows: one table, coded once (see combine)
+                    columns.update(self._priced(grain, table))
+                    out["cost"] = out[component] = pa.table(columns)
+                    continue
+            elif kind == "cost":
+                if "cost" not in out:
+                    columns.update(self._priced(grain, table))
+                    out[component] = pa.table(columns)
+                continue
             elif kind == "hist":
                 columns["value"] = table.column(column)
                 columns["count"] = pa.array(grain.measure(table, "requests"))
-            elif kind == "distinct":
+            else:  # distinct
                 columns["value"] = table.column(column)
-            else:  # cost
-                assert spec.prices is not None
-                model = table.column("model_id")
-                columns["model_id"] = model
-                columns["price"] = pa.array(spec.prices.lookup(model, ints(table.column("_at"))))
-                columns["prompt_tokens"] = pa.array(grain.measure(table, "sum_prompt_tokens"))
-                columns["completion_tokens"] = pa.array(
-                    grain.measure(table, "sum_completion_tokens")
-                )
             out[component] = pa.table(columns)
         return out
+
+    def _priced(self, grain: Grain, table: pa.Table) -> dict[str, pa.Array | pa.ChunkedArray]:
+        """The columns of a cost component of a summary table."""
+        assert self.spec.prices is not None
+        model = table.column("model_id")
+        return {
+            "model_id": model,
+            "price": pa.array(self.spec.prices.lookup(model, ints(table.column("_at")))),
+            "prompt_tokens": pa.array(grain.measure(table, "sum_prompt_tokens")),
+            "completion_tokens": pa.array(grain.measure(table, "sum_completion_tokens")),
+        }
 
     # -- finishing ---------------------------------------------------------------------------
 
