@@ -37,7 +37,7 @@ from helpers import (
     snapshot_files,
 )
 
-from usage_analytics import StorageError, Store, _layout, _reads
+from usage_analytics import StorageError, Store, _layout, _reads, _writes
 from usage_analytics._storage import Dataset, FileEntry, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
@@ -546,6 +546,37 @@ def test_compact_cuts_large_partitions_by_time(
     monkeypatch.setattr(Dataset, "scan", counting)
     store.get_usages_by_groups(TENANTS[0], start, entries[-1].max("timestamp") + 1)
     assert scanned == [[middle.path]]
+
+
+def test_a_compacted_files_row_groups_are_ranges_of_time_that_a_window_prunes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a compacted file each row group is a range of time, sorted by (tenant,
+    timestamp), the ranges in time order (so that a time filter prunes them through their
+    statistics, as in a loaded file); reports still equal a scan."""
+    monkeypatch.setattr(_layout, "COMPACT_FILE_ROWS", 128)
+    monkeypatch.setattr(summary_files, "DATA_ROW_GROUP", 32)
+    monkeypatch.setattr(_writes, "DATA_ROW_GROUP", 32)
+    store = load(tmp_path / "usage", 29, batches=6)
+    before = store.find_usages()
+    assert store.compact() > 0
+    pd.testing.assert_frame_equal(store.find_usages(), before)
+    cut = 0
+    for entry in store._ds.snapshot().files:
+        meta = pq.ParquetFile(store.root / entry.path).metadata
+        assert meta.num_row_groups == -(-entry.rows // 32)
+        table = pq.read_table(store.root / entry.path)
+        spans = []
+        for at in range(0, entry.rows, 32):
+            group = table.slice(at, 32).to_pandas()
+            order = group.sort_values(["tenant", "timestamp"], kind="stable")
+            assert group["id"].tolist() == order["id"].tolist()
+            spans.append((group["timestamp"].min(), group["timestamp"].max()))
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end <= start
+        cut += meta.num_row_groups > 1
+    assert cut > 0  # files of several row groups were written
+    assert_paths_agree(store, np.random.default_rng(29))
 
 
 def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_days(

@@ -287,9 +287,10 @@ class Store:
         files of at most 131,072 rows; returns how many partitions were rewritten. Each
         partition is committed on its own, all or nothing, and keeps every row exactly.
 
-        The rows are cut into files by time (each file sorted by tenant and time inside), so
-        that a report whose window starts or ends inside the day reads the summaries of the
-        files within the window and scans only the file it cuts, as after a bulk load.
+        The rows are cut into files by time, each row group a range of time sorted by tenant
+        and time inside, so that a report whose window starts or ends inside the day reads the
+        summaries of the files within the window and scans only the file it cuts (and of it
+        only the row groups it cuts), as after a bulk load.
         Partitions whose files all hold at least half that many rows are left as they are.
         Files given no summary of a kind (written by an older version) get one where it is
         worth it, and missing spans are built. ``progress=True`` shows a progress bar of the

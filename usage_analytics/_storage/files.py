@@ -55,7 +55,8 @@ __all__ = [
     "write_summary",
 ]
 
-# Data files are in time order, or sorted by tenant then time: row groups this small let a
+# Data files are in time order, or sorted by tenant then time (compacted files: in time order
+# from row group to row group, each sorted by tenant then time): row groups this small let a
 # time filter, or a tenant filter, skip most of a file through its statistics.
 DATA_ROW_GROUP: Final = 32 * 1024
 #: Schema metadata key of a summary file of 0.2 and 0.3 (Arrow IPC files): the JSON list of the
