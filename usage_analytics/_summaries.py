@@ -29,7 +29,7 @@ import pyarrow as pa
 from . import _layout
 from ._compressed import Compressed
 from ._reads import read_rows
-from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, day_number
+from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, SpanTable, day_number
 from ._storage.fileset import DayPaths, date_of
 from .reports import grains
 
@@ -202,6 +202,9 @@ def submit_rollups(
                     for future in futures:
                         if not future.done():
                             future.set_exception(exc)
+        # What this thread freed goes back to the system (pyarrow's allocator keeps each
+        # thread's freed pages otherwise).
+        pa.default_memory_pool().release_unused()
 
     for kinds in jobs:
         pool.submit(compute, kinds)
@@ -377,12 +380,13 @@ class Summaries:
         snap: Snapshot,
         plans: Sequence[SpanPlan],
         staged: Mapping[str, Future[Computed] | None],
-        out: Sequence[Mapping[str, Future[pa.Table | None]]] | None = None,
+        out: Sequence[Mapping[str, SpanTable]] | None = None,
     ) -> list[NewSpan]:
-        """Compute the ``plans`` of ``snap``; with ``out``, also set each span's tables (None
-        where not worth writing) as the results of its futures as soon as they are computed,
-        and any error as the exception of every future not yet set (a commit waits for them:
-        none may be left unset)."""
+        """Compute the ``plans`` of ``snap``; with ``out``, set each span's tables (None where
+        not worth writing) as the results of its futures as soon as they are computed instead
+        of returning them (the commit writes and lets go of them meanwhile), and any error as
+        the exception of every future not yet set (a commit waits for them: none may be left
+        unset)."""
         new: list[NewSpan] = []
         try:
             by_day: dict[int, list[FileEntry]] = {}
@@ -457,10 +461,12 @@ class Summaries:
                     if inner != block:
                         del memo[inner]
                 del found, kept
-                new.append(NewSpan(plan.first, plan.last, plan.files, tables, plan.replaces))
-                if out is not None:
+                if out is None:
+                    new.append(NewSpan(plan.first, plan.last, plan.files, tables, plan.replaces))
+                else:  # the commit holds them (and lets them go once written)
                     for kind, future in out[i].items():
                         future.set_result(tables[kind])
+                    del tables
         except BaseException as exc:
             if out is None:
                 raise

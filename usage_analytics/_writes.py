@@ -24,7 +24,15 @@ import pyarrow.compute as pc
 
 from . import _layout
 from ._reads import read_rows
-from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, Transaction, history
+from ._storage import (
+    Dataset,
+    FileEntry,
+    Snapshot,
+    SpanEntry,
+    SpanTable,
+    Transaction,
+    history,
+)
 from ._storage.files import DATA_ROW_GROUP
 from ._storage.fileset import date_of
 from ._storage.manifest import day_number
@@ -152,7 +160,7 @@ class Writer:
                 written += len(days)
             if written == 0:
                 return 0
-            spans: list[tuple[SpanEntry, dict[str, Future[pa.Table | None]]]] = []
+            spans: list[tuple[SpanEntry, dict[str, SpanTable]]] = []
             if pool is not None:
                 # Spans go into the same commit: those of the days before the first day
                 # written (loads run forward in time, so those days are taken as loaded), and
@@ -174,11 +182,16 @@ class Writer:
                 for plan in plans:
                     if plan.replaces is not None:
                         tx.drop_span(plan.replaces)
-                    tables: dict[str, Future[pa.Table | None]] = {k: Future() for k in SPAN_KINDS}
+                    tables = {k: SpanTable() for k in SPAN_KINDS}
                     spans.append((tx.add_span(plan.first, plan.last, tables, plan.files), tables))
                 if plans:
                     futures = [f for _, f in spans]
                     pool.submit(summaries.span_tables, after, plans, staged_and_earlier, futures)
+            # The commit lets go of each span's tables once written, but for those of the
+            # spans the store remembers after it.
+            for _, tables in spans[: -_layout.RECENT_SPANS]:
+                for table in tables.values():
+                    table.keep = False
             if tx.flushed:
                 # A load of many batches: the memory of those written goes back before the
                 # commit's spans (in a single batch's write, that costs 15% of its time:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from .dataset import Dataset
 from .manifest import FileEntry, Snapshot, SpanEntry, day_date, day_number
-from .transaction import TableOrFuture, Transaction
+from .transaction import SpanTable, TableOrFuture, Transaction
 
 __all__ = [
     "Dataset",
     "FileEntry",
     "Snapshot",
     "SpanEntry",
+    "SpanTable",
     "TableOrFuture",
     "Transaction",
     "day_date",

@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import errno
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,10 +32,53 @@ from .manifest import (
 if TYPE_CHECKING:
     from .dataset import Dataset
 
-__all__ = ["TableOrFuture", "Transaction"]
+__all__ = ["SpanTable", "TableOrFuture", "Transaction"]
+
+
+class SpanTable:
+    """A span's table of one kind, computed on another thread while the commit writes: a
+    future whose table the commit lets go of once written, unless :attr:`keep` (a load's
+    commit would hold every table of every span it writes otherwise; those kept are the ones
+    the store remembers after the commit). Read after being let go, it is None."""
+
+    def __init__(self) -> None:
+        self._set = threading.Event()
+        self._table: pa.Table | None = None
+        self._error: BaseException | None = None
+        #: Whether the table is still there after the commit wrote it.
+        self.keep = True
+
+    def set_result(self, table: pa.Table | None) -> None:
+        self._table = table
+        self._set.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._set.set()
+
+    def done(self) -> bool:
+        return self._set.is_set()
+
+    def result(self) -> pa.Table | None:
+        """The table (None if not worth writing, or let go); waits until it is computed, and
+        raises what its computation raised."""
+        self._set.wait()
+        if self._error is not None:
+            raise self._error
+        return self._table
+
+    def exception(self) -> BaseException | None:
+        self._set.wait()
+        return self._error
+
+    def written(self) -> None:
+        """The commit wrote the table: it is let go, unless kept."""
+        if not self.keep:
+            self._table = None
+
 
 #: A table to write, or the future of one still being computed on another thread.
-TableOrFuture: TypeAlias = "pa.Table | Future[pa.Table | None] | None"
+TableOrFuture: TypeAlias = "pa.Table | Future[pa.Table | None] | SpanTable | None"
 
 
 @dataclass
@@ -461,7 +505,8 @@ class Transaction:
     ) -> None:
         """Write each (path, table, kind) (see ``Dataset.write_file``)."""
         for rel, table, kind, of_span in files:
-            if of_span is not None and isinstance(table, Future):
+            source = table
+            if of_span is not None and isinstance(table, Future | SpanTable):
                 # A span whose computation failed is left out (see add_span).
                 if of_span.span in self.failed_spans:
                     continue
@@ -470,13 +515,16 @@ class Transaction:
                 except Exception:
                     self.failed_spans.append(of_span.span)
                     continue
-            elif isinstance(table, Future):
+            elif isinstance(table, Future | SpanTable):
                 table = table.result()
             if table is None:  # computed, and found not worth writing: left out
                 self._unwritten.add(rel)
                 continue
             self.written.append(rel)
             self._ds.write_file(rel, table, kind, dirs, new_dirs)
+            del table
+            if isinstance(source, SpanTable):
+                source.written()
 
 
 def _join(job: Future[Any]) -> None:

@@ -250,6 +250,7 @@ def _ahead(chunks: Iterator[pd.DataFrame]) -> Iterator[Iterator[pd.DataFrame]]:
             for chunk in chunks:
                 if not put(("chunk", chunk)):
                     return
+                pa.default_memory_pool().release_unused()  # see Writer.append_batches
             put(("done", None))
         except BaseException as exc:
             put(("error", exc))
