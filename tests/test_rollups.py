@@ -941,3 +941,37 @@ def test_a_day_span_adds_only_the_files_its_last_span_did_not_combine(
             want[column], have[column] = want[column].astype(str), have[column].astype(str)
         pd.testing.assert_frame_equal(have, want, check_dtype=False)
     assert_paths_agree(store, np.random.default_rng(9), windows=3)
+
+
+def test_a_span_lacking_a_kind_is_built_again_with_the_kinds_it_had(tmp_path: Path) -> None:
+    """A span written without some kind (by a version before that grain was declared) is built
+    again by build_spans(): the new span has the kind, and keeps every kind the old one had
+    (they are what reports read for those days)."""
+    store = load(tmp_path / "usage", 31)  # four files a day
+    snap = store._ds.snapshot()
+    old = next(sp for sp in snap.spans if sp.first_day == sp.last_day and len(sp.kinds) >= 3)
+    gone = old.kinds[-1]
+    tables = {k: store._ds.read_summaries([old.path(k)])[0] for k in old.kinds}
+    kept = {k: t for k, t in tables.items() if k != gone}
+    days = range(old.first_day, old.last_day + 1)
+    files = [e.path for e in snap.files if day_number(e.date) in days]
+    with store._ds.transaction() as tx:
+        tx.drop_span(old)
+        lacking = tx.add_span(old.first_day, old.last_day, kept, files)
+        tx.commit()
+    assert gone not in lacking.kinds and gone not in lacking.skipped
+    assert store._summaries.build_spans() >= 1
+    (rebuilt,) = [
+        sp
+        for sp in store._ds.snapshot().spans
+        if (sp.first_day, sp.last_day) == (old.first_day, old.last_day)
+    ]
+    assert rebuilt.name != lacking.name
+    assert set(old.kinds) <= set(rebuilt.kinds)
+
+    def rows_of(table: pa.Table) -> list[tuple[Any, ...]]:  # in any order, at any width
+        return sorted(zip(*(c.to_pylist() for c in table.columns), strict=True))
+
+    for kind in old.kinds:
+        assert rows_of(store._ds.read_summaries([rebuilt.path(kind)])[0]) == rows_of(tables[kind])
+    assert_paths_agree(store, np.random.default_rng(31))

@@ -441,6 +441,12 @@ class Summaries:
                         continue
                     table = None if pieces is None else grains.combine(kind, pieces)
                     kept[kind] = None if table is None else [table]
+                    if table is not None and plan.replaces and kind in plan.replaces.kinds:
+                        # A kind of the span this one replaces (which lacks others) stays:
+                        # it was found worth writing, and it is what a report reads in place.
+                        tables[kind] = table
+                        block_reads[kind] = table.num_rows
+                        continue
                     # Worth writing when small, and when it shrinks what a report would read
                     # in its place (its halves' spans, files' summaries or rows) enough to
                     # save reading that.
