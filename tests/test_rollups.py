@@ -38,7 +38,7 @@ from helpers import (
 )
 
 from usage_analytics import StorageError, Store, _layout, _reads, _writes
-from usage_analytics._storage import Dataset, FileEntry, day_number, faults
+from usage_analytics._storage import Dataset, FileEntry, SpanTable, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
 from usage_analytics._summaries import FILE_KINDS, Compressed, summaries_of
@@ -975,3 +975,40 @@ def test_a_span_lacking_a_kind_is_built_again_with_the_kinds_it_had(tmp_path: Pa
     for kind in old.kinds:
         assert rows_of(store._ds.read_summaries([rebuilt.path(kind)])[0]) == rows_of(tables[kind])
     assert_paths_agree(store, np.random.default_rng(31))
+
+
+def test_a_span_table_is_let_go_once_written_unless_kept() -> None:
+    """The commit drops a span's table after writing it (a load of many days would hold every
+    span's otherwise), except for the spans the store remembers; errors are raised to every
+    reader."""
+    table = pa.table({"tenant": ["t0"], "total_requests": [1]})
+    kept, dropped, failed = SpanTable(), SpanTable(), SpanTable()
+    dropped.keep = False
+    assert not kept.done()
+    for future in (kept, dropped):
+        future.set_result(table)
+        assert future.done() and future.result() is table and future.exception() is None
+        future.written()
+    assert kept.result() is table
+    assert dropped.result() is None
+    failed.set_exception(OSError(errno.EIO, "disk"))
+    assert isinstance(failed.exception(), OSError)
+    with pytest.raises(OSError, match="disk"):
+        failed.result()
+
+
+def test_a_load_of_many_days_in_one_commit_writes_every_span_whole(tmp_path: Path) -> None:
+    """A load of more days' spans than the store remembers lets each go once written: every
+    span is on disk whole (verify() recomputes them), and reports equal scans."""
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    frames = [
+        random_usage_frame(120, 500 + d, start=DAY0 + d * NS_PER_DAY, days=1, tenants=TENANTS)
+        for d in range(24)
+    ]
+    store.create_usage_batches(frames, on_conflict="ignore")
+    spans = store._ds.snapshot().spans
+    assert len(spans) > _layout.RECENT_SPANS
+    assert len(store._summaries._recent_spans) <= _layout.RECENT_SPANS
+    assert store.verify().empty
+    assert_paths_agree(store, np.random.default_rng(24))
