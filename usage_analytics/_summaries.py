@@ -202,8 +202,7 @@ def submit_rollups(
                     for future in futures:
                         if not future.done():
                             future.set_exception(exc)
-        # What this thread freed goes back to the system (pyarrow's allocator keeps each
-        # thread's freed pages otherwise).
+        # Give back what this thread freed (pyarrow's allocator keeps each thread's pages).
         pa.default_memory_pool().release_unused()
 
     for kinds in jobs:
@@ -383,10 +382,9 @@ class Summaries:
         out: Sequence[Mapping[str, SpanTable]] | None = None,
     ) -> list[NewSpan]:
         """Compute the ``plans`` of ``snap``; with ``out``, set each span's tables (None where
-        not worth writing) as the results of its futures as soon as they are computed instead
-        of returning them (the commit writes and lets go of them meanwhile), and any error as
-        the exception of every future not yet set (a commit waits for them: none may be left
-        unset)."""
+        not worth writing) as its futures' results as soon as computed, instead of returning
+        them (the commit writes them meanwhile), and any error as the exception of every future
+        not yet set (a commit waits for them: none may be left unset)."""
         new: list[NewSpan] = []
         try:
             by_day: dict[int, list[FileEntry]] = {}
@@ -442,8 +440,7 @@ class Summaries:
                     table = None if pieces is None else grains.combine(kind, pieces)
                     kept[kind] = None if table is None else [table]
                     if table is not None and plan.replaces and kind in plan.replaces.kinds:
-                        # A kind of the span this one replaces (which lacks others) stays:
-                        # it was found worth writing, and it is what a report reads in place.
+                        # A kind the replaced span has stays (reports read it in its place).
                         tables[kind] = table
                         block_reads[kind] = table.num_rows
                         continue
