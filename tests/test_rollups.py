@@ -38,7 +38,7 @@ from helpers import (
 )
 
 from usage_analytics import StorageError, Store, _layout, _reads, _writes
-from usage_analytics._storage import Dataset, FileEntry, SpanTable, day_number, faults
+from usage_analytics._storage import Dataset, FileEntry, SpanTable, day_date, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
 from usage_analytics._summaries import FILE_KINDS, Compressed, summaries_of
@@ -1012,3 +1012,46 @@ def test_a_load_of_many_days_in_one_commit_writes_every_span_whole(tmp_path: Pat
     assert len(store._summaries._recent_spans) <= _layout.RECENT_SPANS
     assert store.verify().empty
     assert_paths_agree(store, np.random.default_rng(24))
+
+
+def test_two_days_of_groups_get_a_span_at_three_quarters_of_their_day_spans(
+    tmp_path: Path,
+) -> None:
+    """A span of two days is written for ``groups`` when it has at most three quarters of the
+    rows of the two days' spans (other grains: half): here each day has 10 groups, 6 of them
+    on both days, so the pair has 14 of 20."""
+
+    def day(d: int, groups: list[tuple[str, str]], seed: int) -> pd.DataFrame:
+        frame = random_usage_frame(40, seed, start=DAY0 + d * NS_PER_DAY, days=1, tenants=("t0",))
+        pick = [groups[i % len(groups)] for i in range(len(frame))]
+        frame["api_key_id"] = [k for k, _ in pick]
+        frame["user_id"] = [u for _, u in pick]
+        frame["model_id"] = "m"
+        return frame.drop_duplicates(["user_id", "timestamp"])
+
+    shared = [(f"k{i}", f"u{i}") for i in range(6)]
+    first = shared + [(f"k{i}", f"a{i}") for i in range(6, 10)]
+    second = shared + [(f"k{i}", f"b{i}") for i in range(10, 14)]
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    for half in range(2):  # two files a day, so that each day gets a span of its own
+        rows = pd.concat([day(0, first, 60 + half), day(1, second, 70 + half)])
+        store.create_usage(rows, on_conflict="ignore")
+    store.create_usage(day(2, first, 80), on_conflict="ignore")  # the two days are complete
+    store.compact()
+    day0 = DAY0 // NS_PER_DAY
+    (pair,) = [
+        sp for sp in store._ds.snapshot().spans if (sp.first_day, sp.last_day) == (day0, day0 + 1)
+    ]
+    assert "groups" in pair.kinds
+    assert "users" in pair.skipped  # (key, user): the same 14 of 20, over half
+    assert grains.grain("groups").shrink_of(2) == 0.75
+    assert grains.grain("groups").shrink_of(4) is None
+    # The pair serves what only groups gives; a report that a smaller grain covers reads
+    # the days with that one, not the pair's groups.
+    lo, hi = DAY0, DAY0 + 2 * NS_PER_DAY
+    by_key = store.report("t0", lo, hi, by="api_key_id", metrics=["prompt_tokens"], explain=True)
+    assert by_key["piece"].tolist() == [f"span {day_date(day0)}..{day_date(day0 + 1)}"]
+    by_model = store.report("t0", lo, hi, by="model_id", metrics=["requests"], explain=True)
+    assert set(by_model["grain"]) == {"daily"} and len(by_model) == 2
+    assert_paths_agree(store, np.random.default_rng(60))

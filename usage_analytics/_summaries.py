@@ -447,10 +447,10 @@ class Summaries:
                     # Worth writing when small, and when it shrinks what a report would read
                     # in its place (its halves' spans, files' summaries or rows) enough to
                     # save reading that.
-                    share = grains.grain(kind).span_shrink
+                    days = plan.last - plan.first + 1
+                    share = grains.grain(kind).shrink_of(days)
                     if share is None:
-                        one_day = plan.first == plan.last
-                        share = _layout.DAY_SPAN_SHRINK if one_day else _layout.SPAN_SHRINK
+                        share = _layout.DAY_SPAN_SHRINK if days == 1 else _layout.SPAN_SHRINK
                     if table is not None and table.num_rows <= share * in_place:
                         tables[kind] = done = worth(kind, table, rows)
                         if done is not None:

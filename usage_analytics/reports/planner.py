@@ -14,6 +14,8 @@ for every component, the smallest grain that covers it:
   window's unaligned edge) is scanned;
 - a grain keeps every dimension the report groups by or filters on, and every measure it needs
   (see ``Grain.provides`` and ``Grain.gives``); for costs, no price may change inside the piece.
+- a span of several days is read only with the smallest grain that fits (a span lacking it
+  may hold a larger one only, and more rows than the spans of its days).
 
 Spans are picked first, largest first, left to right, over the whole days they cover; then
 spans of the window's first and last day by their hours (where the day has two or more files
@@ -167,17 +169,14 @@ def plan(
             return None
         one_bucket = buckets is None or buckets.same_bucket(piece.first, piece.last)
         aligned = _hour_aligned(buckets, piece.first - piece.first % HOUR_NS, piece.last + 1)
+        # A span of several days only with the smallest grain that fits: one with a larger
+        # grain (a pair of days of ``groups`` only) can hold more rows than its days' spans.
+        several = piece.days is not None and piece.days[0] != piece.days[1]
         chosen = {}
         for component, grains in covering.items():
-            grain = next(
-                (
-                    g
-                    for g in grains
-                    if g.name in piece.grains and (one_bucket if not g.hourly else aligned)
-                ),
-                None,
-            )
-            if grain is None:
+            fit = [g for g in grains if (one_bucket if not g.hourly else aligned)]
+            grain = next((g for g in fit if g.name in piece.grains), None)
+            if grain is None or (several and grain is not fit[0]):
                 return None
             chosen[component] = grain
         return chosen
