@@ -192,20 +192,41 @@ def test_spans_cover_whole_days_and_match_scans(tmp_path: Path) -> None:
     assert_paths_agree(store, np.random.default_rng(11))
 
 
-def test_a_write_into_a_spanned_day_drops_exactly_the_spans_over_it(tmp_path: Path) -> None:
+def test_a_write_into_a_spanned_day_makes_its_day_span_partial_and_drops_the_others_over_it(
+    tmp_path: Path,
+) -> None:
     store = load(tmp_path / "usage", 12)
     store.compact()
-    before = store._ds.snapshot().spans
+    store.create_usage({"user_id": "more", "tenant": "t1", "timestamp": DAY0 + NS_PER_DAY + 7})
+    store._summaries.build_spans()  # the day has two files: it gets a span of its own
+    before = store._ds.snapshot()
     day = day_number("2026-11-02")
-    over = {sp.name for sp in before if sp.first_day <= day <= sp.last_day}
-    assert over
+    over = {sp.name for sp in before.spans if sp.first_day <= day <= sp.last_day}
+    assert any(sp.first_day == sp.last_day == day for sp in before.spans)
+    assert len(over) > 1 and not any(sp.partial for sp in before.spans)
     store.create_usage({"user_id": "late", "tenant": "t1", "timestamp": DAY0 + NS_PER_DAY + 5})
-    after = {sp.name for sp in store._ds.snapshot().spans}
-    assert after == {sp.name for sp in before} - over
+    after = store._ds.snapshot()
+    kept = {sp.name for sp in before.spans if sp.name not in over or sp.first_day == sp.last_day}
+    assert {sp.name for sp in after.spans} == kept
+    for span in after.spans:
+        if span.name not in over:
+            assert not span.partial
+            continue
+        # It lists the files of its day before the write: the new one is not among them.
+        had = sorted(e.path for e in before.files if e.day == day)
+        assert span.files == tuple(had)
+        assert len([e for e in after.files if e.day == day]) == len(had) + 1
     on_disk = {p.name.split(".")[0] for p in (store.root / "_rollups" / "spans").iterdir()}
     # (a span every kind of which was not worth writing has no file)
-    assert on_disk == {sp.name for sp in store._ds.snapshot().spans if sp.kinds}
+    assert on_disk == {sp.name for sp in after.spans if sp.kinds}
     assert_paths_agree(store, np.random.default_rng(12))
+    # A delete that rewrites the files of the first two days drops the spans over them, the
+    # partial ones with the rest; the spans of later days stay as they were.
+    assert store.delete_usage(DAY0 + NS_PER_DAY + NS_PER_DAY // 3) > 0
+    left = {sp.name: sp for sp in store._ds.snapshot().spans}
+    assert {sp.name for sp in after.spans if sp.first_day > day} == set(left)
+    assert all(left[sp.name] == sp for sp in after.spans if sp.name in left)
+    assert_paths_agree(store, np.random.default_rng(13))
 
 
 def test_whole_window_reads_spans_not_file_rollups(
@@ -598,20 +619,29 @@ def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_d
 
 def test_a_day_still_loading_gets_a_span_at_4_and_8_files(tmp_path: Path) -> None:
     """The last day of a load gets a span of its own once it holds OPEN_DAY_FILES files with
-    rollups, and again at twice as many; a write into it in between drops the span."""
+    rollups, and again at twice as many; a write into it in between makes the span partial
+    (listing the files it summarizes), and a report reads the newer files besides it."""
     assert _layout.OPEN_DAY_FILES == 4
     store = Store(tmp_path / "usage")
     store.auto_migrate()
     day = DAY0 // NS_PER_DAY
-    spans_of_day: list[bool] = []
+    spans_of_day: list[int | None] = []  # how many files the day's span summarizes
     for part in range(9):
         frame = random_usage_frame(60, 50 + part, start=DAY0, days=1, tenants=TENANTS)
         frame["timestamp"] = DAY0 + part * 3_600 * 10**9 + np.arange(len(frame))
         store.create_usage(frame)
-        spans = {(sp.first_day, sp.last_day) for sp in store._ds.snapshot().spans}
-        spans_of_day.append((day, day) in spans)
+        snap = store._ds.snapshot()
+        found = [sp for sp in snap.spans if (sp.first_day, sp.last_day) == (day, day)]
+        if not found:
+            spans_of_day.append(None)
+            continue
+        spans_of_day.append(sum(found[0].covers(e) for e in snap.files))
+        assert found[0].partial == (spans_of_day[-1] != len(snap.files))
         assert_paths_agree(store, np.random.default_rng(part), windows=2)
-    assert spans_of_day == [False, False, False, True, False, False, False, True, False]
+        plan = store.report("t0", DAY0, DAY0 + NS_PER_DAY, explain=True)
+        # The span, and each file it does not summarize, by its own summaries.
+        assert plan["read"].tolist() == ["summary"] * (1 + len(snap.files) - spans_of_day[-1])
+    assert spans_of_day == [None, None, None, 4, 4, 4, 4, 8, 8]
 
 
 def _day_span_inputs(store: Store) -> tuple[int, list[str], dict[str, pa.Table]]:
@@ -777,8 +807,20 @@ def _random_operations(root: Path, seed: int, steps: int) -> None:
         assert on_disk == set(ds.live_paths()), step
         rows = store.find_usages()
         day = rows["timestamp"] // NS_PER_DAY
-        for span in ds.snapshot().spans:
+        snap = ds.snapshot()
+        for span in snap.spans:
             inside = rows[(day >= span.first_day) & (day <= span.last_day)]
+            if span.partial:  # the rows of the files it lists
+                assert span.files is not None
+                ids = pa.concat_arrays(
+                    [
+                        pq.read_table(root / p, columns=["id"])["id"].combine_chunks()
+                        for p in span.files
+                    ]
+                )
+                inside = inside[inside["id"].isin(ids.to_numpy())]
+                newer = [e for e in snap.files if span.first_day <= e.day <= span.last_day]
+                assert len(newer) > len(span.files), step  # (else it would not be partial)
             expected = grains.rollups(pa.Table.from_pandas(inside))
             for kind in span.kinds:
                 got = ds.read_summaries([span.path(kind)])[0]

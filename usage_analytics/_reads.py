@@ -97,18 +97,20 @@ def pieces(snap: Snapshot, lo: int, hi: int) -> tuple[list[Piece], list[Piece]]:
     rows_by_day: dict[int, int] = {}
     for entry in inside:
         rows_by_day[entry.day] = rows_by_day.get(entry.day, 0) + entry.rows
-    spans = [
-        Piece(
-            span,
-            span.first_day * NS_PER_DAY,
-            (span.last_day + 1) * NS_PER_DAY - 1,
-            sum(rows_by_day.get(d, 0) for d in range(span.first_day, span.last_day + 1)),
-            frozenset(span.kinds),
-            (span.first_day, span.last_day),
+    spans = []
+    for span in snap.spans:
+        if span.last_day < lo // NS_PER_DAY or span.first_day > (hi - 1) // NS_PER_DAY:
+            continue
+        days = range(span.first_day, span.last_day + 1)
+        listed = None
+        rows = sum(rows_by_day.get(d, 0) for d in days)
+        if span.files is not None:  # every file it lists is live (see Log._replay)
+            listed = frozenset(span.files)
+            rows = sum(snap.by_path[p].rows for p in span.files)
+        first, last = span.first_day * NS_PER_DAY, (span.last_day + 1) * NS_PER_DAY - 1
+        spans.append(
+            Piece(span, first, last, rows, frozenset(span.kinds), (days[0], days[-1]), listed)
         )
-        for span in snap.spans
-        if span.last_day >= lo // NS_PER_DAY and span.first_day <= (hi - 1) // NS_PER_DAY
-    ]
     return files, spans
 
 

@@ -357,8 +357,11 @@ class Summaries:
                 # A span lacking kinds is built again, but not in a load's commit: its days'
                 # files may lack them too (written by an older version), and summarizing their
                 # rows is maintenance work (build_spans, compact).
+                # A partial span is built again (complete) once due: its days are done.
                 if (end > last and not (size == 1 and start == open_day)) or (
-                    existing is not None and (_complete(existing) or in_commit)
+                    existing is not None
+                    and not existing.partial
+                    and (_complete(existing) or in_commit)
                 ):
                     continue
                 n_files = len(by_day.get(start, ())) if size == 1 else 0
@@ -495,14 +498,30 @@ class Summaries:
         found: _Parts = {}
         wanted = list(span_kinds(hi - lo + 1))
         span = have.get((lo, hi))
+        entries = by_day.get(lo, []) if lo == hi else []
+        carry = self._day_carry.get(lo) if lo == hi else None
+        if carry is not None and not carry.files <= {e.path for e in entries}:
+            carry = None
+        if span is not None and span.partial and carry is not None:
+            span = None  # the day's last span as computed, which the carry holds, is as good
+        # The kinds of the block's span, and the files added to its days since a partial one.
+        kinds: list[str] = []
+        newer: list[FileEntry] = []
         if span is not None:
             cached = self._recent_spans.get(span.name, {})
-            for k in span.kinds:
-                if k in wanted:
-                    read = [cached[k]] if k in cached else None
-                    found[k] = read or self._ds.read_summaries([span.path(k)])
-                    reads[k] = sum(t.num_rows for t in found[k] or ())
+            kinds = [k for k in span.kinds if k in wanted]
+            for k in kinds:
+                read = [cached[k]] if k in cached else None
+                found[k] = read or self._ds.read_summaries([span.path(k)])
+            if span.partial:
+                days = range(lo, hi + 1)
+                newer = [e for d in days for e in by_day.get(d, ()) if not span.covers(e)]
             wanted = [k for k in wanted if k not in found]
+        if lo < hi or not wanted:
+            for entry in newer:
+                self._add_file(entry, kinds, found, staged, {})
+            for k in kinds:
+                reads[k] = sum(t.num_rows for t in found[k] or ())
         if not wanted:
             return found
         if lo < hi:
@@ -514,23 +533,26 @@ class Summaries:
             return found
         for k in wanted:
             found[k] = []
-        entries = by_day.get(lo, [])
-        carry = self._day_carry.get(lo)
         carried: tuple[str, ...] = ()
         carried_files: frozenset[str] = frozenset()
-        if carry is not None and carry.files <= {e.path for e in entries}:
+        if carry is not None:
             # The tables of the day's last span, of the files it combined (unchanged since):
             # only the day's other files are added to them.
             carried, carried_files = tuple(k for k in wanted if k in carry.tables), carry.files
             for k in carried:
                 found[k] = [carry.tables[k]]
                 reads[f"files:{k}"] = carry.reads[k]
+        extra = {e.path for e in newer}
         for entry in entries:
             need = wanted
             if entry.path in carried_files:
                 need = [k for k in wanted if k not in carried]
+            if entry.path in extra:  # with the kinds of the partial span
+                self._add_file(entry, kinds, found, staged, {})
             if need:
                 self._add_file(entry, need, found, staged, reads)
+        for k in kinds:
+            reads[k] = sum(t.num_rows for t in found[k] or ())
         return found
 
     def _add_file(

@@ -83,7 +83,8 @@ def verify(ds: Dataset, snap: Snapshot) -> pd.DataFrame:
         problems += [
             (name, k, "is not a summary kind of this version") for k in span.kinds if k not in KINDS
         ]
-        files = [e for d in range(span.first_day, span.last_day + 1) for e in by_day.get(d, [])]
+        days = range(span.first_day, span.last_day + 1)
+        files = [e for d in days for e in by_day.get(d, []) if span.covers(e)]
         combined: dict[str, pa.Table] = {}
         for entry in files:
             computed = summaries(entry, check=False)

@@ -14,6 +14,7 @@ from .manifest import FileEntry, Snapshot, SpanEntry, is_int
 __all__ = [
     "CHECKPOINT_SCHEMA",
     "DOMAIN",
+    "PARTIAL_SPAN_DOMAIN",
     "PROTOCOL",
     "SPAN_DOMAIN",
     "check_protocol",
@@ -26,6 +27,7 @@ __all__ = [
 
 DOMAIN: Final = "usage_analytics"
 SPAN_DOMAIN: Final = "usage_analytics.span."
+PARTIAL_SPAN_DOMAIN: Final = "usage_analytics.partial_span."
 
 PROTOCOL: Final = {
     "minReaderVersion": 1,
@@ -117,10 +119,13 @@ def remove_action(entry: FileEntry, now: int) -> dict[str, Any]:
     }
 
 
-def span_domain(name: str, span: SpanEntry | None) -> dict[str, Any]:
-    """The domain of one span: its entry, or (None) its removal."""
-    config = "" if span is None else json.dumps(span.to_json(), separators=(",", ":"))
-    return {"domain": SPAN_DOMAIN + name, "configuration": config, "removed": span is None}
+def span_domain(span: SpanEntry, *, removed: bool = False) -> dict[str, Any]:
+    """The domain of one span: its entry, or its removal. A partial span has a domain of its
+    own, which versions before partial spans ignore (they read the files it lists by their
+    own summaries, as they read every file of days without a span)."""
+    prefix = PARTIAL_SPAN_DOMAIN if span.partial else SPAN_DOMAIN
+    config = "" if removed else json.dumps(span.to_json(), separators=(",", ":"))
+    return {"domain": prefix + span.name, "configuration": config, "removed": removed}
 
 
 def domain(snap: Snapshot) -> dict[str, Any]:

@@ -18,7 +18,9 @@ only this package needs rides along where Delta readers ignore it: each ``add`` 
 file's entry (rows, schema version, statistics, summary kinds) in the tag ``usage_analytics``,
 and each commit a ``domainMetadata`` action of the domain ``usage_analytics`` with the
 transaction id, schema version, next row id and history retention, and one of the domain
-``usage_analytics.span.<name>`` for each span it adds or drops (a checkpoint holds them all).
+``usage_analytics.span.<name>`` for each span it adds or drops (a checkpoint holds them all);
+a partial span (see ``SpanEntry``) moves to ``usage_analytics.partial_span.<name>``, which
+versions before partial spans do not read as a span.
 Summary files live under ``_rollups/``, which no Delta action names.
 """
 
@@ -42,6 +44,7 @@ from . import checkpoint
 from .delta import (
     CHECKPOINT_SCHEMA,
     DOMAIN,
+    PARTIAL_SPAN_DOMAIN,
     PROTOCOL,
     SPAN_DOMAIN,
     check_protocol,
@@ -364,7 +367,15 @@ class Log:
             except (Damaged, ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise self._damaged(path, str(exc)) from None
             fields["version"] = version
-        return base.evolve(removed, list(added.values()), spans=tuple(spans.values()), **fields)
+        # A partial span that lists a file since removed (by a version that knows no partial
+        # spans, which leaves them as they are) no longer summarizes its days' files: left out.
+        kept = [
+            sp
+            for sp in spans.values()
+            if sp.files is None
+            or all(p in added or (p in live and p not in removed) for p in sp.files)
+        ]
+        return base.evolve(removed, list(added.values()), spans=tuple(kept), **fields)
 
     def _actions(
         self,
@@ -403,14 +414,16 @@ class Log:
                 check_protocol(body, path)
             elif kind == "domainMetadata" and body.get("domain") == DOMAIN:
                 state = json.loads(body["configuration"])
-            elif kind == "domainMetadata" and str(body.get("domain")).startswith(SPAN_DOMAIN):
-                name = body["domain"][len(SPAN_DOMAIN) :]
+            elif kind == "domainMetadata" and (partial := _span_domain(body)) is not None:
+                prefix = PARTIAL_SPAN_DOMAIN if partial else SPAN_DOMAIN
+                name = body["domain"][len(prefix) :]
                 if body.get("removed") is True:
-                    if spans.pop(name, None) is None:
+                    gone = spans.pop(name, None)
+                    if gone is None or gone.partial != partial:
                         raise Damaged(f"it drops the span {name!r}, which is not live")
                 else:
                     span = SpanEntry.from_json(json.loads(body["configuration"]))
-                    if span.name != name:
+                    if span.name != name or span.partial != partial:
                         raise Damaged(f"the span domain {name!r} holds span {span.name!r}")
                     spans[name] = span
         if state is None:
@@ -506,12 +519,15 @@ class Log:
             before = old.get(entry.path)
             if before is None or before.json_bytes != entry.json_bytes:
                 out.append(line({"add": self._add(entry, now, data_change=before is None)}))
+        # A span made partial moves to the partial spans' domain: its old domain is removed.
         before_spans = {} if base is None else {sp.name: sp for sp in base.spans}
-        for name in before_spans.keys() - {sp.name for sp in new.spans}:
-            out.append(line({"domainMetadata": span_domain(name, None)}))
+        now_spans = {sp.name: sp for sp in new.spans}
+        for name, span in before_spans.items():
+            if name not in now_spans or now_spans[name].partial != span.partial:
+                out.append(line({"domainMetadata": span_domain(span, removed=True)}))
         for span in new.spans:
             if before_spans.get(span.name) != span:
-                out.append(line({"domainMetadata": span_domain(span.name, span)}))
+                out.append(line({"domainMetadata": span_domain(span)}))
         out.append(line({"domainMetadata": domain(new)}))
         data = b"".join(out)
         self._put(version, data)
@@ -561,7 +577,7 @@ class Log:
         meta = json.loads(self._metadata(snap.schema_version, now, fresh=False))["metaData"]
         meta.update(name=None, description=None, configuration=[])
         meta["format"]["options"] = []
-        domains = [domain(snap), *(span_domain(sp.name, sp) for sp in snap.spans)]
+        domains = [domain(snap), *(span_domain(sp) for sp in snap.spans)]
         n = 2 + len(domains)
         protocol = dict(PROTOCOL, readerFeatures=None)
         header = pa.table(
@@ -585,6 +601,15 @@ class Log:
         add["partitionValues"] = list(add["partitionValues"].items())
         add["tags"] = list(add["tags"].items())
         return add
+
+
+def _span_domain(body: Mapping[str, Any]) -> bool | None:
+    """Whether a domain metadata action is of a partial span (True), of a span (False), or of
+    neither (None)."""
+    name = str(body.get("domain"))
+    if name.startswith(PARTIAL_SPAN_DOMAIN):
+        return True
+    return False if name.startswith(SPAN_DOMAIN) else None
 
 
 def _commit_name(version: int) -> str:

@@ -42,6 +42,9 @@ _SPAN_FILE_RE: Final = re.compile(r"[0-9a-f]{32}\.[a-z]+\.rollup")
 _READ_ATTEMPTS: Final = 20
 #: The last day an int64 nanosecond timestamp reaches (2262-04-11).
 MAX_DAY: Final = (2**63 - 1) // (86_400 * 10**9)
+#: A span that would list more files than this when made partial is dropped instead (its
+#: entry is written into the commit that makes it partial, and into every checkpoint).
+MAX_SPAN_FILES: Final = 256
 
 
 def json_bytes(payload: Mapping[str, Any]) -> bytes:
@@ -238,10 +241,13 @@ def valid_date(text: str) -> bool:
 
 @dataclass(frozen=True)
 class SpanEntry:
-    """Summary files covering every data file of the days ``first_day..last_day``.
+    """Summary files of the data files of the days ``first_day..last_day``.
 
-    Days are numbered from the Unix epoch. A span is dropped by any commit that adds or removes
-    a data file in its days, so while it is listed it summarizes exactly those days' files.
+    Days are numbered from the Unix epoch. A span summarizes every file of its days, or (when
+    ``files`` is given, a *partial* span) exactly the files it lists. A commit that removes a
+    file a span summarizes drops it; one that adds files to its days drops a span of several
+    days, and makes a span of one day partial, listing the files the day had (a report reads
+    the newer files by their own summaries).
     """
 
     name: str  # hex
@@ -249,6 +255,22 @@ class SpanEntry:
     last_day: int
     kinds: tuple[str, ...]
     skipped: tuple[str, ...] = ()  # kinds computed for it and found not worth writing
+    #: The data files it summarizes, sorted, when not every file of its days.
+    files: tuple[str, ...] | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.files is not None
+
+    def covers(self, entry: FileEntry) -> bool:
+        """Whether the span summarizes the rows of a live file ``entry``."""
+        if not self.first_day <= entry.day <= self.last_day:
+            return False
+        return self.files is None or entry.path in self._listed
+
+    @functools.cached_property
+    def _listed(self) -> frozenset[str]:
+        return frozenset(self.files or ())
 
     def path(self, kind: str) -> str:
         return f"{SPAN_DIR}/{self.name}.{kind}.rollup"
@@ -266,6 +288,8 @@ class SpanEntry:
         }
         if self.skipped:
             out["skipped"] = list(self.skipped)
+        if self.files is not None:
+            out["files"] = list(self.files)
         return out
 
     @classmethod
@@ -283,7 +307,23 @@ class SpanEntry:
         first, last = int_field(raw, "first_day", "a span"), int_field(raw, "last_day", "a span")
         if not 0 <= first <= last <= MAX_DAY:
             raise Damaged(f"a span of days {first}..{last}")
-        return cls(name, first, last, tuple(kinds), _kinds(raw, "skipped", "a span"))
+        files = raw.get("files")
+        if files is not None:
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise Damaged(f"the span {name} lists odd files {files!r:.80}")
+            for path in files:
+                check_relative_path(path)
+                if not first <= day_number(path[len(PARTITION_PREFIX) :][:10]) <= last:
+                    raise Damaged(f"the span {name} of days {first}..{last} lists {path!r}")
+            files = sorted(files)
+        return cls(
+            name,
+            first,
+            last,
+            tuple(kinds),
+            _kinds(raw, "skipped", "a span"),
+            None if files is None else tuple(files),
+        )
 
 
 def day_number(date: str) -> int:

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from ..errors import ConcurrentWriteError, StorageError
 from .faults import fault
 from .manifest import (
+    MAX_SPAN_FILES,
     PARTITION_PREFIX,
     SIDECAR_KIND_RE,
     FileEntry,
@@ -395,16 +396,14 @@ class Transaction:
 
     def _next(self, txid: str) -> tuple[Snapshot, list[SpanEntry]]:
         """The snapshot this transaction commits, and the spans it drops."""
-        # A span stays only while no data file of its days changes.
-        changed_days = {day_number(s.entry.date) for s in self._staged}
-        changed_days |= {day_number(e.date) for e in self._removed.values()}
         kept_spans, dropped_spans = [], []
+        added_days = {day_number(s.entry.date) for s in self._staged}
         for span in self.base.spans:
-            stale = any(span.first_day <= d <= span.last_day for d in changed_days)
-            if stale or span.name in self._dropped_spans:
+            kept = self._span_after(span, added_days)
+            if kept is None:
                 dropped_spans.append(span)
             else:
-                kept_spans.append(span)
+                kept_spans.append(kept)
         # Only the files this transaction adds or changes are touched: the new state is the
         # base's, changed (see Snapshot.evolve).
         by_path = self.base.by_path
@@ -432,6 +431,22 @@ class Transaction:
             if new_span.files != tuple(sorted(covered)):
                 raise ValueError("a span must cover the files this commit leaves in its days")
         return new, dropped_spans
+
+    def _span_after(self, span: SpanEntry, added_days: set[int]) -> SpanEntry | None:
+        """What becomes of a span of the base: dropped (None) when this transaction removes a
+        file it summarizes; when it adds files to its days, made partial, listing the files
+        the day had, if it is a span of one day of at most ``MAX_SPAN_FILES`` files (a span of
+        several days is dropped: listing its files would read the entries of all its days)."""
+        if span.name in self._dropped_spans or any(span.covers(e) for e in self._removed.values()):
+            return None
+        if span.partial or not any(span.first_day <= d <= span.last_day for d in added_days):
+            return span
+        if span.first_day != span.last_day:
+            return None
+        files = self.base.files_between(day_date(span.first_day), day_date(span.last_day))
+        if len(files) > MAX_SPAN_FILES:
+            return None
+        return dataclasses.replace(span, files=tuple(sorted(e.path for e in files)))
 
     def _with_more(self, entry: FileEntry) -> FileEntry:
         more = self._more.get(entry.path)

@@ -1,10 +1,11 @@
 """The planner: which parts of a window are read from summaries, and which as rows.
 
 A snapshot offers *pieces*: data files (with the time range of their rows and the grains they
-have summaries of) and spans (every file of an aligned block of whole days, with the grains of
-their summaries). A report needs a few partial *components* (its sums, the distribution of each
-column it takes percentiles of, the value set of each column it counts distinct values of, its
-priced tokens); each can come from any grain that gives it. For each piece the planner takes,
+have summaries of) and spans (every file of an aligned block of whole days, or the files a
+partial span lists, with the grains of their summaries). A report needs a few partial
+*components* (its sums, the distribution of each column it takes percentiles of, the value set
+of each column it counts distinct values of, its priced tokens); each can come from any grain
+that gives it. For each piece the planner takes,
 for every component, the smallest grain that covers it:
 
 - a grain of whole files or spans covers a piece that lies inside the window and inside one
@@ -19,7 +20,8 @@ for every component, the smallest grain that covers it:
 
 Spans are picked first, largest first, left to right, over the whole days they cover; then
 spans of the window's first and last day by their hours (where the day has two or more files
-there), with the window's unaligned edges in that day scanned from its files; then files;
+there), with the window's unaligned edges in that day scanned from its files; then files
+(those of days no span was read for, and those a partial span read does not list);
 everything no summary covers is scanned. So every fast path adds up exactly the rows a
 plain scan would. Nothing here reads a file: pieces are descriptions, and ``ref`` is whatever
 the caller needs to read one.
@@ -28,7 +30,7 @@ the caller needs to read one.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -54,6 +56,15 @@ class Piece:
     rows: int
     grains: frozenset[str]
     days: tuple[int, int] | None = None  # a span's first and last day
+    #: The names of the files a partial span summarizes (None: every file of its days).
+    files: frozenset[str] | None = None
+
+    def covers(self, piece: Piece) -> bool:
+        """Whether this span summarizes the rows of the file ``piece``."""
+        assert self.days is not None
+        return self.days[0] <= piece.first // NS_PER_DAY <= self.days[1] and (
+            self.files is None or piece.name in self.files
+        )
 
     @property
     def name(self) -> str:
@@ -181,26 +192,30 @@ def plan(
             chosen[component] = grain
         return chosen
 
-    covered_days: set[int] = set()
+    # The span read for each day it covers (spans read never share a day).
+    read_days: dict[int, Piece] = {}
     if covering:
         for span, tiled in _tile(spans, whole):
             out.reads.append(Read(span, tiled))
             assert span.days is not None
-            covered_days.update(range(span.days[0], span.days[1] + 1))
+            read_days.update(dict.fromkeys(range(span.days[0], span.days[1] + 1), span))
         for read, scans in _edge_days(
             spans,
             files,
-            covered_days,
+            read_days.keys(),
             (lo, last + 1),
             lambda p: _hours(p, lo, last + 1, covering, buckets, priced),
         ):
             out.reads.append(read)
             out.scans += scans
             assert read.piece.days is not None
-            covered_days.add(read.piece.days[0])
+            read_days[read.piece.days[0]] = read.piece
     for piece in files:
-        if piece.last < lo or piece.first > last or piece.first // NS_PER_DAY in covered_days:
+        if piece.last < lo or piece.first > last:
             continue
+        day_read = read_days.get(piece.first // NS_PER_DAY)
+        if day_read is not None and day_read.covers(piece):
+            continue  # else a file added to the days of a partial span since
         found = whole(piece)
         if found is not None:
             out.reads.append(Read(piece, found))
@@ -254,14 +269,14 @@ def _hours(
 def _edge_days(
     spans: Sequence[Piece],
     files: Sequence[Piece],
-    covered_days: set[int],
+    covered_days: Collection[int],
     window: tuple[int, int],
     hours_of: Callable[[Piece], tuple[tuple[int, int], dict[str, Grain]] | None],
 ) -> list[tuple[Read, list[Scan]]]:
     """Spans of one day that the window ``[start, end)`` holds only part of (its first or last
     day), read by the hours of an hourly grain where that saves reading the summaries of two
     or more files; each with the scans of the parts of the window in that day outside those
-    hours (unaligned edges), in the day's files that may hold rows there."""
+    hours (unaligned edges), in the day's files it summarizes that may hold rows there."""
     start, end = window
     out: list[tuple[Read, list[Scan]]] = []
     taken = set(covered_days)
@@ -273,7 +288,7 @@ def _edge_days(
             continue
         (first_hour, last_hour), hourly = found
         day = span.days[0]
-        of_day = [p for p in files if p.first // NS_PER_DAY == day]
+        of_day = [p for p in files if p.first // NS_PER_DAY == day and span.covers(p)]
         lo, hi = first_hour * HOUR_NS, (last_hour + 1) * HOUR_NS
         if sum(p.first < hi and p.last >= lo for p in of_day) < 2:
             continue  # no fewer reads than the files'
