@@ -14,7 +14,7 @@ from helpers import DAY0, NS_PER_DAY, random_usage_frame
 from test_verify import _bump_first_count
 
 from usage_analytics import Store, _layout
-from usage_analytics._storage import dataset, log
+from usage_analytics._storage import dataset, delta
 from usage_analytics._storage.delta import PARTIAL_SPAN_DOMAIN, SPAN_DOMAIN
 from usage_analytics._storage.manifest import SpanEntry
 from usage_analytics._storage.transaction import Transaction
@@ -117,7 +117,7 @@ def test_a_reader_that_ignores_partial_spans_gets_the_same_reports(
 ) -> None:
     expected = [store.report("t0", DAY0, DAY0 + NS_PER_DAY, **k) for k in REPORTS]  # type: ignore[arg-type]
     # As a version before partial spans reads the log: their domain is not a span's.
-    monkeypatch.setattr(log, "PARTIAL_SPAN_DOMAIN", "no such domain.")
+    monkeypatch.setattr(delta, "PARTIAL_SPAN_DOMAIN", "no such domain.")
     old = Store(store.root)
     assert not [sp for sp in old._ds.snapshot().spans if sp.first_day == DAY]
     got = [old.report("t0", DAY0, DAY0 + NS_PER_DAY, **k) for k in REPORTS]  # type: ignore[arg-type]

@@ -619,8 +619,8 @@ def test_a_batch_whose_days_are_too_small_for_rollups_still_summarizes_earlier_d
 
 def test_a_day_still_loading_gets_a_span_at_4_and_8_files(tmp_path: Path) -> None:
     """The last day of a load gets a span of its own once it holds OPEN_DAY_FILES files with
-    rollups, and again at twice as many; a write into it in between makes the span partial
-    (listing the files it summarizes), and a report reads the newer files besides it."""
+    rollups, and again once OPEN_DAY_FILES more came; a write into it in between makes the span
+    partial (listing the files it summarizes), and a report reads the newer files besides it."""
     assert _layout.OPEN_DAY_FILES == 4
     store = Store(tmp_path / "usage")
     store.auto_migrate()
@@ -642,6 +642,27 @@ def test_a_day_still_loading_gets_a_span_at_4_and_8_files(tmp_path: Path) -> Non
         # The span, and each file it does not summarize, by its own summaries.
         assert plan["read"].tolist() == ["summary"] * (1 + len(snap.files) - spans_of_day[-1])
     assert spans_of_day == [None, None, None, 4, 4, 4, 4, 8, 8]
+
+
+def test_a_day_of_many_files_gets_its_span_again_once_an_eighth_more_came(tmp_path: Path) -> None:
+    """Past 32 files, a day still loading gets its span again once the files added since are
+    OPEN_DAY_FILES and an eighth of those it summarizes: at 36, then 41 (36 / 8 = 4.5)."""
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    day = DAY0 // NS_PER_DAY
+    covered: list[int | None] = []
+    for part in range(42):
+        # (files of MERGE_BELOW_ROWS rows or more: smaller ones are merged as they come)
+        rows = 2 * _layout.MERGE_BELOW_ROWS  # (a few repeated keys are dropped)
+        frame = random_usage_frame(rows, 500 + part, start=DAY0, days=1, tenants=TENANTS)
+        frame["timestamp"] = DAY0 + part * 60 * 10**9 + np.arange(len(frame)) * 1000
+        store.create_usage(frame)
+        snap = store._ds.snapshot()
+        found = [sp for sp in snap.spans if (sp.first_day, sp.last_day) == (day, day)]
+        covered.append(sum(found[0].covers(e) for e in snap.files) if found else None)
+    expected = [None] * 3 + [n for n in range(4, 36, 4) for _ in range(4)] + [36] * 5 + [41] * 2
+    assert covered == expected
+    assert_paths_agree(store, np.random.default_rng(42), windows=2)
 
 
 def _day_span_inputs(store: Store) -> tuple[int, list[str], dict[str, pa.Table]]:

@@ -30,8 +30,8 @@ MERGE_FANOUT = 32
 MERGE_BELOW_ROWS = MERGE_FANOUT * MERGE_FANOUT
 #: compact() writes files of at most this many rows, each a range of time.
 COMPACT_FILE_ROWS = 1 << 17
-#: A day still being loaded gets spans once it holds this many files with summaries (and
-#: again at twice, four times ... as many).
+#: A day still being loaded gets a span once it holds this many files with summaries (and
+#: again once this many, and an eighth of those it summarizes, were added since).
 OPEN_DAY_FILES = 4
 #: How many recently written spans and file summaries a store keeps in memory, to build the
 #: next spans from them instead of reading them back.

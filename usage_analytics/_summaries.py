@@ -6,28 +6,38 @@ file; a kind computed and not worth writing is listed as ``skipped``. Aligned bl
 ... whole days get *span* summaries of each grain whose rows shrink over days, combined from
 their two halves (single days from their files' summaries, or from their rows where a file has
 no summary of that kind), written where they are much smaller than the rows they cover. A
-report over a window of whole days then reads a few spans instead of every file. A span is
-dropped by any commit that changes a file in its days, so while it is listed it summarizes
-exactly those days' files.
+report over a window of whole days then reads a few spans instead of every file. A span
+summarizes every file of its days, or (a partial span, see ``SpanEntry``) the files it lists.
 
-This module computes them (with the grains of ``reports``) and stages them into transactions
-(of ``_storage``); it keeps the summaries it computed last in memory, to build the next spans
-from them instead of reading them back.
+This module maintains the spans (with the grains of ``reports``; ``_file_summaries`` computes
+those of files) and stages them into transactions (of ``_storage``); it keeps the summaries it
+computed last in memory, to build the next spans from them instead of reading them back.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Final, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 
 from . import _layout
 from ._compressed import Compressed
+from ._file_summaries import (
+    FILE_KINDS,
+    KINDS,
+    ROLLUP_THREADS,
+    Computed,
+    day_groups,
+    file_worth,
+    missing_kinds,
+    submit_rollups,
+    summaries_of,
+    worth,
+)
 from ._reads import read_rows
 from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, SpanTable, day_number
 from ._storage.fileset import DayPaths, date_of
@@ -51,9 +61,7 @@ __all__ = [
     "worth",
 ]
 
-#: The summary kinds (one per declared grain), those data files get, and those spans get.
-KINDS: Final = tuple(g.name for g in grains.GRAINS)
-FILE_KINDS: Final = tuple(g.name for g in grains.GRAINS if g.files)
+#: The summary kinds spans get.
 SPAN_KINDS: Final = tuple(g.name for g in grains.GRAINS if g.spans)
 
 
@@ -66,10 +74,6 @@ def span_kinds(days: int) -> tuple[str, ...]:
     return tuple(
         k for k in SPAN_KINDS if (limit := grains.grain(k).max_span_days) is None or days <= limit
     )
-
-
-#: Every summary computed for a data file, by kind (also those not worth writing).
-Computed: TypeAlias = "Mapping[str, pa.Table]"
 
 
 @dataclass(frozen=True)
@@ -104,121 +108,23 @@ class NewSpan:
     replaces: SpanEntry | None = None
 
 
-def day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
-    """Row positions per day, days ascending; ``order`` (sorted by day first) is kept within."""
-    if order is None:
-        if len(days) and days.min() == days.max():  # the common case: one day
-            return [(int(days[0]), np.arange(len(days)))]
-        order = np.argsort(days, kind="stable")
-    sorted_days = days[order]
-    bounds = np.flatnonzero(sorted_days[1:] != sorted_days[:-1]) + 1
-    return [(int(days[chunk[0]]), chunk) for chunk in np.split(order, bounds) if len(chunk)]
-
-
-def worth(
-    kind: str, table: pa.Table | None, rows: int, limit: float | None = None
-) -> pa.Table | None:
-    """``table`` if it is worth writing as a summary of ``rows`` rows (at most ``limit``, by
-    default its grain's ``max_ratio``, rows per row), else None."""
-    if _layout.SUMMARY_MAX_RATIO is not None:
-        limit = _layout.SUMMARY_MAX_RATIO
-    elif limit is None:
-        limit = grains.grain(kind).max_ratio
-    if table is None or table.num_rows > limit * rows:
-        return None
-    return table
-
-
-def file_worth(kind: str, table: pa.Table | None, rows: int) -> pa.Table | None:
-    """``table`` if a data file of ``rows`` rows gets it as its summary of ``kind`` (at most
-    its grain's ``file_max_ratio`` rows per row)."""
-    grain = grains.grain(kind)
-    return worth(kind, table, rows, grain.file_max_ratio) if grain.files else None
-
-
-def summaries_of(table: pa.Table) -> dict[str, pa.Table | None] | None:
-    """The summaries a data file of ``table`` gets, by kind (None: not worth writing), or None
-    when the file is smaller than ``ROLLUP_MIN_ROWS`` (reports scan it; ``compact()`` merges
-    it later)."""
-    if table.num_rows < _layout.ROLLUP_MIN_ROWS:
-        return None
-    return {k: file_worth(k, t, table.num_rows) for k, t in grains.rollups(table).items()}
-
-
-def missing_kinds(entry: FileEntry) -> tuple[str, ...]:
-    """The kinds a data file of ``ROLLUP_MIN_ROWS`` rows or more should have and was never
-    given (written by an older version, or before a grain was declared)."""
-    if entry.rows < _layout.ROLLUP_MIN_ROWS:
-        return ()
-    return tuple(k for k in FILE_KINDS if k not in entry.sidecars and k not in entry.skipped)
-
-
-#: Threads a write computes a file's summaries on (each a part of the grains; see
-#: ``grains.compute_parts``): one computes while another writes, and a third, when one is
-#: done, starts on the spans. On two cores, two threads take a 100,000-row file's summaries
-#: from 46 to 38 ms alone, and the spans of a day run beside the next file's summaries.
-ROLLUP_THREADS: Final = 2
-
-
-def submit_rollups(
-    pool: ThreadPoolExecutor, batch: pa.Table, days: np.ndarray
-) -> dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]]:
-    """Start computing, on ``pool`` (of ``ROLLUP_THREADS`` threads), the summaries of the file
-    each day of ``batch`` becomes (days with fewer than ``ROLLUP_MIN_ROWS`` rows get none),
-    one part of the grains per thread. Returns, per day, the futures of what the commit
-    writes (None where not worth it) and the future of every summary computed (for spans)."""
-    out: dict[int, tuple[dict[str, Future[pa.Table | None]], Future[Computed]]] = {}
-    parts: list[tuple[int, np.ndarray | None]] = []
-    groups = day_groups(days)
-    for day, idx in groups:
-        if len(idx) >= _layout.ROLLUP_MIN_ROWS:
-            out[day] = ({kind: Future() for kind in grains.COMPUTE_ORDER}, Future())
-            parts.append((day, None if len(groups) == 1 else idx))
-    inputs = batch.select(list(grains.INPUT_COLUMNS))
-    jobs = grains.compute_parts(ROLLUP_THREADS)
-    lock = threading.Lock()
-    found: dict[int, dict[str, pa.Table]] = {day: {} for day in out}
-
-    def compute(kinds: tuple[str, ...]) -> None:
-        for day, idx in parts:
-            written, computed = out[day]
-            try:
-                if idx is None:
-                    rows = inputs
-                elif idx[-1] - idx[0] + 1 == len(idx):  # the day's rows are in one run
-                    rows = inputs.slice(int(idx[0]), len(idx))
-                else:
-                    rows = inputs.take(pa.array(idx))
-                for kind, table in grains.iter_rollups(rows, kinds):  # written as they come
-                    written[kind].set_result(file_worth(kind, table, rows.num_rows))
-                    with lock:
-                        found[day][kind] = table
-                with lock:  # the last part done gives them all
-                    if len(found[day]) == len(grains.COMPUTE_ORDER):
-                        computed.set_result({k: found[day][k] for k in grains.COMPUTE_ORDER})
-            except BaseException as exc:  # raised in the commit that waits for it
-                with lock:
-                    futures: list[Future[Any]] = [*written.values(), computed]
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
-        # Give back what this thread freed (pyarrow's allocator keeps each thread's pages).
-        pa.default_memory_pool().release_unused()
-
-    for kinds in jobs:
-        pool.submit(compute, kinds)
-    return out
-
-
 def open_day_is_due(snap: Snapshot, day: int) -> bool:
     """Whether ``day``, which a load may still be writing, gets a span of its own now: when it
-    holds ``OPEN_DAY_FILES`` files with summaries, or twice, four times ... as many. A report
-    over the day then reads one summary instead of theirs; if more rows come, the span is
-    dropped, and rebuilding at doubling counts keeps the work linear in the files."""
-    files = snap.by_date().get(str(np.datetime64(day, "D")), [])
-    n = sum(1 for f in files if f.sidecars or f.skipped)
+    holds ``OPEN_DAY_FILES`` files with summaries and no span, or when the files with
+    summaries added since its (partial) span number ``OPEN_DAY_FILES`` and an eighth of those
+    the span summarizes. A report over the day then reads one summary and a few files'; the
+    span is built from the last one and the files added since, about eight times for each
+    doubling of the day's files."""
+    files = [
+        f for f in snap.by_date().get(str(np.datetime64(day, "D")), []) if f.sidecars or f.skipped
+    ]
     every = _layout.OPEN_DAY_FILES
-    return n >= every and n % every == 0 and (n // every).bit_count() == 1
+    span = next((sp for sp in snap.spans if sp.first_day == sp.last_day == day), None)
+    if span is None:
+        return len(files) >= every
+    covered = sum(span.covers(f) for f in files)
+    newer = len(files) - covered
+    return newer >= every and newer >= covered / 8
 
 
 def _complete(span: SpanEntry) -> bool:
@@ -245,8 +151,8 @@ class Summaries:
         self._recent_rollups: dict[str, Computed] = {}
         # The last day spans computed (also those of a commit that failed), each with the data
         # files it combined: a day's next span combines its tables with the files added since,
-        # instead of every file of the day again (a day still loading gets a span at 4, 8, 16
-        # ... files: without this, the work of a day of n files is 2n file summaries).
+        # instead of every file of the day again (a day still loading gets a span every few
+        # files: without this, each would combine every file of the day).
         self._day_carry: dict[int, _Carry] = {}
 
     def remember_rollups(self, computed: Mapping[str, Future[Computed]]) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import pyarrow as pa
 
 from ..errors import IncompatibleDatasetError
-from .manifest import FileEntry, Snapshot, SpanEntry, is_int
+from .manifest import Damaged, FileEntry, Snapshot, SpanEntry, is_int
 
 __all__ = [
     "CHECKPOINT_SCHEMA",
@@ -17,12 +17,15 @@ __all__ = [
     "PARTIAL_SPAN_DOMAIN",
     "PROTOCOL",
     "SPAN_DOMAIN",
+    "apply_span_domain",
     "check_protocol",
     "delta_schema",
     "domain",
+    "is_span_domain",
     "line",
     "remove_action",
     "span_domain",
+    "span_domains",
 ]
 
 DOMAIN: Final = "usage_analytics"
@@ -126,6 +129,38 @@ def span_domain(span: SpanEntry, *, removed: bool = False) -> dict[str, Any]:
     prefix = PARTIAL_SPAN_DOMAIN if span.partial else SPAN_DOMAIN
     config = "" if removed else json.dumps(span.to_json(), separators=(",", ":"))
     return {"domain": prefix + span.name, "configuration": config, "removed": removed}
+
+
+def span_domains(before: Sequence[SpanEntry], now: Sequence[SpanEntry]) -> list[dict[str, Any]]:
+    """The domains a commit from spans ``before`` to spans ``now`` writes: a span made partial
+    moves to the partial spans' domain, and its old domain is removed."""
+    out = []
+    names = {sp.name: sp for sp in now}
+    for span in before:
+        if span.name not in names or names[span.name].partial != span.partial:
+            out.append(span_domain(span, removed=True))
+    was = {sp.name: sp for sp in before}
+    out += [span_domain(sp) for sp in now if was.get(sp.name) != sp]
+    return out
+
+
+def is_span_domain(body: Mapping[str, Any]) -> bool:
+    return str(body.get("domain")).startswith((SPAN_DOMAIN, PARTIAL_SPAN_DOMAIN))
+
+
+def apply_span_domain(body: Mapping[str, Any], spans: dict[str, SpanEntry]) -> None:
+    """Apply a span's domain metadata action to the live ``spans``, by name."""
+    partial = str(body["domain"]).startswith(PARTIAL_SPAN_DOMAIN)
+    name = body["domain"][len(PARTIAL_SPAN_DOMAIN if partial else SPAN_DOMAIN) :]
+    if body.get("removed") is True:
+        gone = spans.pop(name, None)
+        if gone is None or gone.partial != partial:
+            raise Damaged(f"it drops the span {name!r}, which is not live")
+        return
+    span = SpanEntry.from_json(json.loads(body["configuration"]))
+    if span.name != name or span.partial != partial:
+        raise Damaged(f"the span domain {name!r} holds span {span.name!r}")
+    spans[name] = span
 
 
 def domain(snap: Snapshot) -> dict[str, Any]:

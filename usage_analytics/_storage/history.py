@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     CorruptDatasetError,
@@ -25,7 +25,7 @@ from ..errors import (
     StorageError,
     UsageAnalyticsError,
 )
-from .delta import PARTIAL_SPAN_DOMAIN, SPAN_DOMAIN
+from .delta import is_span_domain
 from .files import remove_files
 from .manifest import (
     PARTITION_PREFIX,
@@ -41,9 +41,6 @@ if TYPE_CHECKING:
     from .log import Log
 
 __all__ = ["commits", "committed_paths", "own_files", "pinned_state", "remove_own", "vacuum"]
-
-#: The prefixes of the domains of spans.
-SPANS: Final = (SPAN_DOMAIN, PARTIAL_SPAN_DOMAIN)
 
 
 def pinned_state(log: Log, version: int | None, at_ms: int | None) -> Snapshot:
@@ -130,7 +127,7 @@ def committed_paths(log: Log) -> set[str]:
                 if "add" in action:
                     out.update(log._entry(action["add"]).all_paths)
                 meta = action.get("domainMetadata") or {}
-                if str(meta.get("domain")).startswith(SPANS) and not meta.get("removed"):
+                if is_span_domain(meta) and not meta.get("removed"):
                     span = SpanEntry.from_json(json.loads(meta["configuration"]))
                     out.update(span.all_paths)
         except FileNotFoundError:

@@ -44,15 +44,16 @@ from . import checkpoint
 from .delta import (
     CHECKPOINT_SCHEMA,
     DOMAIN,
-    PARTIAL_SPAN_DOMAIN,
     PROTOCOL,
-    SPAN_DOMAIN,
+    apply_span_domain,
     check_protocol,
     delta_schema,
     domain,
+    is_span_domain,
     line,
     remove_action,
     span_domain,
+    span_domains,
 )
 from .faults import fault
 from .files import fsync_dir, replace_bytes, unlink_missing_ok, write_bytes_durably
@@ -414,18 +415,8 @@ class Log:
                 check_protocol(body, path)
             elif kind == "domainMetadata" and body.get("domain") == DOMAIN:
                 state = json.loads(body["configuration"])
-            elif kind == "domainMetadata" and (partial := _span_domain(body)) is not None:
-                prefix = PARTIAL_SPAN_DOMAIN if partial else SPAN_DOMAIN
-                name = body["domain"][len(prefix) :]
-                if body.get("removed") is True:
-                    gone = spans.pop(name, None)
-                    if gone is None or gone.partial != partial:
-                        raise Damaged(f"it drops the span {name!r}, which is not live")
-                else:
-                    span = SpanEntry.from_json(json.loads(body["configuration"]))
-                    if span.name != name or span.partial != partial:
-                        raise Damaged(f"the span domain {name!r} holds span {span.name!r}")
-                    spans[name] = span
+            elif kind == "domainMetadata" and is_span_domain(body):
+                apply_span_domain(body, spans)
         if state is None:
             raise Damaged(
                 f"it has no {DOMAIN!r} domain metadata (another program wrote it? only "
@@ -519,15 +510,8 @@ class Log:
             before = old.get(entry.path)
             if before is None or before.json_bytes != entry.json_bytes:
                 out.append(line({"add": self._add(entry, now, data_change=before is None)}))
-        # A span made partial moves to the partial spans' domain: its old domain is removed.
-        before_spans = {} if base is None else {sp.name: sp for sp in base.spans}
-        now_spans = {sp.name: sp for sp in new.spans}
-        for name, span in before_spans.items():
-            if name not in now_spans or now_spans[name].partial != span.partial:
-                out.append(line({"domainMetadata": span_domain(span, removed=True)}))
-        for span in new.spans:
-            if before_spans.get(span.name) != span:
-                out.append(line({"domainMetadata": span_domain(span)}))
+        before_spans = () if base is None else base.spans
+        out += [line({"domainMetadata": d}) for d in span_domains(before_spans, new.spans)]
         out.append(line({"domainMetadata": domain(new)}))
         data = b"".join(out)
         self._put(version, data)
@@ -601,15 +585,6 @@ class Log:
         add["partitionValues"] = list(add["partitionValues"].items())
         add["tags"] = list(add["tags"].items())
         return add
-
-
-def _span_domain(body: Mapping[str, Any]) -> bool | None:
-    """Whether a domain metadata action is of a partial span (True), of a span (False), or of
-    neither (None)."""
-    name = str(body.get("domain"))
-    if name.startswith(PARTIAL_SPAN_DOMAIN):
-        return True
-    return False if name.startswith(SPAN_DOMAIN) else None
 
 
 def _commit_name(version: int) -> str:
