@@ -88,10 +88,7 @@ def pieces(snap: Snapshot, lo: int, hi: int) -> tuple[list[Piece], list[Piece]]:
     """The data files and the spans of a snapshot that may hold rows of [lo, hi), as the
     planner sees them."""
     inside = files_between(snap, lo, hi)
-    files = [
-        Piece(e, e.min("timestamp"), e.max("timestamp"), e.rows, frozenset(e.sidecars))
-        for e in inside
-    ]
+    files = [Piece(e, *e.stats["timestamp"], e.rows, e.kinds) for e in inside]
     if not snap.spans:
         return files, []
     rows_by_day: dict[int, int] = {}

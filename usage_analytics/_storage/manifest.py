@@ -68,10 +68,15 @@ class FileEntry:
     def date(self) -> str:
         return self.path[len(PARTITION_PREFIX) : len(PARTITION_PREFIX) + 10]
 
-    @property
+    @functools.cached_property
     def day(self) -> int:
         """The partition's day, numbered from the Unix epoch."""
         return day_number(self.date)
+
+    @functools.cached_property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of summary file written with it."""
+        return frozenset(self.sidecars)
 
     def sidecar_path(self, kind: str) -> str:
         """Where the ``kind`` summary of this file lives, relative to the root."""
