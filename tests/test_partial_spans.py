@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,9 @@ from test_verify import _bump_first_count
 from usage_analytics import Store, _layout
 from usage_analytics._storage import dataset, delta
 from usage_analytics._storage.delta import PARTIAL_SPAN_DOMAIN, SPAN_DOMAIN
-from usage_analytics._storage.manifest import SpanEntry
+from usage_analytics._storage.manifest import FileEntry, SpanEntry
 from usage_analytics._storage.transaction import Transaction
+from usage_analytics._summaries import Summaries
 
 TENANTS = ("t0", "t1")
 DAY = DAY0 // NS_PER_DAY
@@ -209,3 +211,37 @@ def test_delta_readers_read_a_log_with_partial_spans(store: Store) -> None:
     from test_delta import assert_every_engine_reads
 
     assert_every_engine_reads(store)
+
+
+def test_a_new_store_builds_a_day_span_from_its_partial_span_and_the_newer_files(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load in a new process (no span in memory) reads the day's partial span and adds only
+    the files it does not list (for the kinds the span has); so does its next span of the day,
+    from the one it built."""
+    added: list[tuple[str, str]] = []
+    add_file = Summaries._add_file
+
+    def counting(self: Summaries, entry: FileEntry, wanted: Any, *args: Any) -> None:
+        added.extend((entry.path, k) for k in wanted)
+        add_file(self, entry, wanted, *args)
+
+    monkeypatch.setattr(Summaries, "_add_file", counting)
+    again = Store(store.root)
+    built = 0
+    for part in range(6, 12):
+        before = {e.path for e in again._ds.snapshot().files}
+        last = _day_span(again)
+        added.clear()
+        _hours_of_one_day(again, 1, first=part)
+        span = _day_span(again)
+        if span.partial:
+            continue
+        # Built at this file: of the kinds its last span had, only the files it did not list.
+        built += 1
+        new = {e.path for e in again._ds.snapshot().files} - before
+        newer = (before - set(last.files or ())) | new
+        assert {p for p, k in added if k in last.kinds} == newer
+        assert len(newer) == 4
+    assert built == 2  # at 8 files and at 12
+    _assert_reports_equal_scans(again)

@@ -408,7 +408,12 @@ class Summaries:
         carry = self._day_carry.get(lo) if lo == hi else None
         if carry is not None and not carry.files <= {e.path for e in entries}:
             carry = None
-        if span is not None and span.partial and carry is not None:
+        if (
+            span is not None
+            and span.partial
+            and carry is not None
+            and all(k in carry.tables for k in span.kinds if k in wanted)
+        ):
             span = None  # the day's last span as computed, which the carry holds, is as good
         # The kinds of the block's span, and the files added to its days since a partial one.
         kinds: list[str] = []
