@@ -15,7 +15,7 @@ from helpers import DAY0, NS_PER_DAY, random_usage_frame
 from test_verify import _bump_first_count
 
 from usage_analytics import Store, _layout
-from usage_analytics._storage import dataset, delta
+from usage_analytics._storage import dataset, delta, manifest
 from usage_analytics._storage.delta import PARTIAL_SPAN_DOMAIN, SPAN_DOMAIN
 from usage_analytics._storage.manifest import FileEntry, SpanEntry
 from usage_analytics._storage.transaction import Transaction
@@ -245,3 +245,24 @@ def test_a_new_store_builds_a_day_span_from_its_partial_span_and_the_newer_files
         assert len(newer) == 4
     assert built == 2  # at 8 files and at 12
     _assert_reports_equal_scans(again)
+
+
+def test_a_day_of_more_files_than_a_span_lists_gets_spans_at_doubling_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span of more than MAX_SPAN_FILES files is dropped by the day's next file, not made
+    partial; its day then gets a span at doubling counts (not at every file)."""
+    monkeypatch.setattr(manifest, "MAX_SPAN_FILES", 9)
+    store = Store(tmp_path / "usage")
+    store.auto_migrate()
+    covered: list[int | None] = []
+    for part in range(18):
+        _hours_of_one_day(store, 1, first=part)
+        snap = store._ds.snapshot()
+        found = [sp for sp in snap.spans if sp.first_day == sp.last_day == DAY]
+        covered.append(sum(found[0].covers(e) for e in snap.files) if found else None)
+        assert not found or len(found[0].files or ()) <= 9
+    # At 4 and 8 (partial up to 9 listed), whole at 12 (one more drops it), then at 16.
+    expected = [None] * 3 + [4] * 4 + [8] * 4 + [12, None, None, None, 16, None, None]
+    assert covered == expected
+    _assert_reports_equal_scans(store)

@@ -39,7 +39,7 @@ from ._file_summaries import (
     worth,
 )
 from ._reads import read_rows
-from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, SpanTable, day_number
+from ._storage import Dataset, FileEntry, Snapshot, SpanEntry, SpanTable, day_number, manifest
 from ._storage.fileset import DayPaths, date_of
 from .reports import grains
 
@@ -114,13 +114,17 @@ def open_day_is_due(snap: Snapshot, day: int) -> bool:
     summaries added since its (partial) span number ``OPEN_DAY_FILES`` and an eighth of those
     the span summarizes. A report over the day then reads one summary and a few files'; the
     span is built from the last one and the files added since, about eight times for each
-    doubling of the day's files."""
+    doubling of the day's files (past ``MAX_SPAN_FILES``, at doubling counts)."""
     files = [
         f for f in snap.by_date().get(str(np.datetime64(day, "D")), []) if f.sidecars or f.skipped
     ]
     every = _layout.OPEN_DAY_FILES
     span = next((sp for sp in snap.spans if sp.first_day == sp.last_day == day), None)
     if span is None:
+        if len(files) > manifest.MAX_SPAN_FILES:
+            # The next file would drop a span of so many files (see SpanEntry): from then on,
+            # at doubling counts.
+            return len(files) % every == 0 and (len(files) // every).bit_count() == 1
         return len(files) >= every
     covered = sum(span.covers(f) for f in files)
     newer = len(files) - covered

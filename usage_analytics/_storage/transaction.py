@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConcurrentWriteError, StorageError
+from . import manifest
 from .faults import fault
 from .manifest import (
-    MAX_SPAN_FILES,
     PARTITION_PREFIX,
     SIDECAR_KIND_RE,
     FileEntry,
@@ -444,7 +444,7 @@ class Transaction:
         if span.first_day != span.last_day:
             return None
         files = self.base.files_between(day_date(span.first_day), day_date(span.last_day))
-        if len(files) > MAX_SPAN_FILES:
+        if len(files) > manifest.MAX_SPAN_FILES:
             return None
         return dataclasses.replace(span, files=tuple(sorted(e.path for e in files)))
 
