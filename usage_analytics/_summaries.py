@@ -419,24 +419,20 @@ class Summaries:
             and all(k in carry.tables for k in span.kinds if k in wanted)
         ):
             span = None  # the day's last span as computed, which the carry holds, is as good
-        # The kinds of the block's span, and the files added to its days since a partial one.
-        kinds: list[str] = []
-        newer: list[FileEntry] = []
         if span is not None:
+            # The kinds of the block's span, with the files added to its days since a partial
+            # one (combined in any order: a combined summary is sorted by its keys).
             cached = self._recent_spans.get(span.name, {})
             kinds = [k for k in span.kinds if k in wanted]
             for k in kinds:
                 read = [cached[k]] if k in cached else None
                 found[k] = read or self._ds.read_summaries([span.path(k)])
-            if span.partial:
-                days = range(lo, hi + 1)
-                newer = [e for d in days for e in by_day.get(d, ()) if not span.covers(e)]
-            wanted = [k for k in wanted if k not in found]
-        if lo < hi or not wanted:
-            for entry in newer:
+            days = range(lo, hi + 1) if span.partial else range(0)
+            for entry in (e for d in days for e in by_day.get(d, ()) if not span.covers(e)):
                 self._add_file(entry, kinds, found, staged, {})
             for k in kinds:
                 reads[k] = sum(t.num_rows for t in found[k] or ())
+            wanted = [k for k in wanted if k not in found]
         if not wanted:
             return found
         if lo < hi:
@@ -457,17 +453,12 @@ class Summaries:
             for k in carried:
                 found[k] = [carry.tables[k]]
                 reads[f"files:{k}"] = carry.reads[k]
-        extra = {e.path for e in newer}
         for entry in entries:
             need = wanted
             if entry.path in carried_files:
                 need = [k for k in wanted if k not in carried]
-            if entry.path in extra:  # with the kinds of the partial span
-                self._add_file(entry, kinds, found, staged, {})
             if need:
                 self._add_file(entry, need, found, staged, reads)
-        for k in kinds:
-            reads[k] = sum(t.num_rows for t in found[k] or ())
         return found
 
     def _add_file(
