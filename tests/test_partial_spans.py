@@ -266,3 +266,98 @@ def test_a_day_of_more_files_than_a_span_lists_gets_spans_at_doubling_counts(
     expected = [None] * 3 + [4] * 4 + [8] * 4 + [12, None, None, None, 16, None, None]
     assert covered == expected
     _assert_reports_equal_scans(store)
+
+
+def _span_tables(store: Store) -> dict[tuple[int, int, bool], dict[str, pd.DataFrame]]:
+    """Every span's tables, by (first day, last day, partial) and kind, rows in key order."""
+    out = {}
+    for span in store._ds.snapshot().spans:
+        tables = {}
+        for kind in span.kinds:
+            (table,) = store._ds.read_summaries([span.path(kind)])
+            frame = table.to_pandas()
+            frame = frame.astype({c: str for c in frame.columns if frame[c].dtype == "category"})
+            tables[kind] = frame.sort_values(list(frame.columns)).reset_index(drop=True)
+        out[(span.first_day, span.last_day, span.partial)] = tables
+    return out
+
+
+def test_spans_computed_a_part_of_the_kinds_per_thread_equal_those_computed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write computes its spans on two threads, each a part of the kinds (``SPAN_PARTS``),
+    each keeping its kinds of the day for the day's next span: the spans are those of one
+    thread computing every kind, for the spans of a day still loading, of finished days and of
+    blocks of days."""
+    from usage_analytics import _summaries, _writes
+
+    assert len(_summaries.SPAN_PARTS) == 2
+    assert sorted(k for part in _summaries.SPAN_PARTS for k in part) == sorted(
+        _summaries.SPAN_KINDS
+    )
+
+    def load(root: Path) -> Store:
+        store = Store(root)
+        store.auto_migrate()
+        for day in range(4):
+            for hour in range(0, 24, 4):  # six loads a day: the day's span at 4, then 6 files
+                frame = random_usage_frame(40, 1000 + 10 * day + hour, days=1, tenants=TENANTS)
+                start = DAY0 + day * NS_PER_DAY + hour * 3_600 * 10**9
+                frame["timestamp"] = start + np.arange(len(frame)) * 10**6
+                store.create_usage(frame)
+        return store
+
+    in_parts = _span_tables(load(tmp_path / "parts"))
+    monkeypatch.setattr(_writes, "SPAN_PARTS", (_summaries.SPAN_KINDS,))
+    at_once = _span_tables(load(tmp_path / "once"))
+    assert in_parts.keys() == at_once.keys()
+    assert (DAY, DAY + 1, False) in in_parts and (DAY + 3, DAY + 3, True) in in_parts
+    for key, tables in at_once.items():
+        assert in_parts[key].keys() == tables.keys(), key
+        for kind, table in tables.items():
+            pd.testing.assert_frame_equal(in_parts[key][kind], table, check_exact=True)
+    kinds = {k for tables in in_parts.values() for k in tables}
+    assert all(kinds & set(part) for part in _summaries.SPAN_PARTS)
+
+
+def test_a_days_next_span_adds_only_the_newer_files_to_each_parts_kinds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps each part's kinds of the day's last span as computed (see
+    ``SPAN_PARTS``): the day's next spans (at 8 files, at 12) add the summaries of the 4 files
+    since to them, and read no span from disk, even once the store no longer holds the span's
+    tables."""
+    from usage_analytics._summaries import SPAN_KINDS
+
+    added: list[tuple[str, str]] = []
+    spans_read: list[str] = []
+    add_file = Summaries._add_file
+    read_summaries = store._ds.read_summaries
+
+    def counting(self: Summaries, entry: FileEntry, wanted: Any, *args: Any) -> None:
+        added.extend((entry.path, k) for k in wanted)
+        add_file(self, entry, wanted, *args)
+
+    def reading(paths: Any, *args: Any) -> Any:
+        spans_read.extend(paths)
+        return read_summaries(paths, *args)
+
+    monkeypatch.setattr(Summaries, "_add_file", counting)
+    monkeypatch.setattr(store._ds, "read_summaries", reading)
+    for built_at in (8, 12):
+        loaded = len(store._ds.snapshot().files)
+        _hours_of_one_day(store, built_at - 1 - loaded, first=loaded)
+        last = _day_span(store)
+        assert last.partial and last.files is not None and len(last.files) == built_at - 4
+        added.clear()
+        spans_read.clear()
+        store._summaries._recent_spans.clear()  # the day's last span is not at hand either
+        _hours_of_one_day(store, 1, first=built_at - 1)
+        span = _day_span(store)
+        assert not span.partial  # built by this write, of all 8 (12) files
+        last_four = {e.path for e in store._ds.snapshot().files} - set(last.files)
+        assert len(last_four) == 4
+        assert {p for p, _ in added} == last_four
+        assert {k for _, k in added} == set(SPAN_KINDS)
+        assert spans_read == []
+    _assert_reports_equal_scans(store)

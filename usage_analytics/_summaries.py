@@ -16,7 +16,8 @@ computed last in memory, to build the next spans from them instead of reading th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -47,6 +48,7 @@ __all__ = [
     "KINDS",
     "ROLLUP_THREADS",
     "SPAN_KINDS",
+    "SPAN_PARTS",
     "Compressed",
     "Computed",
     "SpanPlan",
@@ -69,11 +71,30 @@ SPAN_KINDS: Final = tuple(g.name for g in grains.GRAINS if g.spans)
 _SPAN_ONLY: Final = tuple(k for k in SPAN_KINDS if k not in FILE_KINDS)
 
 
-def span_kinds(days: int) -> tuple[str, ...]:
-    """The kinds a span of ``days`` days gets."""
+def span_kinds(days: int, only: Collection[str] | None = None) -> tuple[str, ...]:
+    """The kinds a span of ``days`` days gets (of those in ``only``, when given)."""
     return tuple(
-        k for k in SPAN_KINDS if (limit := grains.grain(k).max_span_days) is None or days <= limit
+        k
+        for k in SPAN_KINDS
+        if ((limit := grains.grain(k).max_span_days) is None or days <= limit)
+        and (only is None or k in only)
     )
+
+
+def _span_parts() -> tuple[tuple[str, ...], ...]:
+    """``SPAN_KINDS`` in two parts of about equal work, for two threads."""
+    first = tuple(k for k in SPAN_KINDS if k in _FIRST_PART)
+    return (first, tuple(k for k in SPAN_KINDS if k not in first)) if first else (SPAN_KINDS,)
+
+
+#: The kinds of the first part: combining the day's files into a day span took, per
+#: 100,000-row batch of the benchmark's 10M-row load, 13 ms for ``groups``, 10 for
+#: ``latency``, 1-2 for each other kind; on one thread, the spans of a finished day made its
+#: last batch wait 30 ms for them.
+_FIRST_PART: Final = frozenset(("groups", "users", "projects"))
+
+#: The kinds a write computes its spans in, each part on a thread of its own.
+SPAN_PARTS: Final = _span_parts()
 
 
 @dataclass(frozen=True)
@@ -89,12 +110,12 @@ class SpanPlan:
 
 @dataclass(frozen=True)
 class _Carry:
-    """A day's span as computed: the data files it combined, and its tables (of the kinds
-    computed from all of them) with the rows a report reads for those files (by kind)."""
+    """A kind of a day's span as computed: the data files it combined, its table, and the rows
+    a report reads of that kind for those files."""
 
     files: frozenset[str]  # paths: a data file never changes (a rewrite is a new file)
-    tables: dict[str, pa.Table]
-    reads: dict[str, int]
+    table: pa.Table
+    reads: int
 
 
 @dataclass(frozen=True)
@@ -157,7 +178,10 @@ class Summaries:
         # files it combined: a day's next span combines its tables with the files added since,
         # instead of every file of the day again (a day still loading gets a span every few
         # files: without this, each would combine every file of the day).
-        self._day_carry: dict[int, _Carry] = {}
+        # (By day, then kind: the parts of a commit's spans are computed on threads of their
+        # own, each keeping its kinds.)
+        self._day_carry: dict[int, dict[str, _Carry]] = {}
+        self._carry_lock = threading.Lock()
 
     def remember_rollups(self, computed: Mapping[str, Future[Computed]]) -> None:
         for path, future in computed.items():
@@ -293,11 +317,16 @@ class Summaries:
         plans: Sequence[SpanPlan],
         staged: Mapping[str, Future[Computed] | None],
         out: Sequence[Mapping[str, SpanTable]] | None = None,
+        only: Collection[str] | None = None,
     ) -> list[NewSpan]:
         """Compute the ``plans`` of ``snap``; with ``out``, set each span's tables (None where
         not worth writing) as its futures' results as soon as computed, instead of returning
         them (the commit writes them meanwhile), and any error as the exception of every future
-        not yet set (a commit waits for them: none may be left unset)."""
+        not yet set (a commit waits for them: none may be left unset).
+
+        With ``only``, just the kinds it names are computed (and only their futures set): a
+        commit computes its spans a part of the kinds per thread (see ``SPAN_PARTS``).
+        """
         new: list[NewSpan] = []
         try:
             by_day: dict[int, list[FileEntry]] = {}
@@ -317,7 +346,7 @@ class Summaries:
                 """The summary tables of days lo..hi per kind."""
                 if (lo, hi) not in memo:
                     memo[(lo, hi)] = self._block_parts(
-                        lo, hi, by_day, have, parts, staged, reads.setdefault((lo, hi), {})
+                        lo, hi, by_day, have, parts, staged, reads.setdefault((lo, hi), {}), only
                     )
                 return memo[(lo, hi)]
 
@@ -336,9 +365,9 @@ class Summaries:
                 rows = sum(rows_by_day.get(d, 0) for d in range(plan.first, plan.last + 1))
                 block = (plan.first, plan.last)
                 one_file = plan.first == plan.last and len(by_day.get(plan.first, ())) < 2
-                kinds = span_kinds(plan.last - plan.first + 1)
+                kinds = span_kinds(plan.last - plan.first + 1, only)
                 # Kept for the spans of more days, so without the kinds those never get.
-                wider = span_kinds(2 * (plan.last - plan.first + 1))
+                wider = span_kinds(2 * (plan.last - plan.first + 1), only)
                 kept: _Parts = {}
                 block_reads = reads.setdefault(block, {})
                 tables: dict[str, pa.Table | None] = dict.fromkeys(SPAN_KINDS)
@@ -370,7 +399,11 @@ class Summaries:
                             block_reads[kind] = done.num_rows
                 if plan.first == plan.last and not one_file:
                     self._carry(plan.first, by_day.get(plan.first, []), kept, block_reads)
-                memo[block] = {k: kept.get(k) if k in wider else None for k in SPAN_KINDS}
+                memo[block] = {
+                    k: kept.get(k) if k in wider else None
+                    for k in SPAN_KINDS
+                    if only is None or k in only
+                }
                 # A block's parts are used only by the one block around it, built after it:
                 # those inside this block are let go.
                 for inner in [b for b in memo if plan.first <= b[0] and b[1] <= plan.last]:
@@ -381,14 +414,15 @@ class Summaries:
                     new.append(NewSpan(plan.first, plan.last, plan.files, tables, plan.replaces))
                 else:  # the commit holds them (and lets them go once written)
                     for kind, future in out[i].items():
-                        future.set_result(tables[kind])
+                        if only is None or kind in only:
+                            future.set_result(tables[kind])
                     del tables
         except BaseException as exc:
             if out is None:
                 raise
             for futures in out:
-                for future in futures.values():
-                    if not future.done():
+                for kind, future in futures.items():
+                    if (only is None or kind in only) and not future.done():
                         future.set_exception(exc)
         return new
 
@@ -401,22 +435,26 @@ class Summaries:
         parts: Callable[[int, int], _Parts],
         staged: Mapping[str, Future[Computed] | None],
         reads: dict[str, int],
+        only: Collection[str] | None = None,
     ) -> _Parts:
         """The summary tables of days lo..hi per kind (None: not computable now); fills
         ``reads`` with the rows a report reads for the block: of each kind its span has
         (by kind), and for one day of its files (by ``files:<kind>``)."""
         found: _Parts = {}
-        wanted = list(span_kinds(hi - lo + 1))
+        wanted = list(span_kinds(hi - lo + 1, only))
         span = have.get((lo, hi))
         entries = by_day.get(lo, []) if lo == hi else []
-        carry = self._day_carry.get(lo) if lo == hi else None
-        if carry is not None and not carry.files <= {e.path for e in entries}:
-            carry = None
+        carry: dict[str, _Carry] = {}
+        if lo == hi:
+            with self._carry_lock:
+                known = dict(self._day_carry.get(lo, {}))
+            paths = {e.path for e in entries}
+            carry = {k: c for k, c in known.items() if k in wanted and c.files <= paths}
         if (
             span is not None
             and span.partial
-            and carry is not None
-            and all(k in carry.tables for k in span.kinds if k in wanted)
+            and carry
+            and all(k in carry for k in span.kinds if k in wanted)
         ):
             span = None  # the day's last span as computed, which the carry holds, is as good
         if span is not None:
@@ -444,19 +482,13 @@ class Summaries:
             return found
         for k in wanted:
             found[k] = []
-        carried: tuple[str, ...] = ()
-        carried_files: frozenset[str] = frozenset()
-        if carry is not None:
-            # The tables of the day's last span, of the files it combined (unchanged since):
-            # only the day's other files are added to them.
-            carried, carried_files = tuple(k for k in wanted if k in carry.tables), carry.files
-            for k in carried:
-                found[k] = [carry.tables[k]]
-                reads[f"files:{k}"] = carry.reads[k]
+        # The tables of the day's last span, of the files it combined (unchanged since): only
+        # the day's other files are added to them.
+        for k, carried in carry.items():
+            found[k] = [carried.table]
+            reads[f"files:{k}"] = carried.reads
         for entry in entries:
-            need = wanted
-            if entry.path in carried_files:
-                need = [k for k in wanted if k not in carried]
+            need = [k for k in wanted if k not in carry or entry.path not in carry[k].files]
             if need:
                 self._add_file(entry, need, found, staged, reads)
         return found
@@ -518,11 +550,13 @@ class Summaries:
             for k, v in kept.items()
             if v is not None and len(v) == 1 and f"files:{k}" in reads
         }
-        self._day_carry[day] = _Carry(
-            frozenset(e.path for e in entries), tables, {k: reads[f"files:{k}"] for k in tables}
-        )
-        for old in sorted(self._day_carry)[:-2]:
-            del self._day_carry[old]
+        files = frozenset(e.path for e in entries)
+        with self._carry_lock:  # the threads of the parts of one commit's spans
+            known = self._day_carry.setdefault(day, {})
+            for k, table in tables.items():
+                known[k] = _Carry(files, table, reads[f"files:{k}"])
+            for old in sorted(self._day_carry)[:-2]:
+                del self._day_carry[old]
 
     def _read_kinds(self, entry: FileEntry, kinds: Sequence[str]) -> list[pa.Table]:
         return [self._ds.read_sidecars([entry], k)[0] for k in kinds]
