@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pandera.errors
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from helpers import random_usage_frame
 from hypothesis import given, settings
@@ -285,8 +286,7 @@ def test_sorted_pairs_sorts_runs_and_shuffled_input_alike(runs: int) -> None:
 
 
 def test_key_runs_cut_where_the_keys_change_and_nothing_else() -> None:
-    from usage_analytics.reports.combined import _key_runs
-
+    _key_runs = kernels.key_runs
     a = pa.array(["x", "x", "y", "y", "y"]).dictionary_encode()
     b = pa.array(["y", "y", "x"]).dictionary_encode()  # a chunk of its own dictionary
     table = pa.table(
@@ -301,6 +301,35 @@ def test_key_runs_cut_where_the_keys_change_and_nothing_else() -> None:
     no_keys = pa.table({"n": [1, 2, 3]}).select([])
     assert _key_runs(no_keys)[1].tolist() == [3]
     assert _key_runs(pa.table({"k": pa.array([], pa.string())}))[1].tolist() == []
+
+
+@pytest.mark.parametrize("order", ["sorted parts", "shuffled", "with missing keys"])
+def test_groups_coded_by_runs_equal_groups_coded_by_row(order: str) -> None:
+    # Four parts, each sorted by its keys (as summaries are), with dictionaries of their own.
+    rng = np.random.default_rng(len(order))
+    tenants = np.array([f"t{i}" for i in range(7)], dtype=object)
+    models = np.array(["", "gpt-x", "m-1", "m-2", "zz"], dtype=object)
+    parts = []
+    for _ in range(4):
+        n = int(rng.integers(1, 3_000))
+        frame = pd.DataFrame(
+            {"tenant": rng.choice(tenants, n), "model_id": rng.choice(models, n)}
+        ).sort_values(["tenant", "model_id"])
+        if order == "shuffled":
+            frame = frame.sample(frac=1, random_state=1)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if order == "with missing keys":
+            mask = pa.array(rng.random(n) < 0.1)
+            table = table.set_column(1, "model_id", pc.if_else(mask, None, table.column(1)))
+        parts.append(table)
+    rows = pa.concat_tables(parts)
+    keys = ["tenant", "model_id"]
+    gid, groups = kernels.encode_runs(rows, keys)
+    want_gid, want_groups = kernels.encode_groups(rows, keys)
+    np.testing.assert_array_equal(gid, want_gid)
+    assert groups.to_pydict() == want_groups.to_pydict()
+    if order == "with missing keys":
+        assert (gid == -1).any()
 
 
 @pytest.mark.parametrize("unpriced", [False, True])

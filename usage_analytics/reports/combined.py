@@ -21,6 +21,7 @@ from .kernels import (
     group_sums,
     ints,
     key_codes,
+    key_runs,
     sorted_pairs,
     sum_by_group,
     sums_by_key,
@@ -92,31 +93,6 @@ def _concat(tables: list[pa.Table], columns: Sequence[str]) -> pa.Table:
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def _key_runs(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """The rows of ``table`` that start a run of equal rows (parts sorted by their keys have
-    few), and the length of each run. Dictionary columns are compared by index within a
-    chunk; a chunk starts a run."""
-    n = table.num_rows
-    change = np.zeros(n, dtype=bool)
-    change[:1] = True
-    for column in table.columns:
-        offset = 0
-        for chunk in column.chunks:
-            size = len(chunk)
-            if size:
-                change[offset] = True
-                if chunk.null_count:  # rows with a missing key: each its own run
-                    change[offset : offset + size] = True
-                else:
-                    values = chunk.indices if pa.types.is_dictionary(chunk.type) else chunk
-                    array = np.asarray(values.to_numpy(zero_copy_only=False))
-                    change[offset + 1 : offset + size] |= array[1:] != array[:-1]
-            offset += size
-    starts = np.flatnonzero(change)
-    lengths = np.diff(np.append(starts, n))
-    return table.take(pa.array(starts, pa.int64())), lengths
-
-
 def combine(
     partials: Iterable[Partial],
     keys: Sequence[str],
@@ -158,7 +134,7 @@ def combine(
         parts = bases if name == "base" else by_component[name]
         table = _concat(parts, keys)
         if name.startswith("hist:"):  # a row per value: long runs of one key tuple
-            table, runs[name] = _key_runs(table)
+            table, runs[name] = key_runs(table)
         key_tables.append(table)
     gid, groups = encode_groups(pa.concat_tables(key_tables), keys)
     size = groups.num_rows
