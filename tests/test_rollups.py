@@ -37,7 +37,7 @@ from helpers import (
     snapshot_files,
 )
 
-from usage_analytics import StorageError, Store, _layout, _reads, _writes
+from usage_analytics import StorageError, Store, _layout, _reads, _summaries, _writes
 from usage_analytics._storage import Dataset, FileEntry, SpanTable, day_date, day_number, faults
 from usage_analytics._storage import files as summary_files
 from usage_analytics._storage.manifest import SPAN_DIR
@@ -1126,3 +1126,68 @@ def test_two_days_of_groups_get_a_span_at_three_quarters_of_their_day_spans(
     by_model = store.report("t0", lo, hi, by="model_id", metrics=["requests"], explain=True)
     assert set(by_model["grain"]) == {"daily"} and len(by_model) == 2
     assert_paths_agree(store, np.random.default_rng(60))
+
+
+def _spans_and_tables(store: Store) -> tuple[dict[Any, Any], dict[Any, pd.DataFrame]]:
+    """Each span's kinds, skipped kinds and files, and each span table, as plain values."""
+    snap = store._ds.snapshot()
+    spans = {
+        (sp.first_day, sp.last_day): (sorted(sp.kinds), sorted(sp.skipped), sp.files)
+        for sp in snap.spans
+    }
+    tables = {}
+    for sp in snap.spans:
+        for kind in sp.kinds:
+            frame = store._ds.read_summaries([sp.path(kind)])[0].to_pandas()
+            frame = frame.astype({c: str for c in frame.columns if frame[c].dtype == "category"})
+            tables[(sp.first_day, kind)] = frame.sort_values(list(frame.columns), ignore_index=True)
+    return spans, tables
+
+
+def test_spans_too_large_before_combining_are_not_combined_and_nothing_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Days of different rows: spans of two days mostly do not shrink to half their days' rows,
+    # and the largest day already says so. Loads a day at a time, then one of eight days.
+    def loaded(root: Path, check: bool) -> tuple[Store, int]:
+        combined = 0
+        real = grains.combine
+
+        def counted(kind: str, parts: Any) -> pa.Table:
+            nonlocal combined
+            combined += 1
+            return real(kind, parts)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(grains, "combine", counted)
+            if not check:
+                patch.setattr(_summaries, "_too_large", lambda *args: False)
+            store = Store(root)
+            store.auto_migrate()
+            for day in range(8):
+                frame = random_usage_frame(
+                    200 + 40 * day, day, start=DAY0 + day * NS_PER_DAY, days=1, tenants=TENANTS
+                )
+                store.create_usage(frame)
+            store.create_usage(
+                random_usage_frame(2_000, 99, start=DAY0 + 8 * NS_PER_DAY, days=8, tenants=TENANTS)
+            )
+        return store, combined
+
+    fast, fast_combines = loaded(tmp_path / "checked", check=True)
+    slow, slow_combines = loaded(tmp_path / "combined", check=False)
+    assert fast_combines < slow_combines
+    fast_spans, fast_tables = _spans_and_tables(fast)
+    slow_spans, slow_tables = _spans_and_tables(slow)
+    assert len(fast_spans) > 8
+    assert fast_spans == slow_spans
+    assert fast_tables.keys() == slow_tables.keys()
+    for key, table in fast_tables.items():
+        pd.testing.assert_frame_equal(table, slow_tables[key], check_exact=True)
+    rows = fast.find_usages()
+    for tenant in TENANTS:
+        start, end = DAY0, DAY0 + 16 * NS_PER_DAY
+        got = fast.report(tenant, start, end, by="model_id", metrics=["requests", "users"])
+        want = slow.report(tenant, start, end, by="model_id", metrics=["requests", "users"])
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        assert got["requests"].sum() == (rows["tenant"] == tenant).sum()

@@ -22,6 +22,7 @@ __all__ = [
     "Computed",
     "day_groups",
     "file_worth",
+    "fits",
     "missing_kinds",
     "submit_rollups",
     "summaries_of",
@@ -47,16 +48,22 @@ def day_groups(days: np.ndarray, order: np.ndarray | None = None) -> list[tuple[
     return [(int(days[chunk[0]]), chunk) for chunk in np.split(order, bounds) if len(chunk)]
 
 
-def worth(
-    kind: str, table: pa.Table | None, rows: int, limit: float | None = None
-) -> pa.Table | None:
-    """``table`` if it is worth writing as a summary of ``rows`` rows (at most ``limit``, by
-    default its grain's ``max_ratio``, rows per row), else None."""
+def fits(kind: str, n: int, rows: int, limit: float | None = None) -> bool:
+    """Whether a summary of ``kind`` of ``n`` rows is small enough to write for ``rows`` rows
+    (at most ``limit``, by default its grain's ``max_ratio``, rows per row)."""
     if _layout.SUMMARY_MAX_RATIO is not None:
         limit = _layout.SUMMARY_MAX_RATIO
     elif limit is None:
         limit = grains.grain(kind).max_ratio
-    if table is None or table.num_rows > limit * rows:
+    return n <= limit * rows
+
+
+def worth(
+    kind: str, table: pa.Table | None, rows: int, limit: float | None = None
+) -> pa.Table | None:
+    """``table`` if it is worth writing as a summary of ``rows`` rows (see :func:`fits`),
+    else None."""
+    if table is None or not fits(kind, table.num_rows, rows, limit):
         return None
     return table
 
