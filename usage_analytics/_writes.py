@@ -186,13 +186,13 @@ class Writer:
                     tables = {k: SpanTable() for k in SPAN_KINDS}
                     spans.append((tx.add_span(plan.first, plan.last, tables, plan.files), tables))
                 if plans:
-                    # A part of the kinds per thread (the day's file summaries are computed
-                    # by then, or being computed: their jobs were submitted first).
+                    # A part of the kinds per thread, each setting the futures of its kinds
+                    # (the day's file summaries are computed by then, or being computed:
+                    # their jobs were submitted first).
                     futures = [f for _, f in spans]
                     for part in SPAN_PARTS:
-                        out = [{k: f for k, f in fs.items() if k in part} for fs in futures]
                         pool.submit(
-                            summaries.span_tables, after, plans, staged_and_earlier, out, part
+                            summaries.span_tables, after, plans, staged_and_earlier, futures, part
                         )
             # The commit lets go of each span's tables once written, but for those of the
             # spans the store remembers after it.

@@ -384,8 +384,9 @@ def encode_runs(rows: pa.Table, keys: Sequence[str]) -> tuple[np.ndarray, pa.Tab
     by their keys, one after the other): only the first row of each run is coded, and its
     group repeated along the run (four latency distributions of a day's files, combined,
     have about a hundred rows a run: coding every row took a third of combining them)."""
-    table = with_key_type(as_table(rows, keys), keys).unify_dictionaries()
-    firsts, lengths = key_runs(table)
+    # Chunks need no common dictionaries here: each starts a run (its first rows are
+    # unified when they are coded).
+    firsts, lengths = key_runs(with_key_type(as_table(rows, keys), keys))
     gid, groups = encode_groups(firsts, keys)
     return np.repeat(gid, lengths), groups
 
