@@ -91,27 +91,42 @@ def test_engines_reading_the_upgraded_folder_see_the_stores_zeros(v1: Path) -> N
         assert delta[name].tolist() == expected[name].tolist()  # zeros, not nulls
 
 
-def test_an_upgrade_interrupted_between_partitions_is_finished_by_the_next_call(
-    v1: Path,
-) -> None:
+def test_an_upgrade_is_one_commit_and_an_interrupted_one_changes_nothing(v1: Path) -> None:
     rows_before = Store(v1).find_usages()
-    commits = 0
+    files = 0
 
-    def stop_after_two(point: str) -> None:
-        nonlocal commits
-        if point == "committed":
-            commits += 1
-            if commits == 3:  # the schema commit, then one partition rewritten
+    def stop_before_commit(point: str) -> None:
+        nonlocal files
+        if point == "data_renamed":
+            files += 1
+            if files == 2:  # two rewritten files written: the commit is still to come
                 raise KeyboardInterrupt
 
-    faults.FAULT_HOOK = stop_after_two
+    faults.FAULT_HOOK = stop_before_commit
     try:
         with pytest.raises(KeyboardInterrupt):
             Store(v1).auto_migrate()
     finally:
         faults.FAULT_HOOK = None
-    versions = {f.schema_version for f in Store(v1)._ds.snapshot().files}
-    assert versions == {1, 2}  # part way: both kinds of file, each read as the store reads it
+    snap = Store(v1)._ds.snapshot()
+    assert snap.schema_version == 1 and {f.schema_version for f in snap.files} == {1}
+    pd.testing.assert_frame_equal(Store(v1).find_usages(), rows_before)
+    Store(v1).auto_migrate()
+    history = Store(v1).history()
+    assert list(history["operation"]).count("UPGRADE") == 1  # every partition at once
+    assert {f.schema_version for f in Store(v1)._ds.snapshot().files} == {2}
+    pd.testing.assert_frame_equal(Store(v1).find_usages(), rows_before)
+
+
+def test_a_dataset_left_half_upgraded_is_finished_by_the_next_call(v1: Path) -> None:
+    """Earlier versions committed the new schema first, then rewrote the files a partition
+    per commit: one interrupted in between left files of version 1 in a version-2 dataset."""
+    rows_before = Store(v1).find_usages()
+    ds = Store(v1)._ds
+    with ds.transaction(upgrade=True) as tx:
+        tx.schema_version = 2
+        tx.commit()
+    assert {f.schema_version for f in Store(v1)._ds.snapshot().files} == {1}
     pd.testing.assert_frame_equal(Store(v1).find_usages(), rows_before)
     Store(v1).auto_migrate()
     assert {f.schema_version for f in Store(v1)._ds.snapshot().files} == {2}

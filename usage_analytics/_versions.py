@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -48,9 +49,14 @@ def open_dataset(root: Any, lock_timeout: Any, as_of: Any, storage_options: Any)
         pruned_by=("tenant", "timestamp"),
         lock_timeout=float(lock_timeout),
     )
+    if isinstance(root, str) and root.startswith(("file://", "local://")):
+        root = root.partition("://")[2]  # a local folder: file:///data/usage is /data/usage
     if isinstance(root, str) and is_url(root):
         fs, path = open_filesystem(root, storage_options)
-        ds: Dataset = ObjectDataset(fs, path, root.rstrip("/"), storage_options, **settings)
+        url = root.rstrip("/")
+        if url.endswith(":"):  # the top of the filesystem, as memory:// is
+            url += "//"
+        ds: Dataset = ObjectDataset(fs, path, url, storage_options, **settings)
     elif storage_options:
         raise InvalidArgumentError(
             f"storage_options are for a root on object storage (a URL such as s3://bucket/x), "
@@ -64,7 +70,10 @@ def open_dataset(root: Any, lock_timeout: Any, as_of: Any, storage_options: Any)
 
 
 def _as_of(value: Any) -> tuple[int | None, int | None]:
-    """A commit version (an int), or a time (ISO 8601 text, datetime, pd.Timestamp) in ms."""
+    """A commit version (an int, also numpy's, as ``history()`` gives them), or a time (ISO
+    8601 text, datetime, pd.Timestamp) in ms."""
+    if isinstance(value, np.integer):
+        value = int(value)
     if isinstance(value, int | pd.Timestamp | dt.datetime | str) and not isinstance(value, bool):
         if isinstance(value, int):
             if value < 0:

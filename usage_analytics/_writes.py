@@ -440,31 +440,41 @@ class Writer:
 
     # -- upgrades ----------------------------------------------------------------------------
 
-    def rewrite_old_files(self) -> int:
-        """Rewrite each data file of an older schema version in the current one, the columns
-        it predates as zeros (as the store reads them), so that engines reading the files or
-        the Delta log see what the store does; returns how many files. One commit per
-        partition, rows unchanged (ids included), one file in memory at a time."""
+    def upgrade(self) -> int:
+        """Create the dataset, or upgrade it to the current schema version in one commit: its
+        data files of older versions rewritten in the current one, the columns they predate as
+        zeros (as the store reads them), so that engines reading the files or the Delta log
+        see what the store does, and never a state between; returns how many files. Rows are
+        unchanged (ids included), one file in memory at a time."""
+        done = 0
+
+        def rewrite(tx: Transaction) -> None:
+            nonlocal done
+            done += self._stage_old_files(tx, tx.base.files)
+
+        self._ds.create(rewrite)
+        # Files an upgrade by an earlier version left (it committed the schema first).
         snap = self._ds.snapshot()
         dates = sorted({e.date for e in snap.files if e.schema_version < self._ds.schema_version})
-        done = 0
         for date in dates:
             with self._ds.transaction() as tx:
-                old = [
-                    e
-                    for e in tx.base.by_date().get(date, [])
-                    if e.schema_version < tx.schema_version
-                ]
-                for entry in old:
-                    tx.remove(entry)
-                    self._add(tx, date, read_rows(self._ds, entry))
-                    tx.flush()
-                tx.operation = "UPGRADE"
+                done += self._stage_old_files(tx, tx.base.by_date().get(date, []))
                 tx.commit()
-                done += len(old)
         if done:
             self._summaries.build_spans()
         return done
+
+    def _stage_old_files(self, tx: Transaction, entries: Iterable[FileEntry]) -> int:
+        """Stage each of ``entries`` of an older schema version than ``tx``'s rewritten in it,
+        each written before the next is read; returns how many."""
+        old = [e for e in entries if e.schema_version < tx.schema_version]
+        for entry in old:
+            tx.remove(entry)
+            self._add(tx, entry.date, read_rows(self._ds, entry))
+            tx.flush()
+        if old:
+            tx.operation = "UPGRADE"
+        return len(old)
 
     # -- compaction --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ report then starts again on the newer snapshot, as the store's own reads do.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
@@ -98,6 +99,14 @@ def _run(root: tuple[str, dict[str, Any] | None], report: Report, task: _reads.T
     return _reads.run_task(_worker_store(root)._ds, report, task)
 
 
+def _report_keywords() -> frozenset[str]:
+    """The keywords of :meth:`Store.report`, which :func:`report` passes on."""
+    from .store import Store
+
+    parameters = inspect.signature(Store.report).parameters.items()
+    return frozenset(n for n, p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def report(
     store: Store,
     tenant_id: str | None,
@@ -120,6 +129,12 @@ def report(
         >>> frame.equals(store.report(*args, by="model_id", metrics=["latency_ms_p95"]))
         True
     """
+    unknown = sorted(set(kwargs) - _report_keywords())
+    if unknown:
+        raise InvalidArgumentError(
+            f"usage_analytics.dask.report() got unknown keyword(s) {unknown}; it takes those "
+            f"of Store.report: {sorted(_report_keywords())}"
+        )
     explain = kwargs.pop("explain", False)
     if explain is not False:  # a plan is made on the client anyway
         return store.report(tenant_id, start, end, explain=explain, **kwargs)

@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     import duckdb
     import polars as pl
 
+    from ._storage import Snapshot
     from .store import Store
 
 __all__ = ["to_duckdb", "to_polars"]
@@ -48,11 +51,11 @@ _DUCKDB_TYPES: Final = {
 }
 
 
-def _by_version(store: Store) -> list[tuple[list[str], tuple[str, ...]]]:
-    """The files of the latest committed snapshot, grouped by the columns they hold."""
+def _by_version(store: Store, snap: Snapshot) -> list[tuple[list[str], tuple[str, ...]]]:
+    """The files of the committed snapshot ``snap``, grouped by the columns they hold."""
     ds = store._ds
     groups: dict[int, list[str]] = {}
-    for entry in ds.snapshot().files:
+    for entry in snap.files:
         groups.setdefault(entry.schema_version, []).append(ds._checked_path(entry))
     return [
         (paths, tuple(ds._columns_for_version(version)))
@@ -96,30 +99,46 @@ def to_duckdb(store: Store, connection: duckdb.DuckDBPyConnection | None = None)
     con = connection if connection is not None else duckdb.default_connection()
     schema = arrow_schema()
     types = {f.name: _DUCKDB_TYPES[f.type] for f in schema}
-    relations = []
-    for paths, present in _by_version(store):
-        columns = [
-            f"CAST({_quoted(c) if c in present else _sql_zero(c)} AS {types[c]}) AS {_quoted(c)}"
-            for c in COLUMNS
-        ]
-        try:  # reads the files' footers
-            if store._ds.filesystem is not None:  # object storage, through pyarrow's reader
-                rel = con.from_arrow(_arrow_dataset(store, paths))
-            else:
-                rel = con.read_parquet(paths, hive_partitioning=False)
-        except duckdb.Error as exc:
-            raise CorruptDatasetError(
-                f"a data file of {store.root} cannot be read ({str(exc).splitlines()[0]}); "
-                "Store.verify() lists what is damaged"
-            ) from None
-        relations.append(rel.project(", ".join(columns)))
-    if not relations:
-        nothing = ", ".join(f"CAST(NULL AS {types[c]}) AS {_quoted(c)}" for c in COLUMNS)
-        return con.sql(f"SELECT {nothing} LIMIT 0")
-    out = relations[0]
-    for rel in relations[1:]:
-        out = out.union(rel)  # UNION ALL: rows of different files are different rows
-    return out
+
+    def relation(snap: Snapshot) -> Any:
+        relations = []
+        for paths, present in _by_version(store, snap):
+            columns = [
+                f"CAST({_quoted(c) if c in present else _sql_zero(c)} AS {types[c]}) "
+                f"AS {_quoted(c)}"
+                for c in COLUMNS
+            ]
+            try:  # reads the files' footers
+                if store._ds.filesystem is not None:  # object storage, through pyarrow
+                    rel = con.from_arrow(_arrow_dataset(store, paths))
+                else:
+                    rel = con.read_parquet(paths, hive_partitioning=False)
+            except duckdb.Error as exc:
+                _raise_missing(store, paths)
+                raise CorruptDatasetError(
+                    f"a data file of {store.root} cannot be read ({str(exc).splitlines()[0]}); "
+                    "Store.verify() lists what is damaged"
+                ) from None
+            relations.append(rel.project(", ".join(columns)))
+        if not relations:
+            nothing = ", ".join(f"CAST(NULL AS {types[c]}) AS {_quoted(c)}" for c in COLUMNS)
+            return con.sql(f"SELECT {nothing} LIMIT 0")
+        out = relations[0]
+        for rel in relations[1:]:
+            out = out.union(rel)  # UNION ALL: rows of different files are different rows
+        return out
+
+    # A file gone (a version past its history retention, a commit in between) is said so.
+    return store._ds.read(relation)
+
+
+def _raise_missing(store: Store, paths: Sequence[str]) -> None:
+    """Raise FileNotFoundError for the first of ``paths`` that is gone, if one is (the
+    store's reads then say why: see ``Dataset.read``)."""
+    fs = store._ds.filesystem
+    for path in paths:
+        if not (os.path.exists(path) if fs is None else fs.exists(path)):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
 
 def _polars_schema(pl: Any) -> dict[str, Any]:
@@ -137,16 +156,21 @@ def to_polars(store: Store) -> pl.LazyFrame:
     docstring)."""
     pl = _require("polars")
     schema = _polars_schema(pl)
-    frames = []
-    for paths, present in _by_version(store):
-        if store._ds.filesystem is not None:  # object storage, through pyarrow's reader
-            frame = pl.scan_pyarrow_dataset(_arrow_dataset(store, paths))
-        else:
-            frame = pl.scan_parquet(paths, hive_partitioning=False)
-        frames.append(frame.select(_polars_columns(pl, schema, present)))
-    if not frames:
-        return pl.LazyFrame(schema=schema)  # type: ignore[no-any-return]
-    return pl.concat(frames, how="vertical")  # type: ignore[no-any-return]
+
+    def lazy(snap: Snapshot) -> Any:
+        frames = []
+        for paths, present in _by_version(store, snap):
+            if store._ds.filesystem is not None:  # object storage, through pyarrow's reader
+                frame = pl.scan_pyarrow_dataset(_arrow_dataset(store, paths))
+            else:
+                _raise_missing(store, paths)  # else the engine says so only when collected
+                frame = pl.scan_parquet(paths, hive_partitioning=False)
+            frames.append(frame.select(_polars_columns(pl, schema, present)))
+        if not frames:
+            return pl.LazyFrame(schema=schema)
+        return pl.concat(frames, how="vertical")
+
+    return store._ds.read(lazy)  # type: ignore[no-any-return]
 
 
 def _polars_columns(pl: Any, schema: dict[str, Any], present: Sequence[str]) -> list[Any]:

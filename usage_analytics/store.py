@@ -102,8 +102,8 @@ class Store:
     def auto_migrate(self) -> None:
         """Create the dataset, or check (and upgrade) the one at ``root``. Idempotent.
 
-        An older schema version is upgraded in place: its data files are rewritten with zeros
-        in the columns added since (as the store read them), one partition per commit.
+        An older schema version is upgraded in place, in one commit: its data files are
+        rewritten with zeros in the columns added since (as the store read them).
 
         Raises:
             IncompatibleDatasetError: the dataset was written by a newer usage_analytics.
@@ -111,8 +111,7 @@ class Store:
         Example:
             >>> Store(tmp / "fresh").auto_migrate()
         """
-        self._ds.create()
-        self._writer.rewrite_old_files()
+        self._writer.upgrade()
 
     def info(self) -> DatasetInfo:
         """Rows, files, partitions and the time span of the dataset, from its manifest alone.
@@ -308,7 +307,10 @@ class Store:
 
     def history(self) -> pd.DataFrame:
         """The commits the log keeps, one row each: ``version``, ``time`` (UTC) and
-        ``operation``; a version can be read with ``Store(root, as_of=version)``.
+        ``operation``. A version can be read with ``Store(root, as_of=version)`` while the
+        files it lists are kept: those of the versions of the history retention always (see
+        :meth:`set_history_retention`); of older ones until a :meth:`vacuum` removes them
+        (reading such a version then says so), as in a Delta table's history.
 
         Operations: ``CREATE TABLE``, ``WRITE`` (an append), ``DELETE``, ``OPTIMIZE``
         (:meth:`compact`, one commit per partition), ``UPGRADE`` (files rewritten in a newer

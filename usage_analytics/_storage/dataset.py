@@ -288,6 +288,8 @@ class Dataset(FileReader):
         """
         if self.as_of is not None:
             if self._pinned is None:
+                if not self._log.exists():
+                    self._load_manifest()  # no dataset at all says so; one without a log below
                 self._pinned = pinned_state(self._log, *self.as_of)
             return self._pinned
         snap = self._load_manifest()
@@ -339,9 +341,10 @@ class Dataset(FileReader):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def create(self) -> bool:
+    def create(self, rewrite: Callable[[Transaction], object] | None = None) -> bool:
         """Create the dataset, or check the one there; True when something was created or
-        upgraded."""
+        upgraded. An upgrade to the current schema version is one commit, in which
+        ``rewrite`` stages what it rewrites (the files of the older version)."""
         self._refuse_pinned()
         if self.exists() and self.snapshot().schema_version == self.schema_version:
             return False  # also refuses unknown versions before anything is written
@@ -378,6 +381,8 @@ class Dataset(FileReader):
                 return False
         with self.transaction(upgrade=True) as tx:
             tx.schema_version = self.schema_version
+            if rewrite is not None:
+                rewrite(tx)
             tx.commit()
         return True
 

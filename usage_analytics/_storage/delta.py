@@ -111,11 +111,17 @@ def line(action: Mapping[str, Any]) -> bytes:
     return json.dumps(action, separators=(",", ":")).encode() + b"\n"
 
 
-def remove_action(entry: FileEntry, now: int) -> dict[str, Any]:
+#: Operations that only rearrange rows (compaction): their actions say ``dataChange: false``,
+#: as Delta's OPTIMIZE writes them, so that streaming readers skip them instead of reading the
+#: rows again.
+REARRANGING: Final = frozenset(("OPTIMIZE",))
+
+
+def remove_action(entry: FileEntry, now: int, *, data_change: bool = True) -> dict[str, Any]:
     return {
         "path": entry.path,
         "deletionTimestamp": now,
-        "dataChange": True,
+        "dataChange": data_change,
         "extendedFileMetadata": True,
         "partitionValues": {"date": entry.date},
         "size": entry.size,

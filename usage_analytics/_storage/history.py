@@ -90,8 +90,13 @@ def vacuum(ds: Dataset, retention: int | None, *, dry_run: bool) -> list[str]:
     with ds.transaction() as tx:  # the lock, and recovery of an interrupted write first
         latest = tx.base
         keep_s = latest.retention if retention is None else retention
+        # The files first, then what the versions list, up to the newest: on object storage
+        # (no lock) another writer may commit meanwhile, and the files of such a commit are
+        # either listed by the versions read after them or too young to be taken as left over.
+        own = ds.own_files()
         first = latest.version
         if ds._log.exists():
+            latest = ds._log.load()
             cutoff = int(time.time() * 1000) - keep_s * 1000
             for row in reversed(commits(ds._log)):
                 first = row["version"]
@@ -104,7 +109,7 @@ def vacuum(ds: Dataset, retention: int | None, *, dry_run: bool) -> list[str]:
         for snap in states:
             keep.update(p for f in snap.files for p in f.all_paths)
             keep.update(p for span in snap.spans for p in span.all_paths)
-        doomed = sorted(ds.own_files() - keep)
+        doomed = sorted(own - keep)
         if not dry_run:
             ds.remove_own(doomed)
     return doomed

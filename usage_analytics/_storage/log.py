@@ -45,6 +45,7 @@ from .delta import (
     CHECKPOINT_SCHEMA,
     DOMAIN,
     PROTOCOL,
+    REARRANGING,
     apply_span_domain,
     check_protocol,
     delta_schema,
@@ -110,6 +111,8 @@ class Log:
         self._stats_columns = tuple(stats_columns)
         #: The latest state read or committed, and the identity of its commit file.
         self._cached: tuple[Snapshot, tuple[int, int, int]] | None = None
+        #: The version and time (ms) of the last commit this log made.
+        self._last_commit: tuple[int, int] = (-1, 0)
 
     def commit_path(self, version: int) -> Path:
         return self.dir / _commit_name(version)
@@ -253,6 +256,13 @@ class Log:
                 self.where(_commit_name(version)), f"its first line is odd ({exc})"
             ) from exc
         return info if isinstance(info, dict) else {}
+
+    def _commit_ms(self, version: int) -> int:
+        """The time of commit ``version`` (ms since the epoch; 0 when the log has none)."""
+        if self._last_commit[0] == version:
+            return self._last_commit[1]
+        stamp = self.commit_info(version).get("timestamp")
+        return stamp if is_int(stamp) else 0
 
     def _identity(self, version: int) -> tuple[int, int, int] | None:
         try:
@@ -481,7 +491,11 @@ class Log:
         The commit point is the link of the commit file; returns the state as committed.
         """
         version = 0 if base is None else base.version + 1
+        # Commit times only increase, whatever the writers' clocks (as Delta's in-commit
+        # timestamps): a version found by a time was committed at or before it.
         now = int(time.time() * 1000)
+        if base is not None:
+            now = max(now, self._commit_ms(base.version) + 1)
         out = [
             line(
                 {
@@ -504,17 +518,20 @@ class Log:
             added: Iterable[FileEntry] = new.files
         else:  # the change new was made with (Snapshot.evolve): cheap with many files
             removed, added = list(change[0]), change[1]
+        changes = operation not in REARRANGING
         for path in removed:
-            out.append(line({"remove": remove_action(old[path], now)}))
+            out.append(line({"remove": remove_action(old[path], now, data_change=changes)}))
         for entry in added:
             before = old.get(entry.path)
             if before is None or before.json_bytes != entry.json_bytes:
-                out.append(line({"add": self._add(entry, now, data_change=before is None)}))
+                new_file = before is None and changes
+                out.append(line({"add": self._add(entry, now, data_change=new_file)}))
         before_spans = () if base is None else base.spans
         out += [line({"domainMetadata": d}) for d in span_domains(before_spans, new.spans)]
         out.append(line({"domainMetadata": domain(new)}))
         data = b"".join(out)
         self._put(version, data)
+        self._last_commit = (version, now)
         snap = self._apply(base or _EMPTY, version, data)
         self._remember(snap)
         return snap

@@ -31,9 +31,9 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pyarrow as pa
 
@@ -68,6 +68,7 @@ __all__ = ["ORPHAN_AGE_S", "ObjectDataset", "is_url", "open_filesystem"]
 #: Files no commit lists are removed by a vacuum only once they are this old (seconds): a
 #: younger one may belong to a write that is still running, on this machine or another.
 ORPHAN_AGE_S: Final = 24 * 3600
+T = TypeVar("T")
 #: Filesystems (fsspec protocols) whose ``pipe_file(..., mode="create")`` creates an object
 #: only if it is absent, atomically: the commit point needs it. Others are read only.
 PUT_IF_ABSENT: Final = frozenset({"s3", "s3a", "gs", "gcs", "memory"})
@@ -235,9 +236,38 @@ class ObjectDataset(Dataset):
         return self._log.load()
 
     def snapshot(self) -> Snapshot:
-        if self.as_of is not None:
-            return super().snapshot()
-        return self._load_manifest()
+        with self._client_errors():
+            if self.as_of is not None:
+                return super().snapshot()
+            return self._load_manifest()
+
+    def read(self, fn: Callable[[Snapshot], T]) -> T:
+        with self._client_errors():
+            return super().read(fn)
+
+    @contextlib.contextmanager
+    def _client_errors(self) -> Iterator[None]:
+        """Errors of the object store's client library (a mistyped storage option, an
+        endpoint that does not answer) as errors of this package."""
+        try:
+            yield
+        except (UsageAnalyticsError, OSError):
+            raise
+        except Exception as exc:
+            if not _from_client(exc):
+                raise
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            if isinstance(exc, TypeError):
+                raise InvalidArgumentError(
+                    f"the filesystem of {self.url} refused its storage_options ({detail}); "
+                    "check their names against the filesystem's (s3fs: key, secret, token, "
+                    "endpoint_url, client_kwargs, config_kwargs)"
+                ) from exc
+            raise StorageError(
+                5,
+                f"cannot reach {self.url} ({type(exc).__name__}: {detail}); check the "
+                "endpoint, the network and the credentials in storage_options",
+            ) from exc
 
     def read_error(self, exc: OSError | pa.ArrowException) -> UsageAnalyticsError:
         if isinstance(exc, UsageAnalyticsError):
@@ -262,7 +292,7 @@ class ObjectDataset(Dataset):
                 f"commits need (supported: {', '.join(sorted(PUT_IF_ABSENT))}); reads work"
             )
 
-    def create(self) -> bool:
+    def create(self, rewrite: Callable[[Transaction], object] | None = None) -> bool:
         self._check_writes()
         if not self.exists():
             snap = Snapshot.first(self.schema_version)
@@ -283,6 +313,8 @@ class ObjectDataset(Dataset):
             return False
         with self.transaction(upgrade=True) as tx:
             tx.schema_version = self.schema_version
+            if rewrite is not None:
+                rewrite(tx)
             tx.commit()
         return True
 
@@ -301,14 +333,15 @@ class ObjectDataset(Dataset):
     ) -> Iterator[Transaction]:
         """A transaction on the latest state; no lock (see the module docstring)."""
         self._check_writes()
-        base = self._load_manifest()
-        self._check_writable(base, upgrade)
-        if_missing = (
-            "run the write again if another writer deleted or compacted meanwhile, else "
-            "restore it from a backup"
-        )
-        with self._running(Transaction(self, base), if_missing) as tx:
-            yield tx
+        with self._client_errors():
+            base = self._load_manifest()
+            self._check_writable(base, upgrade)
+            if_missing = (
+                "run the write again if another writer deleted or compacted meanwhile, else "
+                "restore it from a backup"
+            )
+            with self._running(Transaction(self, base), if_missing) as tx:
+                yield tx
 
     def check_folders(self, paths: Iterable[str]) -> None:
         for rel in paths:
@@ -424,6 +457,23 @@ class ObjectDataset(Dataset):
             raise StorageError(
                 exc.errno or 5, f"{doing} {self.url} failed ({exc}); {outcome}"
             ) from exc
+
+
+#: The packages whose errors are those of an object store's client (see ``_client_errors``).
+_CLIENT_PACKAGES: Final = frozenset(
+    ("aiobotocore", "aiohttp", "botocore", "s3fs", "gcsfs", "adlfs", "google", "azure", "fsspec")
+)
+
+
+def _from_client(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error of the object store's client library (its class is, or it
+    was raised inside it)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    raised_in = "" if tb is None else str(tb.tb_frame.f_globals.get("__name__", ""))
+    packages = {type(exc).__module__.split(".")[0], raised_in.split(".")[0]}
+    return bool(packages & _CLIENT_PACKAGES)
 
 
 def _modified(info: dict[str, Any]) -> float:
