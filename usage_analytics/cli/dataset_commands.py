@@ -167,8 +167,14 @@ def load(
     nothing is written. ROOT must exist (usage-analytics init ROOT)."""
     try:
         from ..ingest import load_files
+        from ..ingest._convert import parse_options
     except ImportError as exc:  # pragma: no cover - the ingest module ships with the package
         raise LibraryError(f"the load command cannot run: {exc}") from exc
+    try:  # bad options are bad arguments (exit 2), told before a file is read
+        parse_options(input_format, timestamp_unit, rename, defaults, fill_nulls)
+    except InvalidArgumentError as exc:
+        message = str(exc).replace("rename ", "--rename ", 1).replace("default for", "--default")
+        raise click.UsageError(message) from exc
     try:
         result = load_files(
             Store(root),

@@ -31,8 +31,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import ConcurrentWriteError, InvalidArgumentError, ValidationError
-from ..schema import INT32_COLUMNS, NS_PER_DAY
+from ..errors import (
+    ConcurrentWriteError,
+    DuplicateUsageError,
+    InvalidArgumentError,
+    ValidationError,
+)
+from ..schema import INT32_COLUMNS, KEY_COLUMNS, NS_PER_DAY
 from ._convert import Options, convert, empty, joined, parse_options
 from ._formats import (
     FORMATS,
@@ -131,7 +136,7 @@ class _Reader:
                 done = bar.n
                 failed: list[Bad] = []
                 file_bad = 0
-                for position, frame, bad in self._file_chunks(path):
+                for position, frame, bad, _ in self._file_chunks(path):
                     bar.update(done + position - bar.n)
                     self.rows_read += len(frame) + len(bad)
                     self.bad_count += len(bad)
@@ -154,9 +159,23 @@ class _Reader:
         wanted = {*INT32_COLUMNS, "timestamp"}
         return frozenset(h for h in header if self.options.rename.get(h, h) in wanted)
 
-    def _file_chunks(self, path: Path) -> Iterator[tuple[int, pd.DataFrame, list[Bad]]]:
+    def locate(self, keys: pd.DataFrame) -> list[tuple[str, int]]:
+        """Where the rows with the ``(user_id, timestamp)`` keys of ``keys`` are in the
+        files: (file, 1-based line) of each, in file order (read again, on an error path)."""
+        wanted = pd.MultiIndex.from_frame(keys[list(KEY_COLUMNS)])
+        found: list[tuple[str, int]] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for path in self.paths:
+                for _, frame, _, lines in self._file_chunks(path):
+                    if len(frame):
+                        at = pd.MultiIndex.from_frame(frame[list(KEY_COLUMNS)]).isin(wanted)
+                        found += [(str(path), int(line)) for line in lines[at]]
+        return found
+
+    def _file_chunks(self, path: Path) -> Iterator[tuple[int, pd.DataFrame, list[Bad], np.ndarray]]:
         """Chunks of about ``CHUNK_ROWS`` good rows of ``path``, each with the position in the
-        file reached and the bad rows met."""
+        file reached, the bad rows met and the line of each good row."""
         compression = compression_of(path)
         fmt = detect(path, compression, self.options.format)
         raw: list[Chunk] = []
@@ -207,6 +226,21 @@ def _by_days(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield batch.iloc[:cut] if cut < len(batch) else batch
     if held:
         yield pd.concat(held, ignore_index=True) if len(held) > 1 else held[0]
+
+
+def _located(exc: DuplicateUsageError, reader: _Reader) -> DuplicateUsageError:
+    """``exc``, a key of a load found twice (or stored already), with the file and line of
+    each row that holds one."""
+    places = reader.locate(exc.keys)
+    if not places:
+        return exc
+    shown = "; ".join(f"{file}, line {line}" for file, line in places[:_SHOWN])
+    more = f"; ... and {len(places) - _SHOWN} more" if len(places) > _SHOWN else ""
+    head, _, tail = str(exc).partition("; nothing was written")
+    head = head.replace("inside a batch", "repeated in the files")
+    return DuplicateUsageError(
+        f"{head} (rows with them: {shown}{more}); nothing was written{tail}", exc.keys
+    )
 
 
 def _bad_rows_error(bad: Sequence[Bad], count: int) -> ValidationError:
@@ -434,7 +468,10 @@ def _load_once(
                 [b.file, b.line, "; ".join(b.reasons), b.row] for b in bad
             )
         chunks = stack.enter_context(_ahead(reader.chunks(raise_on_bad=target is None)))
-        written = store.create_usage_batches(chunks, on_conflict=on_conflict)
+        try:
+            written = store.create_usage_batches(chunks, on_conflict=on_conflict)
+        except DuplicateUsageError as exc:
+            raise _located(exc, _Reader(files, options, progress=False)) from None
         if target is not None:
             out.close()
             os.replace(tmp, target)

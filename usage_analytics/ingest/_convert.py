@@ -314,7 +314,11 @@ def _apply_unit(
     limit = (2**63 - 1) // factor
     over = is_int & (np.abs(values) > limit)
     problems.add(over, lambda i: f"column 'timestamp': {values[i]} {unit} is beyond 2262")
-    return np.where(over, 0, values) * factor
+    out = values.copy()  # the unit is that of the integers: ISO times of the column stay
+    scaled = is_int & ~over
+    out[scaled] = values[scaled] * factor
+    out[over] = 0
+    return out
 
 
 def _as_date(ns: int) -> str:
@@ -330,13 +334,18 @@ def _likely_unit(value: int) -> str:
     return "a unit coarser than seconds, or not a timestamp"
 
 
-def convert(path: Path, chunk: Chunk, options: Options) -> tuple[pd.DataFrame, list[Bad]]:
-    """The good rows of a chunk as a frame of stored dtypes, and the bad ones."""
+def convert(
+    path: Path, chunk: Chunk, options: Options
+) -> tuple[pd.DataFrame, list[Bad], np.ndarray]:
+    """The good rows of a chunk as a frame of stored dtypes, the bad ones, and the 1-based
+    line of each good row."""
     table, lines = chunk.table, chunk.lines
     n = table.num_rows
     bad = list(chunk.bad)
     if n == 0:
-        return pd.DataFrame(), bad
+        if table.num_columns:
+            _columns(path, table.column_names, options)  # a header alone is checked too
+        return pd.DataFrame(), bad, np.zeros(0, dtype=np.int64)
     mapping = _columns(path, table.column_names, options)
     present = {new: old for old, new in mapping.items()}
     blank = _blank_rows(table)
@@ -373,9 +382,10 @@ def convert(path: Path, chunk: Chunk, options: Options) -> tuple[pd.DataFrame, l
     keep = ~(problems.mask() | blank)
     if not keep.all():
         frame = frame.loc[keep].reset_index(drop=True)
+        lines = lines[keep]
     for name in INT32_COLUMNS:
         frame[name] = frame[name].astype(np.int32)
-    return frame, bad
+    return frame, bad, lines
 
 
 def _blank_rows(table: pa.Table) -> np.ndarray:

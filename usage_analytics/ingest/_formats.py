@@ -150,6 +150,11 @@ def detect(path: Path, compression: str | None, forced: str | None) -> str:
         name = name.removesuffix(suffix)
     by_name = _EXTENSIONS.get(os.path.splitext(name)[1])
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"[") and text[1:].lstrip(b" \t\r\n")[:1] in (b"{", b"]"):
+        raise InvalidArgumentError(
+            f"cannot load {path}: it holds a JSON array; give JSON lines, one object per line "
+            f"(jq -c '.[]' {path.name} > export.jsonl makes them); nothing was written"
+        )
     if text.startswith(b"{"):
         return "jsonl"
     if by_name in ("csv", "tsv"):
@@ -234,7 +239,11 @@ def _csv_chunks(
     )
     record = 2  # the line of the next row: the header is line 1
     skipped: list[int] = []
+    empty = pa.table({n: pa.array([], pa.string()) for n in header})
+    batches = 0
+    last: pa.RecordBatch | None = None
     for batch in reader:
+        batches += 1
         # The rows the handler skipped so far (it may have read ahead of this batch).
         bad = [Bad(str(path), line, [reason], text) for line, reason, text in invalid]
         skipped.extend(line for line, _, _ in invalid)
@@ -252,11 +261,28 @@ def _csv_chunks(
                 record += 1
                 later.pop(0)
         skipped = [s for s in skipped if s >= record]
+        last = batch
         yield Chunk(pa.Table.from_batches([batch]), lines, bad)
-    if invalid:
-        empty = pa.table({n: pa.array([], pa.string()) for n in header})
+    if last is not None and last.num_rows and _runs_to_the_end(last):
+        raise InvalidArgumentError(
+            f"cannot load {path}: line {record - 1} opens a quoted value that is never closed "
+            "(it runs to the end of the file); close or remove the quote; nothing was written"
+        )
+    if invalid or not batches:  # (a header alone is checked as a file of rows is)
         bad = [Bad(str(path), line, [reason], text) for line, reason, text in invalid]
         yield Chunk(empty, np.array([], np.int64), bad)
+
+
+def _runs_to_the_end(batch: pa.RecordBatch) -> bool:
+    """Whether the last row of a CSV file (the last of ``batch``) holds a value that an
+    unclosed quote ran to the end of the file: it spans lines and ends with a line's end (a
+    quoted value that spans lines ends with its closing quote)."""
+    for column in batch.columns:
+        if pa.types.is_string(column.type):
+            value = column[-1].as_py()
+            if value and "\n" in value and value.endswith("\n"):
+                return True
+    return False
 
 
 def _jsonl_chunks(path: Path, stream: pa.NativeFile) -> Iterator[Chunk]:
@@ -313,7 +339,9 @@ def _json_lines(path: Path, texts: list[bytes], first_line: int) -> Chunk:
             continue
         good.append({k: _json_cell(v) for k, v in value.items()})
         good_lines.append(number)
-    table = pa.Table.from_pylist(good) if good else pa.table({})
+    # Every key of every line (a line without one has it missing), not only the first's.
+    names = list(dict.fromkeys(k for record in good for k in record))
+    table = pa.table({n: pa.array([r.get(n) for r in good], pa.string()) for n in names})
     return Chunk(table, np.array(good_lines, np.int64), bad)
 
 
@@ -403,7 +431,7 @@ def raw_chunks(
             if not keep.all():
                 chunk = Chunk(chunk.table.filter(pa.array(keep)), chunk.lines[keep], chunk.bad)
             chunk.bad = [b for b in chunk.bad if b.line not in reported]
-            if chunk.table.num_rows or chunk.bad:
+            if chunk.table.num_rows or chunk.bad or done == 1:  # (a header alone: checked)
                 yield raw.tell(), chunk
     finally:
         raw.close()
