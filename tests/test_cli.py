@@ -784,3 +784,30 @@ def test_html_writes_a_real_report(sample: Path, tmp_path: Path) -> None:
     out = ok("html", sample, "--tenant", "tenant-005", "-o", target)
     assert out.endswith(f"written to {target}\n")
     assert "<html" in target.read_text().lower()
+
+
+def test_a_tenant_in_another_case_is_named_as_the_closest(sample: Path) -> None:
+    err = fails(1, "summary", sample, "--tenant", "TENANT-005", "--last", "30d")
+    assert "closest known tenants: tenant-005 " in err
+
+
+def test_output_dash_is_stdout(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = ok("info", sample, "-o", "-", "--format", "csv")
+    assert out.startswith("root,schema_version,rows")
+    assert not (tmp_path / "-").exists()
+
+
+def test_python_dash_m_runs_the_command_line(sample: Path) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "usage_analytics.cli", "info", str(sample), "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == 40000

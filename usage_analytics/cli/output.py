@@ -402,7 +402,7 @@ class Output:
         Raises:
             click.UsageError: parquet to a terminal.
         """
-        path = None if output is None else Path(output)
+        path = None if output in (None, "-") else Path(output)  # "-": stdout, as usual
         if fmt is None:
             fmt = "table" if path is None else _BY_EXTENSION.get(path.suffix.lower(), "table")
         if fmt == "parquet" and path is None and stdout_is_terminal():
@@ -441,7 +441,7 @@ def output_options(command: Callable[..., Document]) -> Callable[..., None]:
         metavar="FILE",
         type=click.Path(dir_okay=False),
         help="Write the document to FILE (atomically: complete or not at all) instead of "
-        "stdout; its extension (.csv .tsv .json .jsonl .md .parquet) sets the format unless "
+        "stdout ('-': stdout); its extension (.csv .tsv .json .jsonl .md .parquet) sets the format unless "
         "--format is given.",
     )(run)
     run = click.option(

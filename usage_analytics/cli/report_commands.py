@@ -94,7 +94,12 @@ def check_tenant(store: Store, tenant: str, frame: pd.DataFrame, allow_empty: bo
     where = f"no rows for tenant {tenant!r} in {store.root}"
     if not known:
         raise LibraryError(f"{where}; the dataset holds no rows")
-    close = difflib.get_close_matches(tenant, known, n=3, cutoff=0.5)
+    same_case = [t for t in known if t.casefold() == tenant.casefold()]  # tenants are exact
+    by_case = {t.casefold(): t for t in known}
+    close = same_case or [
+        by_case[c]
+        for c in difflib.get_close_matches(tenant.casefold(), list(by_case), n=3, cutoff=0.5)
+    ]
     if close:
         names = f"closest known tenants: {', '.join(close)}"
     else:
