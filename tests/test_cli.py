@@ -811,3 +811,11 @@ def test_python_dash_m_runs_the_command_line(sample: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"] == 40000
+    failed = subprocess.run(
+        [sys.executable, "-m", "usage_analytics.cli", "info", str(sample / "nothing")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (failed.returncode, failed.stdout) == (1, "")
+    assert failed.stderr.startswith("usage-analytics: error: no usage dataset at")

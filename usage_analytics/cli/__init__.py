@@ -19,12 +19,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Sequence
 
 from . import dataset_commands, report_commands  # noqa: F401  (they add their commands)
 from ._app import PROG, cli
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "run"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,3 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0  # pragma: no cover - click's standalone mode always exits
+
+
+def run() -> None:
+    """The ``usage-analytics`` program: :func:`main` on the process's arguments, then the
+    process ends with its exit code at once, its output flushed. Every command has committed
+    or failed by then; skipping the interpreter's teardown spares the native threads of
+    pyarrow's readers and pools their end, which after a failed load aborted the process
+    now and then (exit 134 instead of 1)."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (| head) or stream is let be, as the interpreter's own teardown does.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

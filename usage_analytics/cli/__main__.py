@@ -1,7 +1,5 @@
 """``python -m usage_analytics.cli``: the ``usage-analytics`` command."""
 
-import sys
+from . import run
 
-from . import main
-
-sys.exit(main())
+run()

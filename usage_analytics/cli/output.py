@@ -441,8 +441,8 @@ def output_options(command: Callable[..., Document]) -> Callable[..., None]:
         metavar="FILE",
         type=click.Path(dir_okay=False),
         help="Write the document to FILE (atomically: complete or not at all) instead of "
-        "stdout ('-': stdout); its extension (.csv .tsv .json .jsonl .md .parquet) sets the format unless "
-        "--format is given.",
+        "stdout ('-': stdout); its extension (.csv .tsv .json .jsonl .md .parquet) sets the "
+        "format unless --format is given.",
     )(run)
     run = click.option(
         "--format",

@@ -182,9 +182,13 @@ class _Reader:
         rows = 0
         position = 0
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), contextlib.ExitStack() as stack:
                 warnings.simplefilter("ignore")  # nothing of pandas' or pyarrow's leaks out
                 chunks = raw_chunks(path, fmt, compression, CHUNK_ROWS, self._integers)
+                # Closed as soon as this ends, also by an error, whose traceback would keep
+                # the file's reader (and the threads reading ahead for it) alive until the
+                # interpreter exits, which then aborted now and then.
+                stack.callback(chunks.close)
                 for position, chunk in chunks:
                     raw.append(chunk)
                     rows += chunk.table.num_rows

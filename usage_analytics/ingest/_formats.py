@@ -8,7 +8,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -242,27 +242,28 @@ def _csv_chunks(
     empty = pa.table({n: pa.array([], pa.string()) for n in header})
     batches = 0
     last: pa.RecordBatch | None = None
-    for batch in reader:
-        batches += 1
-        # The rows the handler skipped so far (it may have read ahead of this batch).
-        bad = [Bad(str(path), line, [reason], text) for line, reason, text in invalid]
-        skipped.extend(line for line, _, _ in invalid)
-        invalid.clear()
-        n = batch.num_rows
-        lines = np.empty(n, dtype=np.int64)
-        i = 0
-        while i < n:  # the lines of the rows, past the ones skipped
-            later = [s for s in skipped if s >= record]
-            take = min(n - i, later[0] - record) if later else n - i
-            lines[i : i + take] = np.arange(record, record + take)
-            i += take
-            record += take
-            while later and record == later[0]:
-                record += 1
-                later.pop(0)
-        skipped = [s for s in skipped if s >= record]
-        last = batch
-        yield Chunk(pa.Table.from_batches([batch]), lines, bad)
+    with contextlib.closing(reader):  # its read-ahead stops with the reading
+        for batch in reader:
+            batches += 1
+            # The rows the handler skipped so far (it may have read ahead of this batch).
+            bad = [Bad(str(path), line, [reason], text) for line, reason, text in invalid]
+            skipped.extend(line for line, _, _ in invalid)
+            invalid.clear()
+            n = batch.num_rows
+            lines = np.empty(n, dtype=np.int64)
+            i = 0
+            while i < n:  # the lines of the rows, past the ones skipped
+                later = [s for s in skipped if s >= record]
+                take = min(n - i, later[0] - record) if later else n - i
+                lines[i : i + take] = np.arange(record, record + take)
+                i += take
+                record += take
+                while later and record == later[0]:
+                    record += 1
+                    later.pop(0)
+            skipped = [s for s in skipped if s >= record]
+            last = batch
+            yield Chunk(pa.Table.from_batches([batch]), lines, bad)
     if last is not None and last.num_rows and _runs_to_the_end(last):
         raise InvalidArgumentError(
             f"cannot load {path}: line {record - 1} opens a quoted value that is never closed "
@@ -384,7 +385,7 @@ def raw_chunks(
     compression: str | None,
     parquet_rows: int,
     integers: Callable[[list[str]], frozenset[str]] | None = None,
-) -> Iterator[tuple[int, Chunk]]:
+) -> Generator[tuple[int, Chunk], None, None]:
     """The raw chunks of ``path`` read as ``fmt``, each with the bytes of the file read so far
     (Parquet files are read ``parquet_rows`` rows at a time).
 
