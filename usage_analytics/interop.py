@@ -163,7 +163,6 @@ def to_polars(store: Store) -> pl.LazyFrame:
             if store._ds.filesystem is not None:  # object storage, through pyarrow's reader
                 frame = pl.scan_pyarrow_dataset(_arrow_dataset(store, paths))
             else:
-                _raise_missing(store, paths)  # else the engine says so only when collected
                 frame = pl.scan_parquet(paths, hive_partitioning=False)
             frames.append(frame.select(_polars_columns(pl, schema, present)))
         if not frames:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -111,10 +112,42 @@ def line(action: Mapping[str, Any]) -> bytes:
     return json.dumps(action, separators=(",", ":")).encode() + b"\n"
 
 
+#: The tag of an add action that holds the store's entry of the file.
+TAG: Final = "usage_analytics"
 #: Operations that only rearrange rows (compaction): their actions say ``dataChange: false``,
 #: as Delta's OPTIMIZE writes them, so that streaming readers skip them instead of reading the
 #: rows again.
 REARRANGING: Final = frozenset(("OPTIMIZE",))
+
+
+def metadata_action(schema: pa.Schema, now: int) -> dict[str, Any]:
+    """The ``metaData`` of a table whose data files have ``schema``."""
+    return {
+        "id": str(uuid.uuid4()),
+        "format": {"provider": "parquet", "options": {}},
+        "schemaString": delta_schema(schema),
+        "partitionColumns": ["date"],
+        "configuration": {},
+        "createdTime": now,
+    }
+
+
+def add_action(entry: FileEntry, size: int, now: int, data_change: bool) -> dict[str, Any]:
+    """The ``add`` of a data file of ``size`` bytes, with the store's entry in its tags."""
+    stats = {
+        "numRecords": entry.rows,
+        "minValues": {c: lo for c, (lo, _) in entry.stats.items()},
+        "maxValues": {c: hi for c, (_, hi) in entry.stats.items()},
+    }
+    return {
+        "path": entry.path,
+        "partitionValues": {"date": entry.date},
+        "size": size,
+        "modificationTime": now,
+        "dataChange": data_change,
+        "stats": json.dumps(stats, separators=(",", ":")),
+        "tags": {TAG: entry.json_bytes.decode()},
+    }
 
 
 def remove_action(entry: FileEntry, now: int, *, data_change: bool = True) -> dict[str, Any]:

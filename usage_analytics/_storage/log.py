@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -46,12 +45,14 @@ from .delta import (
     DOMAIN,
     PROTOCOL,
     REARRANGING,
+    TAG,
+    add_action,
     apply_span_domain,
     check_protocol,
-    delta_schema,
     domain,
     is_span_domain,
     line,
+    metadata_action,
     remove_action,
     span_domain,
     span_domains,
@@ -77,7 +78,6 @@ __all__ = ["CHECKPOINT_EVERY", "LOG_DIR", "Log"]
 LAST_CHECKPOINT: Final = "_last_checkpoint"
 #: A checkpoint is written after every this many commits.
 CHECKPOINT_EVERY: Final = 100
-TAG: Final = "usage_analytics"
 #: Where a commit is written before it is linked into the log (skipped by every reader).
 COMMIT_TMP: Final = "._usage_analytics.commit.tmp"
 #: The state before version 0.
@@ -510,7 +510,10 @@ class Log:
         ]
         old = {} if base is None else base.by_path
         if base is None or base.schema_version != new.schema_version:
-            out.append(self._metadata(new.schema_version, now, fresh=base is None))
+            if base is None:
+                out.append(line({"protocol": PROTOCOL}))
+            schema = self._schema_for_version(new.schema_version)
+            out.append(line({"metaData": metadata_action(schema, now)}))
         change = None if base is None else new.change_from(base)
         if change is None:  # the whole difference
             live = new.by_path
@@ -525,7 +528,7 @@ class Log:
             before = old.get(entry.path)
             if before is None or before.json_bytes != entry.json_bytes:
                 new_file = before is None and changes
-                out.append(line({"add": self._add(entry, now, data_change=new_file)}))
+                out.append(line({"add": self._add(entry, now, new_file)}))
         before_spans = () if base is None else base.spans
         out += [line({"domainMetadata": d}) for d in span_domains(before_spans, new.spans)]
         out.append(line({"domainMetadata": domain(new)}))
@@ -536,37 +539,6 @@ class Log:
         self._remember(snap)
         return snap
 
-    def _metadata(self, schema_version: int, now: int, *, fresh: bool) -> bytes:
-        out = b""
-        if fresh:
-            out += line({"protocol": PROTOCOL})
-        meta = {
-            "id": str(uuid.uuid4()),
-            "format": {"provider": "parquet", "options": {}},
-            "schemaString": delta_schema(self._schema_for_version(schema_version)),
-            "partitionColumns": ["date"],
-            "configuration": {},
-            "createdTime": now,
-        }
-        return out + line({"metaData": meta})
-
-    def _add(self, entry: FileEntry, now: int, *, data_change: bool) -> dict[str, Any]:
-        size = entry.size or self._size(entry.path)
-        stats = {
-            "numRecords": entry.rows,
-            "minValues": {c: lo for c, (lo, _) in entry.stats.items()},
-            "maxValues": {c: hi for c, (_, hi) in entry.stats.items()},
-        }
-        return {
-            "path": entry.path,
-            "partitionValues": {"date": entry.date},
-            "size": size,
-            "modificationTime": now,
-            "dataChange": data_change,
-            "stats": json.dumps(stats, separators=(",", ":")),
-            "tags": {TAG: entry.json_bytes.decode()},
-        }
-
     def checkpoint(self, snap: Snapshot) -> None:
         """Write the whole state ``snap`` (the latest, just committed) as a checkpoint.
 
@@ -575,7 +547,7 @@ class Log:
         :func:`checkpoint.reusable`); the other dates' adds are made from their entries.
         """
         now = int(time.time() * 1000)
-        meta = json.loads(self._metadata(snap.schema_version, now, fresh=False))["metaData"]
+        meta = metadata_action(self._schema_for_version(snap.schema_version), now)
         meta.update(name=None, description=None, configuration=[])
         meta["format"]["options"] = []
         domains = [domain(snap), *(span_domain(sp) for sp in snap.spans)]
@@ -597,8 +569,11 @@ class Log:
         hint = {"version": snap.version, "size": n + adds, "numOfAddFiles": adds}
         self._write_checkpoint(snap.version, tables, line(hint))
 
+    def _add(self, entry: FileEntry, now: int, data_change: bool) -> dict[str, Any]:
+        return add_action(entry, entry.size or self._size(entry.path), now, data_change)
+
     def _checkpoint_add(self, entry: FileEntry, now: int) -> dict[str, Any]:
-        add = self._add(entry, now, data_change=True)
+        add = self._add(entry, now, True)
         add["partitionValues"] = list(add["partitionValues"].items())
         add["tags"] = list(add["tags"].items())
         return add
